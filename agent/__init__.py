@@ -1,0 +1,3 @@
+"""bt-agent: SageMaker Batch Transform semantics on any host."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,15 @@
+"""The one place that decides between compiled modules and their pure-Python twins.
+
+``BT_AGENT_NO_EXTENSIONS=1`` (any non-empty value) forces the pure twins; otherwise
+each twin pair imports its compiled module and falls back to the pure one only
+when the compiled module is missing (for example a source checkout never built).
+"""
+
+from __future__ import annotations
+
+import os
+
+NO_EXTENSIONS: bool = bool(os.environ.get("BT_AGENT_NO_EXTENSIONS"))
+
+# What byte-level functions accept (``collections.abc.Buffer`` needs Python 3.12).
+BytesLike = bytes | bytearray | memoryview
