@@ -1,0 +1,358 @@
+"""The ``bt-agent`` command: argument parsing and exit codes (SPEC §7), nothing else.
+
+``bt-agent --job job.json`` runs a job (``run`` may be written out); ``validate``,
+``split``, ``status`` and ``plan`` are subcommands. ``main`` returns the exit code
+instead of exiting, so tests call it directly and the console script does
+``sys.exit(main())``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent import __version__
+from agent.job import JobError, JobSettings, LoadedJob, load_job, with_overrides
+from agent.log import LOG_FORMATS, LogFormat, setup_logging
+
+EXIT_COMPLETED = 0  # every file succeeded
+EXIT_FAILED = 1  # some file failed; the others still finished
+EXIT_USAGE = 2  # invalid job file or command line; nothing was touched
+EXIT_SIGINT = 130  # stopped by Ctrl-C
+EXIT_SIGTERM = 143  # stopped by SIGTERM
+
+COMMANDS = ("run", "validate", "split", "status", "plan")
+
+log = logging.getLogger(__name__)
+
+_USAGE = """bt-agent [run] --job JOB [options]
+       bt-agent {validate,split,status,plan} ..."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything ``run`` needs: the job with flags applied, and per-process choices."""
+
+    settings: JobSettings  # --model-url, --state-uri, --instance-count already applied
+    instance_index: int | None  # --instance-index; None: from the orchestrator, else 0
+    instance_count: int | None  # --instance-count as given; None: not on the command line
+    force: bool  # run although the state prefix holds results of different settings
+    summary_path: str | None  # also write the job summary here
+    log_format: LogFormat
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bt-agent`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not args:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        args.insert(0, "run")  # bt-agent --job F means bt-agent run --job F
+    try:
+        namespace = parser.parse_args(args)
+        handler: Callable[[argparse.Namespace], int] = namespace.handler
+        return handler(namespace)
+    except SystemExit as exc:  # argparse after --help, --version or a usage error
+        if exc.code is None:
+            return EXIT_COMPLETED
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _run(namespace: argparse.Namespace) -> int:
+    setup_logging(namespace.log_format)
+    loaded = _load(namespace.job)
+    if loaded is None:
+        return EXIT_USAGE
+    try:
+        settings = with_overrides(
+            loaded.settings,
+            model_url=namespace.model_url,
+            state_uri=namespace.state_uri,
+            instance_count=namespace.instance_count,
+        )
+    except JobError as exc:
+        _print_problems("the command line", exc)
+        return EXIT_USAGE
+    index, count = namespace.instance_index, settings.instance_count
+    if index is not None and index >= count:
+        _error(
+            f"--instance-index {index} is out of range: the job has {count} instance(s), "
+            f"numbered 0 to {count - 1}; set --instance-count or TransformResources.InstanceCount"
+        )
+        return EXIT_USAGE
+    _log_notes(loaded)
+    options = RunOptions(
+        settings=settings,
+        instance_index=index,
+        instance_count=namespace.instance_count,
+        force=namespace.force,
+        summary_path=namespace.summary,
+        log_format=namespace.log_format,
+    )
+    return _start(options)
+
+
+def _start(options: RunOptions) -> int:
+    """Hand a validated job to the data plane (not built yet)."""
+    _error(
+        f"the job {options.settings.transform_job_name} is valid, but running jobs is not "
+        "built yet; nothing was read or written. Use 'bt-agent validate' to check a job file."
+    )
+    return EXIT_USAGE
+
+
+def _validate(namespace: argparse.Namespace) -> int:
+    loaded = _load(namespace.job)
+    if loaded is None:
+        return EXIT_USAGE
+    for line in describe(loaded, namespace.job):
+        print(line)
+    return EXIT_COMPLETED
+
+
+def _split(namespace: argparse.Namespace) -> int:
+    try:
+        from agent.split.command import run_split  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        if exc.name not in ("agent.split", "agent.split.command"):
+            raise  # a broken dependency is a bug to see, not a missing feature
+        _error("split is not built yet")
+        return EXIT_USAGE
+    return int(
+        run_split(
+            namespace.file,
+            split_type=namespace.split_type,
+            batch_strategy=namespace.batch_strategy,
+            max_payload_mb=namespace.max_payload_mb,
+            compression=namespace.compression,
+            output_dir=namespace.output_dir,
+            out=sys.stdout,
+        )
+    )
+
+
+def _not_built(command: str) -> Callable[[argparse.Namespace], int]:
+    def handler(namespace: argparse.Namespace) -> int:
+        if _load(namespace.job) is None:
+            return EXIT_USAGE
+        _error(f"'bt-agent {command}' is not built yet; the job file is valid")
+        return EXIT_USAGE
+
+    return handler
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _load(path: str) -> LoadedJob | None:
+    """The validated job, or ``None`` after printing every problem to stderr."""
+    try:
+        return load_job(path)
+    except JobError as exc:
+        _print_problems(path, exc)
+        return None
+
+
+def _print_problems(source: str, exc: JobError) -> None:
+    if len(exc.problems) == 1 and not exc.problems[0].path:
+        _error(exc.problems[0].message)  # the file as a whole: unreadable, not JSON
+        return
+    count = len(exc.problems)
+    _error(f"{source} is not a valid job ({count} problem{'s' if count != 1 else ''}):")
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _error(message: str) -> None:
+    print(f"bt-agent: {message}", file=sys.stderr)
+
+
+def _log_notes(loaded: LoadedJob) -> None:
+    if loaded.ignored:
+        log.info(
+            "accepted and ignored (SageMaker fields with no effect here): %s",
+            ", ".join(loaded.ignored),
+        )
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+
+
+def describe(loaded: LoadedJob, source: str) -> list[str]:
+    """A short human summary of a valid job. Environment values are never shown."""
+    job = loaded.settings
+    unset = "resolved from the model at start"
+    command = job.agent.model_command
+    started = (
+        f", started by the agent ({command[0]} with {len(command) - 1} arguments)"
+        if command
+        else ", expected to be running already"
+    )
+    env = sorted(job.environment)
+    rows = [
+        ("model", f"{job.model_name or '(no ModelName)'} at {job.agent.model_url}{started}"),
+        (
+            "input",
+            f"{job.input.uri} ({job.input.data_type}), SplitType {job.input.split_type}, "
+            f"CompressionType {job.input.compression}, "
+            f"Content-Type {job.input.content_type or '(not sent)'}",
+        ),
+        (
+            "output",
+            f"{job.output.uri}, AssembleWith {job.output.assemble_with}, "
+            f"Accept {job.output.accept or '(not sent)'}, "
+            f"KMS key {job.output.kms_key_id or '(none)'}",
+        ),
+        (
+            "batching",
+            f"BatchStrategy {job.batch_strategy or unset}, "
+            f"MaxPayloadInMB {_or(job.max_payload_mb, unset)}, "
+            f"MaxConcurrentTransforms {_or(job.max_concurrent_transforms, unset)}",
+        ),
+        (
+            "requests",
+            f"timeout {job.model_client.invocations_timeout_seconds} s, "
+            f"up to {job.model_client.invocations_max_retries} retries",
+        ),
+        ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
+        (
+            "processing",
+            f"InputFilter {job.data_processing.input_filter}, JoinSource "
+            f"{job.data_processing.join_source}, OutputFilter {job.data_processing.output_filter}",
+        ),
+        (
+            "instances",
+            f"{job.instance_count}, coordination {job.agent.coordination}, "
+            f"reorder buffer {job.agent.reorder_buffer_mb} MiB",
+        ),
+        ("state", str(job.state_uri)),
+    ]
+    if loaded.ignored:
+        rows.append(("ignored", f"{', '.join(loaded.ignored)} (no effect here)"))
+    rows.extend(("warning", warning) for warning in loaded.warnings)
+    lines = [f"{source}: valid transform job {job.transform_job_name}"]
+    lines.extend(f"  {label:<12} {text}" for label, text in rows)
+    return lines
+
+
+def _or(value: int | None, unset: str) -> str:
+    return unset if value is None else str(value)
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"{minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use {bound}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each subcommand has its own ``--help``."""
+    parser = argparse.ArgumentParser(
+        prog="bt-agent",
+        usage=_USAGE,
+        description="Run SageMaker Batch Transform jobs on any host: read every input "
+        "object, send its records to a model server, write one .out object per input.",
+        epilog="Exit codes: 0 completed, 1 failed (some file failed), 2 invalid job or usage, "
+        "130 interrupted (SIGINT), 143 stopped (SIGTERM).",
+    )
+    parser.add_argument("--version", action="version", version=f"bt-agent {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", prog="bt-agent")
+
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument(
+        "--job", required=True, metavar="JOB", help="the CreateTransformJob request JSON file"
+    )
+    job.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="format of the log lines on stderr (default: text)",
+    )
+
+    run = commands.add_parser(
+        "run",
+        parents=[job],
+        help="run a job (the default: 'bt-agent --job JOB' is 'bt-agent run --job JOB')",
+        description="Run a transform job. Flags override the job file.",
+    )
+    run.add_argument("--instance-index", type=_bounded_int(0), metavar="N", help="this instance")
+    run.add_argument(
+        "--instance-count",
+        type=_bounded_int(1),
+        metavar="N",
+        help="how many instances share the job (overrides TransformResources.InstanceCount)",
+    )
+    run.add_argument("--model-url", metavar="URL", help="overrides Agent.ModelUrl")
+    run.add_argument("--state-uri", metavar="URI", help="overrides Agent.StateUri")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="run although the state prefix holds results made with different settings",
+    )
+    run.add_argument("--summary", metavar="PATH", help="also write the job summary JSON here")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[job],
+        help="check a job file and summarise it",
+        description="Check a job file: exit 0 and print a summary, or exit 2 and print "
+        "every problem with its JSON path. Environment values are never printed.",
+    )
+    validate.set_defaults(handler=_validate)
+
+    split = commands.add_parser(
+        "split",
+        help="show how a local file would be cut into request bodies",
+        description="Show how a local file would be batched: record and batch counts, and "
+        "with --output-dir each request body as DIR/000000.bin, 000001.bin, ...",
+    )
+    split.add_argument("file", metavar="FILE", help="a local input file")
+    split.add_argument(
+        "--split-type", required=True, choices=("None", "Line", "RecordIO", "TFRecord")
+    )
+    split.add_argument("--batch-strategy", required=True, choices=("SingleRecord", "MultiRecord"))
+    split.add_argument(
+        "--max-payload-mb",
+        required=True,
+        type=_bounded_int(0, 100),
+        metavar="M",
+        help="body bound in MiB, 0 to 100; 0 means no bound",
+    )
+    split.add_argument("--compression", choices=("None", "Gzip"), default="None")
+    split.add_argument("--output-dir", metavar="DIR", help="write each request body here")
+    split.set_defaults(handler=_split)
+
+    for name, summary in (
+        ("status", "print the job summary, or progress while the job runs"),
+        ("plan", "show which instance gets which file"),
+    ):
+        sub = commands.add_parser(
+            name, parents=[job], help=summary, description=f"{summary[0].upper()}{summary[1:]}."
+        )
+        sub.set_defaults(handler=_not_built(name))
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The job file: a CreateTransformJob request body plus an optional ``Agent`` object.
+
+``load_job`` reads and validates a file; ``parse_job`` validates an already decoded
+document. Both return a ``LoadedJob``: the frozen ``JobSettings`` with defaults applied,
+the JSON paths of fields accepted for compatibility but ignored, and warnings. Every
+problem found is raised together in one ``JobError``. Nothing here touches data, the
+network or the model; the only I/O is reading the job file.
+
+``MaxConcurrentTransforms``, ``MaxPayloadInMB`` and ``BatchStrategy`` stay ``None`` when
+the file leaves them out: they are resolved against the model's /execution-parameters at
+start (SPEC §4). A ``MaxConcurrentTransforms`` of 0 means "absent", as in SageMaker.
+
+The work is split over private modules: ``_jobtypes`` (the dataclasses and locations),
+``_jobparse`` (the sections of the document) and ``_jobschema`` (the problem-collecting
+readers). Import everything from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+
+from agent._jobparse import parse_job
+from agent._jobschema import JobError, Problem, json_object
+from agent._jobtypes import (
+    DEFAULT_MODEL_URL,
+    MIB,
+    AgentConfig,
+    AssemblyType,
+    BatchStrategy,
+    CompressionType,
+    Coordination,
+    DataProcessing,
+    DataUri,
+    JobSettings,
+    JoinSource,
+    LoadedJob,
+    ModelClientConfig,
+    S3DataType,
+    SplitType,
+    TransformInput,
+    TransformOutput,
+    check_model_url,
+    parse_data_uri,
+)
+
+__all__ = [
+    "DEFAULT_MODEL_URL",
+    "MIB",
+    "AgentConfig",
+    "AssemblyType",
+    "BatchStrategy",
+    "CompressionType",
+    "Coordination",
+    "JoinSource",
+    "S3DataType",
+    "SplitType",
+    "check_model_url",
+    "parse_data_uri",
+    "DataProcessing",
+    "DataUri",
+    "JobError",
+    "JobSettings",
+    "LoadedJob",
+    "ModelClientConfig",
+    "Problem",
+    "TransformInput",
+    "TransformOutput",
+    "load_job",
+    "output_settings",
+    "parse_job",
+    "settings_hash",
+    "with_overrides",
+]
+
+
+def load_job(path: str | os.PathLike[str], *, cwd: str | None = None) -> LoadedJob:
+    """Read, decode and validate a job file; raise ``JobError`` listing every problem.
+
+    Relative local paths in the file are taken relative to ``cwd`` (default: the
+    current directory), as a shell user expects.
+    """
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read()
+    except OSError as exc:
+        raise JobError(
+            [Problem("", f"cannot read the job file {name}: {exc.strerror or exc}")]
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = f"{name} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        raise JobError([Problem("", message)]) from None
+    try:
+        document = json.loads(text, object_pairs_hook=json_object, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise JobError([Problem("", f"{name} is not valid JSON: {exc.msg} at {where}")]) from None
+    except ValueError as exc:  # from _no_constant
+        raise JobError([Problem("", f"{name} is not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise JobError([Problem("", f"{name} is nested too deeply to be a job file")]) from None
+    return parse_job(document, cwd=cwd)
+
+
+def _no_constant(token: str) -> object:
+    raise ValueError(f"{token} is not a JSON value; write a number or a string")
+
+
+def with_overrides(
+    settings: JobSettings,
+    *,
+    model_url: str | None = None,
+    state_uri: str | None = None,
+    instance_count: int | None = None,
+    cwd: str | None = None,
+) -> JobSettings:
+    """A copy of ``settings`` with command-line values in place of the file's.
+
+    Raises ``JobError`` whose problem paths are the flag names (``--model-url``).
+    """
+    problems: list[Problem] = []
+    agent = settings.agent
+    if model_url is not None:
+        try:
+            agent = replace(agent, model_url=check_model_url(model_url))
+        except ValueError as exc:
+            problems.append(Problem("--model-url", str(exc)))
+    if state_uri is not None:
+        try:
+            here = os.getcwd() if cwd is None else cwd
+            agent = replace(agent, state_uri=parse_data_uri(state_uri, here))
+        except ValueError as exc:
+            problems.append(Problem("--state-uri", str(exc)))
+    count = settings.instance_count
+    if instance_count is not None:
+        if instance_count < 1:
+            problems.append(Problem("--instance-count", f"{instance_count} must be 1 or more"))
+        count = instance_count
+    if problems:
+        raise JobError(problems)
+    return replace(settings, agent=agent, instance_count=count)
+
+
+def output_settings(settings: JobSettings) -> dict[str, object]:
+    """Every setting that shapes the bytes of an ``.out`` object, as a JSON-ready dict.
+
+    Call it on settings whose execution parameters are resolved (``dataclasses.replace``
+    them in first) so the hash of a run is final. Environment values appear only as a
+    digest, never in the clear.
+    """
+    environment = json.dumps(sorted(settings.environment.items()), ensure_ascii=False)
+    return {
+        "ModelName": settings.model_name,
+        "BatchStrategy": settings.batch_strategy,
+        "MaxPayloadInMB": settings.max_payload_mb,
+        "EnvironmentSha256": hashlib.sha256(environment.encode()).hexdigest(),
+        "ContentType": settings.input.content_type,
+        "CompressionType": settings.input.compression,
+        "SplitType": settings.input.split_type,
+        "Accept": settings.output.accept,
+        "AssembleWith": settings.output.assemble_with,
+        "InputFilter": settings.data_processing.input_filter,
+        "OutputFilter": settings.data_processing.output_filter,
+        "JoinSource": settings.data_processing.join_source,
+    }
+
+
+def settings_hash(settings: JobSettings) -> str:
+    """A stable hex digest of ``output_settings``: equal iff outputs would be shaped alike."""
+    canonical = json.dumps(output_settings(settings), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
