@@ -46,7 +46,9 @@ def test_matches_reference_and_continues(crc32c_twin: ModuleType) -> None:
         data = rng.randbytes(rng.randrange(0, 300))
         cut = rng.randrange(0, len(data) + 1)
         assert crc32c_twin.value(data) == reference.crc32c(data)
-        assert crc32c_twin.value(data[cut:], crc32c_twin.value(data[:cut])) == reference.crc32c(data)
+        assert crc32c_twin.value(data[cut:], crc32c_twin.value(data[:cut])) == reference.crc32c(
+            data
+        )
 
 
 def test_accepts_any_buffer(crc32c_twin: ModuleType) -> None:
