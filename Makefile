@@ -1,0 +1,52 @@
+# Everyday targets. Each creates .venv on first use; only python3, pip, make and a
+# C compiler are needed on the machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NATIVE := $(wildcard _native/*.pyx _native/*.pxd _native/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: install build test test-py bench lint demo clean
+
+## install: create .venv and install bt-agent (editable, compiled) with test and lint tools
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "setuptools>=77" "Cython==3.3.1" wheel
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test,lint]"
+	touch $(STAMP)
+
+## build: (re)compile the Cython extensions in place after editing _native/
+build: $(STAMP) $(NATIVE)
+	$(PY) setup.py --quiet build_ext --inplace
+
+## test: the whole suite, with the compiled extensions
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-py: the whole suite again with the pure-Python twins forced
+test-py: build
+	BT_AGENT_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: splitter throughput against same-run baselines
+bench: build
+	$(PY) -m bench.split
+
+## lint: ruff (style, imports, bugbear) and mypy --strict on agent/
+lint: $(STAMP)
+	$(VENV)/bin/ruff check agent tests bench examples
+	$(VENV)/bin/ruff format --check agent tests bench examples
+	$(VENV)/bin/mypy
+
+## demo: validate the example job and print it as bt-agent resolved it
+demo: build
+	$(VENV)/bin/bt-agent validate --job examples/job.json
+
+## clean: remove the venv and every build output
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -f _native/*.c agent/*.so agent/*/*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
