@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-NATIVE := $(wildcard _native/*.pyx _native/*.pxd _native/*.h)
+NATIVE := $(wildcard _native/*.pyx _native/*.pxd _native/*.pxi _native/*.h)
 PYTEST_ARGS ?=
 
 .PHONY: install build test test-py bench lint demo clean

@@ -33,6 +33,7 @@ setup(
     ext_modules=cythonize(
         [
             ext("agent._crc32c_c", "_native/_crc32c_c.pyx"),
+            ext("agent.split._splitters_c", "_native/_splitters_c.pyx"),
         ],
         compiler_directives=DIRECTIVES,
         include_path=["_native"],

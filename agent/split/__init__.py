@@ -1,0 +1,93 @@
+"""Records and request bodies (SPEC §3): input chunks in, request bodies out.
+
+Usage, one splitter per input object::
+
+    splitter = make_splitter("Line", "MultiRecord", max_payload_bytes(6))
+    async for chunk in stream:              # chunks of any size, cut anywhere
+        for body in splitter.feed(chunk):
+            send(body)
+    for body in splitter.finish():          # raises if the input ends mid-record
+        send(body)
+
+**Bodies.** ``feed`` and ``finish`` return lists of :class:`Body` in input order:
+
+* ``data`` — the bytes to send. ``start``/``end`` — the input byte range ``[start, end)``
+  the body was cut from (absolute offsets in the uncompressed input); ``records`` —
+  how many records it holds. ``first``/``last`` — see streaming below.
+* With a bound (``max_payload_bytes > 0``) every item is a whole body: ``first`` and
+  ``last`` are both true and ``data`` is ``bytes`` of at most the bound. MultiRecord bodies
+  are runs of whole records exactly as in the file, as many as fit (their concatenation is
+  the input); SingleRecord bodies are one record each — for RecordIO and TFRecord the
+  payload only (RecordIO parts joined by the 4 magic bytes).
+* With bound 0 a body is streamed as *parts* and never held whole: ``first`` marks the
+  part that opens a body, ``last`` the part that closes it (both may be set). ``data``
+  is a ``memoryview`` of the fed chunk (or empty): write it out before changing that
+  chunk. ``start`` is the body's start in every part; ``end`` and ``records`` are running
+  totals, final in the ``last`` part. MultiRecord and None give one body for the whole
+  input, one part per chunk; SingleRecord streams each record.
+* Empty input gives no body. ``feed(b"")`` returns ``[]``.
+
+**Memory.** A splitter holds at most the bound (plus RecordIO part framing) of input
+between calls, however the input is framed: a TFRecord length claiming petabytes is only
+counted down. Chunks given as ``bytes`` are referenced, not copied, while held, and each
+byte is copied at most once into its body; other buffer types are copied when held.
+
+**Errors.** :class:`CorruptInputError` (truncated frame, bad magic, bad checksum, RecordIO
+cflag out of order) and :class:`RecordTooLargeError` (``size`` over ``limit``) are both
+:class:`SplitError` with the byte ``offset``; ``error.in_file(name)`` prefixes the file.
+A record over the bound is reported with its exact size, so the splitter reads on (holding
+nothing) to the record's end; for ``None`` that is the end of the object, so check the
+object size first where it is known. After an error the splitter raises it again.
+
+:class:`Packer` packs records the caller cut itself (DataProcessing's filtered records)
+under the same bound: ``add(record, start, end)`` returns a completed :class:`Body` or
+``None``; ``finish()`` the last one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent._compat import NO_EXTENSIONS
+from agent.split._errors import (
+    CorruptInputError,
+    RecordTooLargeError,
+    SplitError,
+    SplitterStateError,
+)
+from agent.split._protocols import BodyLike, PackerLike, SplitterLike
+
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from agent.split._splitters_py import Body, Packer, implementation, make_splitter
+else:
+    try:
+        from agent.split._splitters_c import Body, Packer, implementation, make_splitter
+    except ImportError:  # pragma: no cover - a source tree that was never built
+        from agent.split._splitters_py import Body, Packer, implementation, make_splitter
+
+__all__ = [
+    "BATCH_STRATEGIES",
+    "Body",
+    "BodyLike",
+    "CorruptInputError",
+    "IS_NATIVE",
+    "Packer",
+    "PackerLike",
+    "RecordTooLargeError",
+    "SPLIT_TYPES",
+    "SplitError",
+    "SplitterLike",
+    "SplitterStateError",
+    "implementation",
+    "make_splitter",
+    "max_payload_bytes",
+]
+
+SPLIT_TYPES = ("None", "Line", "RecordIO", "TFRecord")
+BATCH_STRATEGIES = ("MultiRecord", "SingleRecord")
+IS_NATIVE: bool = implementation() != "python"
+
+
+def max_payload_bytes(max_payload_mb: int) -> int:
+    """The body bound for ``MaxPayloadInMB``: MiB as SageMaker means them; 0 = no bound."""
+    return max_payload_mb << 20

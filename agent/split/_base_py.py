@@ -1,0 +1,170 @@
+"""What every pure-Python splitter shares: the Body type, held bytes, feed/finish plumbing.
+
+A splitter sees the input as absolute byte positions ``0 .. pos``. Bytes that a later
+body may still need are *held* (``[held_start, cstart)``); the chunk being fed covers
+``[cstart, pos)``. Each format's ``_scan`` walks the new chunk, appends bodies to
+``self._out`` and returns the first position it still needs; ``feed`` keeps exactly
+``[keep, pos)`` for the next call, so memory stays within the bound plus one chunk.
+"""
+
+from __future__ import annotations
+
+from agent._compat import BytesLike
+from agent.split._errors import SplitError, SplitterStateError
+
+EMPTY_VIEW = memoryview(b"")
+
+
+class Body:
+    """One request body, or one part of a streamed body (see ``agent.split``)."""
+
+    __slots__ = ("data", "start", "end", "records", "first", "last")
+
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        start: int,
+        end: int,
+        records: int,
+        first: bool = True,
+        last: bool = True,
+    ) -> None:
+        self.data = data
+        self.start = start
+        self.end = end
+        self.records = records
+        self.first = first
+        self.last = last
+
+    def __repr__(self) -> str:
+        kind = "body" if self.first and self.last else "part"
+        return (
+            f"<{kind} [{self.start}, {self.end}) records={self.records} bytes={len(self.data)}"
+            f" first={self.first} last={self.last}>"
+        )
+
+
+class Base:
+    """Feed/finish plumbing and held-byte bookkeeping for one input stream."""
+
+    def __init__(self, bound: int, single: bool) -> None:
+        self._bound = bound
+        self._single = single
+        self._held = bytearray()
+        self._held_start = 0
+        self._cb = b""  # the chunk being fed, as bytes
+        self._cstart = 0
+        self._pos = 0
+        self._out: list[Body] = []
+        self._error: SplitError | None = None
+        self._finished = False
+
+    # ------------------------------------------------------------------ public face
+
+    def feed(self, chunk: BytesLike) -> list[Body]:
+        """Bodies (or streamed parts) completed by ``chunk``, in input order."""
+        self._check()
+        cb = chunk if type(chunk) is bytes else bytes(chunk)
+        if not cb:
+            return []
+        self._cb = cb
+        self._cstart = self._pos
+        self._pos += len(cb)
+        out: list[Body] = []
+        self._out = out
+        try:
+            self._keep(self._scan(cb))
+        except SplitError as error:
+            self._error = error
+            raise
+        finally:  # hold nothing but what _keep kept: not the chunk, not the bodies
+            self._cb = b""
+            self._cstart = self._pos
+            self._out = []
+        return out
+
+    def finish(self) -> list[Body]:
+        """The bodies the end of the input completes; raises if the input ends mid-record."""
+        self._check()
+        self._finished = True
+        out: list[Body] = []
+        self._out = out
+        try:
+            self._end()
+        except SplitError as error:
+            self._error = error
+            raise
+        finally:
+            self._held = bytearray()
+            self._out = []
+        return out
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._finished:
+            raise SplitterStateError("this splitter has finished; make a new one per input")
+
+    # ------------------------------------------------------------------ for formats
+
+    def _scan(self, cb: bytes) -> int:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        raise NotImplementedError
+
+    def _keep(self, keep: int) -> None:
+        cs = self._cstart
+        if keep >= cs:
+            self._held = bytearray(self._cb[keep - cs :])
+        else:
+            del self._held[: keep - self._held_start]
+            self._held += self._cb
+        self._held_start = keep
+
+    def _take(self, start: int, n: int) -> bytes:
+        """A copy of input bytes ``[start, start + n)``, held or in the current chunk."""
+        cs = self._cstart
+        if start >= cs:
+            return self._cb[start - cs : start - cs + n]
+        a = start - self._held_start
+        if start + n <= cs:
+            return bytes(self._held[a : a + n])
+        return bytes(self._held[a:]) + self._cb[: start + n - cs]
+
+    def _byte(self, at: int) -> int:
+        cs = self._cstart
+        return self._cb[at - cs] if at >= cs else self._held[at - self._held_start]
+
+    def _find(self, byte: bytes, lo: int, hi: int) -> int:
+        cs, hs = self._cstart, self._held_start
+        if lo < cs:
+            q = self._held.find(byte, lo - hs, min(hi, cs) - hs)
+            if q >= 0:
+                return q + hs
+        if hi > cs:
+            q = self._cb.find(byte, max(lo, cs) - cs, hi - cs)
+            if q >= 0:
+                return q + cs
+        return -1
+
+    def _rfind(self, byte: bytes, lo: int, hi: int) -> int:
+        cs, hs = self._cstart, self._held_start
+        if hi > cs:
+            q = self._cb.rfind(byte, max(lo, cs) - cs, hi - cs)
+            if q >= 0:
+                return q + cs
+        if lo < cs:
+            q = self._held.rfind(byte, lo - hs, min(hi, cs) - hs)
+            if q >= 0:
+                return q + hs
+        return -1
+
+    def _count(self, byte: bytes, lo: int, hi: int) -> int:
+        cs, hs = self._cstart, self._held_start
+        n = 0
+        if lo < cs:
+            n += self._held.count(byte, lo - hs, min(hi, cs) - hs)
+        if hi > cs:
+            n += self._cb.count(byte, max(lo, cs) - cs, hi - cs)
+        return n

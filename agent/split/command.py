@@ -1,0 +1,219 @@
+"""``bt-agent split``: show how a local file would be cut into request bodies (SPEC §7).
+
+The file is streamed through the same splitter the data plane uses, decompressed on the
+fly for ``Gzip`` (concatenated members too), so its memory is the bound plus one chunk.
+With an output directory each body is written as ``000000.bin``, ``000001.bin``, ...
+byte for byte as it would be sent.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
+
+from agent.split import (
+    BATCH_STRATEGIES,
+    SPLIT_TYPES,
+    BodyLike,
+    SplitError,
+    make_splitter,
+    max_payload_bytes,
+)
+
+READ_CHUNK_BYTES = 1 << 20
+MAX_PAYLOAD_MB = 100  # SPEC §1: MaxPayloadInMB is 0 to 100
+COMPRESSIONS = ("None", "Gzip")
+
+
+class _GzipError(Exception):
+    """A gzip stream that cannot be decompressed; the message names the compressed offset."""
+
+
+def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
+    """Decompress gzip members one after another, yielding at most a chunk at a time."""
+    inflater = zlib.decompressobj(wbits=31)
+    consumed = 0  # compressed bytes taken by finished members and the current one
+    started = False  # the current member has begun
+    full = False  # the last call filled its output: the inflater may hold more
+    pending = b""
+    while True:
+        if not pending and not full:
+            pending = raw.read(READ_CHUNK_BYTES)
+            if not pending:
+                break
+        if not started:
+            stripped = pending.lstrip(b"\0")  # zero padding between members, as gzip allows
+            consumed += len(pending) - len(stripped)
+            pending = stripped
+            if not pending:
+                continue
+            started = True
+        try:
+            data = inflater.decompress(pending, READ_CHUNK_BYTES)
+        except zlib.error as error:
+            raise _GzipError(
+                f"not a valid gzip stream near compressed byte {consumed}: {error}"
+            ) from None
+        consumed += len(pending) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        full = len(data) == READ_CHUNK_BYTES and not inflater.eof
+        if data:
+            yield data
+        if inflater.eof:
+            pending = inflater.unused_data
+            inflater = zlib.decompressobj(wbits=31)
+            started = False
+        else:
+            pending = inflater.unconsumed_tail
+    if started:
+        raise _GzipError(
+            f"the gzip stream is truncated: it ends at compressed byte {consumed} inside a member"
+        )
+
+
+def _chunks(path: str, compression: str) -> Iterator[bytes]:
+    with open(path, "rb") as raw:
+        if compression == "Gzip":
+            yield from _gunzip(raw)
+            return
+        while chunk := raw.read(READ_CHUNK_BYTES):
+            yield chunk
+
+
+class _Tally:
+    """Counts what the splitter produced and writes bodies out when asked to."""
+
+    def __init__(self, output_dir: str | None) -> None:
+        self.output_dir = output_dir
+        self.records = 0
+        self.bodies = 0
+        self.body_bytes = 0
+        self.smallest: int | None = None
+        self.largest = 0
+        self.input_bytes = 0
+        self._size = 0
+        self._file: BinaryIO | None = None
+
+    def take(self, body: BodyLike) -> None:
+        if body.first and self.output_dir is not None:
+            name = os.path.join(self.output_dir, f"{self.bodies:06d}.bin")
+            self._file = open(name, "xb")  # closed when the body's last part comes
+        if self._file is not None:
+            self._file.write(body.data)
+        self._size += len(body.data)
+        if body.last:
+            self.records += body.records
+            self.bodies += 1
+            self.body_bytes += self._size
+            self.smallest = self._size if self.smallest is None else min(self.smallest, self._size)
+            self.largest = max(self.largest, self._size)
+            self._size = 0
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _usage(
+    path: str,
+    split_type: str,
+    batch_strategy: str,
+    max_payload_mb: int,
+    compression: str,
+    output_dir: str | None,
+) -> str | None:
+    if split_type not in SPLIT_TYPES:
+        return f"--split-type must be one of {', '.join(SPLIT_TYPES)}, not {split_type!r}"
+    if batch_strategy not in BATCH_STRATEGIES:
+        return (
+            f"--batch-strategy must be one of {', '.join(BATCH_STRATEGIES)}, not {batch_strategy!r}"
+        )
+    if type(max_payload_mb) is not int or not 0 <= max_payload_mb <= MAX_PAYLOAD_MB:
+        allowed = f"an integer from 0 to {MAX_PAYLOAD_MB}"
+        return f"--max-payload-mb must be {allowed}, not {max_payload_mb!r}"
+    if compression not in COMPRESSIONS:
+        return f"--compression must be None or Gzip, not {compression!r}"
+    if not os.path.isfile(path):
+        return f"{path}: no such file"
+    if output_dir is not None and os.path.exists(output_dir):
+        if not os.path.isdir(output_dir):
+            return f"--output-dir {output_dir}: exists and is not a directory"
+        if os.listdir(output_dir):
+            return f"--output-dir {output_dir}: is not empty; give a new or empty directory"
+    return None
+
+
+def run_split(
+    path: str,
+    *,
+    split_type: str,
+    batch_strategy: str,
+    max_payload_mb: int,
+    compression: str = "None",
+    output_dir: str | None = None,
+    out: TextIO,
+) -> int:
+    """Split ``path`` as a transform job would and print what it would send.
+
+    Returns 0 when the whole file splits, 1 on a data error (printed with the file name
+    and byte offset), 2 on a usage error.
+    """
+    problem = _usage(path, split_type, batch_strategy, max_payload_mb, compression, output_dir)
+    if problem is not None:
+        print(f"error: {problem}", file=out)
+        return 2
+    bound = max_payload_bytes(max_payload_mb)
+    limit = f"bound {bound} bytes" if bound else "no bound: bodies stream"
+    print(
+        f"{path}: SplitType={split_type} BatchStrategy={batch_strategy} "
+        f"MaxPayloadInMB={max_payload_mb} ({limit}) CompressionType={compression}",
+        file=out,
+    )
+    if output_dir is not None:
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as error:
+            print(f"error: --output-dir {output_dir}: {error.strerror or error}", file=out)
+            return 2
+    splitter = make_splitter(split_type, batch_strategy, bound)
+    tally = _Tally(output_dir)
+    try:
+        for chunk in _chunks(path, compression):
+            tally.input_bytes += len(chunk)
+            for body in splitter.feed(chunk):
+                tally.take(body)
+        for body in splitter.finish():
+            tally.take(body)
+    except SplitError as error:
+        where = " (offsets count uncompressed bytes)" if compression == "Gzip" else ""
+        print(f"error: {error.in_file(path)}{where}", file=out)
+        _summary(tally, out, partial=True)
+        return 1
+    except _GzipError as error:
+        print(f"error: {path}: {error}", file=out)
+        _summary(tally, out, partial=True)
+        return 1
+    except OSError as error:
+        print(f"error: {path}: {error.strerror or error}", file=out)
+        return 1
+    finally:
+        tally.close()
+    _summary(tally, out, partial=False)
+    return 0
+
+
+def _summary(tally: _Tally, out: TextIO, *, partial: bool) -> None:
+    head = "before the error: " if partial else ""
+    print(f"{head}input {tally.input_bytes} bytes, {tally.records} records", file=out)
+    sizes = ""
+    if tally.bodies:
+        sizes = f", {tally.body_bytes} bytes (smallest {tally.smallest}, largest {tally.largest})"
+    print(f"{head}{tally.bodies} requests{sizes}", file=out)
+    if tally.output_dir is not None and tally.bodies:
+        last = f"{tally.bodies - 1:06d}.bin"
+        print(f"wrote {tally.output_dir}/000000.bin .. {last}", file=out)
