@@ -1,0 +1,157 @@
+"""The model client's policy: its settings, its errors, what is retried and how long it waits.
+
+Every final error is a sentence naming the batch (file URI and byte range), the status or
+the exception, and the start of the model's answer. No I/O here; ``agent.invoke``
+re-exports the public names.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from agent.job import JobSettings
+from agent.model_process import ModelExit
+
+
+class ModelError(Exception):
+    """The model server could not do what the job needs; the message says what happened."""
+
+
+class ModelNotReadyError(ModelError):
+    """``/ping`` did not answer 200 in time, or the model command exited first."""
+
+    def __init__(self, message: str, *, exit: ModelExit | None = None) -> None:
+        super().__init__(message)
+        self.exit = exit
+
+
+class InvocationError(ModelError):
+    """One batch failed for good: the message names it, the status or error, the body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str,
+        attempts: int,
+        status: int | None = None,
+        body_excerpt: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.what, self.attempts = what, attempts
+        self.status, self.body_excerpt = status, body_excerpt
+
+
+class ModelExitedError(InvocationError):
+    """The model command exited while a batch was unfinished; ``exit`` says how."""
+
+    def __init__(self, what: str, exit: ModelExit, attempts: int) -> None:
+        how = exit.describe("while requests were in flight")
+        super().__init__(f"{what}: the model command {how}", what=what, attempts=attempts)
+        self.exit = exit
+
+
+class StatusError(Exception):
+    """One attempt got a non-2xx answer (an ``InvocationError`` chains it)."""
+
+    def __init__(self, status: int, reason: str | None, body_excerpt: str) -> None:
+        self.status, self.reason, self.body_excerpt = status, reason or "", body_excerpt
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        status = f"{self.status} {self.reason}".rstrip()
+        return f"status {status}, response body {self.body_excerpt!r}"
+
+
+class RetryableStatusError(StatusError):
+    """A 5xx or 429 answer: the model may do better a moment later."""
+
+
+# What is worth another attempt: the connection failed or broke, the answer was not HTTP
+# (ClientResponseError: we never raise for a status ourselves) or did not come in time,
+# or the status says "later". Other 4xx answers will not change.
+RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+    TimeoutError,
+    RetryableStatusError,
+)
+
+
+def describe_error(error: BaseException, timeout_seconds: float) -> str:
+    """One line for what went wrong with one request."""
+    if isinstance(error, StatusError):
+        return error.describe()
+    if isinstance(error, TimeoutError) and not isinstance(error, aiohttp.ClientError):
+        return f"no complete answer within {timeout_seconds:g} s"
+    text = " ".join(str(error).split())  # aiohttp's parser errors span several lines
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def invocation_failure(
+    what: str, error: BaseException, attempts: int, timeout_seconds: float
+) -> InvocationError:
+    """The final error for a batch, after ``attempts`` attempts ended with ``error``."""
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    reason = describe_error(error, timeout_seconds)
+    if isinstance(error, StatusError) and not isinstance(error, RetryableStatusError):
+        message = f"{what}: the model refused the request with {reason}"
+        message += " (not retried: only 429 and 5xx answers are)"
+    else:
+        message = f"{what}: the model request failed after {tries}: {reason}"
+    if isinstance(error, TimeoutError) and not isinstance(error, aiohttp.ClientError):
+        message += "; raise ModelClientConfig.InvocationsTimeoutInSeconds if the model is slow"
+    status = error.status if isinstance(error, StatusError) else None
+    excerpt = error.body_excerpt if isinstance(error, StatusError) else None
+    return InvocationError(
+        message, what=what, attempts=attempts, status=status, body_excerpt=excerpt
+    )
+
+
+def backoff_seconds(
+    retry: int,
+    *,
+    base_seconds: float,
+    cap_seconds: float,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with full jitter before retry number ``retry`` (1, 2, …)."""
+    return rng() * min(cap_seconds, base_seconds * 2.0 ** (retry - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelClientSettings:
+    """How the client talks to the model; units in the names."""
+
+    max_inflight: int = 1  # requests in flight (and kept-alive connections) at once
+    content_type: str | None = None  # Content-Type of /invocations; None: no such header
+    accept: str | None = None  # Accept of /invocations; None: no such header
+    invocations_timeout_seconds: float = 600.0  # per attempt: send the body, read the answer
+    invocations_max_retries: int = 3  # attempts after the first one
+    retry_base_seconds: float = 0.2  # backoff ceiling before the first retry; doubles each time
+    retry_cap_seconds: float = 5.0  # backoff ceiling never exceeds this
+    ping_interval_seconds: float = 1.0  # between the starts of two /ping requests
+    ping_timeout_seconds: float = 2.0  # per /ping
+    execution_parameters_timeout_seconds: float = 10.0
+    keepalive_seconds: float = 15.0  # an idle connection is closed after this
+    error_body_bytes: int = 1024  # how much of a failed answer goes into the message
+    read_buffer_bytes: int = 1 << 20  # aiohttp's read buffer per response
+
+    @classmethod
+    def from_job(cls, settings: JobSettings, **overrides: Any) -> ModelClientSettings:
+        """The job's headers, limits and timeouts; ``max_inflight`` 1 while unresolved."""
+        config = settings.model_client
+        values: dict[str, Any] = {
+            "max_inflight": settings.max_concurrent_transforms or 1,
+            "content_type": settings.input.content_type,
+            "accept": settings.output.accept,
+            "invocations_timeout_seconds": float(config.invocations_timeout_seconds),
+            "invocations_max_retries": config.invocations_max_retries,
+        }
+        return replace(cls(**values), **overrides)

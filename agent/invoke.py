@@ -1,0 +1,400 @@
+"""The model client: ``GET /ping``, ``GET /execution-parameters``, ``POST /invocations``.
+
+One ``ModelClient`` owns one aiohttp session; its connector keeps up to ``max_inflight``
+connections alive and a semaphore of that size bounds the requests in flight, shared by
+every file of the job (SPEC §4). Only the headers the job sets are sent (aiohttp's
+``Accept``, ``Accept-Encoding`` and ``Content-Type`` are suppressed); the ``User-Agent`` is
+``bt-agent/<version>``. ``InvocationsTimeoutInSeconds`` bounds each attempt as a whole;
+``RETRYABLE_ERRORS`` lists what earns another. Responses are read whole: each answers one
+bounded body, and the reorder buffer caps how many wait. With ``died`` (``ModelProcess.died``)
+every wait races the model command's exit, so a dead model fails at once, not by timeout.
+
+The runner's sequence (execution parameters are known only once the model answers)::
+
+    async with ModelClient(url, ModelClientSettings.from_job(job), died=died) as probe:
+        await probe.wait_ready(job.agent.model_startup_timeout_seconds)
+        answer = await probe.execution_parameters()
+    params, sources = resolve_execution_parameters(job, answer)
+    log.info(format_execution_parameters(params, sources))
+    job = params.apply(job)
+    async with ModelClient(url, ModelClientSettings.from_job(job), died=died) as client:
+        output = await client.invoke(body, what="s3://b/in/x.csv bytes 0-6291455")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar
+
+import aiohttp
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import AsyncIterablePayload, Payload
+
+from agent import __version__
+from agent._execparams import (
+    ExecutionParametersError,
+    ResolvedParams,
+    Source,
+    format_execution_parameters,
+    parse_execution_parameters,
+    resolve_execution_parameters,
+)
+from agent._modelpolicy import (
+    RETRYABLE_ERRORS,
+    InvocationError,
+    ModelClientSettings,
+    ModelError,
+    ModelExitedError,
+    ModelNotReadyError,
+    RetryableStatusError,
+    StatusError,
+    backoff_seconds,
+    describe_error,
+    invocation_failure,
+)
+from agent.model_process import ModelExit
+
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "USER_AGENT",
+    "Body",
+    "BodySource",
+    "ExecutionParametersError",
+    "InvocationError",
+    "ModelClient",
+    "ModelClientSettings",
+    "ModelError",
+    "ModelExitedError",
+    "ModelNotReadyError",
+    "ResolvedParams",
+    "RetryableStatusError",
+    "Source",
+    "StatusError",
+    "format_execution_parameters",
+    "resolve_execution_parameters",
+]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"bt-agent/{__version__}"
+# aiohttp adds these unless told not to; SPEC §4 sends only what the job sets.
+_SUPPRESSED_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
+
+BodySource: TypeAlias = Callable[[], AsyncIterator[bytes]]
+Body: TypeAlias = bytes | bytearray | memoryview | BodySource
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------- bodies
+
+
+class _BufferPayload(Payload):
+    """A bytes-like body, sent without a copy (aiohttp's BytesPayload warns above 1 MiB)."""
+
+    _autoclose = True
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        super().__init__(value)
+        self._size = memoryview(value).nbytes
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await writer.write(self._value)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        await writer.write(view if content_length is None else view[:content_length])
+
+
+class _SourceFailed(Exception):
+    """The body's source (not the model) failed: not a reason to retry."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _StreamedBody:
+    """One attempt's chunked body, opened from its source; notes the source's own errors."""
+
+    def __init__(self, source: BodySource) -> None:
+        self.stream = source()
+        self.error: Exception | None = None
+        self.started = False
+        self.chunks = self._chunks()
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        self.started = True
+        try:
+            async for chunk in self.stream:
+                yield chunk
+        except Exception as error:
+            self.error = error
+            raise
+        finally:
+            await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        close = getattr(self.stream, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def close(self) -> None:
+        if not self.started:
+            await self._close_stream()
+        # RuntimeError: aiohttp's writer task is still inside it; its cancellation closes it.
+        with contextlib.suppress(RuntimeError):
+            await self.chunks.aclose()
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+class _Died(Exception):
+    def __init__(self, exit: ModelExit) -> None:
+        super().__init__(exit.describe())
+        self.exit = exit
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a task abandoned to the model's death must not warn later
+
+
+class ModelClient:
+    """The client of one model server: ``async with ModelClient(url, settings) as client``."""
+
+    def __init__(
+        self,
+        url: str,
+        settings: ModelClientSettings | None = None,
+        *,
+        died: asyncio.Future[ModelExit] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.settings = settings if settings is not None else ModelClientSettings()
+        self.died = died
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(self.settings.max_inflight)
+        self._headers: dict[str, str] = {}
+        if self.settings.content_type is not None:
+            self._headers["Content-Type"] = self.settings.content_type
+        if self.settings.accept is not None:
+            self._headers["Accept"] = self.settings.accept
+
+    async def __aenter__(self) -> ModelClient:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_inflight, keepalive_timeout=self.settings.keepalive_seconds
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": USER_AGENT},
+            skip_auto_headers=_SUPPRESSED_HEADERS,
+            timeout=aiohttp.ClientTimeout(total=None),  # each call sets its own deadline
+            read_bufsize=self.settings.read_buffer_bytes,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use the ModelClient as `async with ModelClient(...) as client`")
+        return self._session
+
+    async def _race(
+        self, work: Coroutine[Any, Any, _T], died: asyncio.Future[ModelExit] | None
+    ) -> _T:
+        """Await ``work`` unless the model command exits first (then raise ``_Died``)."""
+        if died is None:
+            return await work
+        if died.done():
+            work.close()
+            raise _Died(died.result())
+        task = asyncio.create_task(work)
+        task.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait((task, died), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            raise _Died(died.result())
+        if died.done() and not task.cancelled() and task.exception() is not None:
+            raise _Died(died.result()) from task.exception()  # the error came from the exit
+        return task.result()
+
+    async def _get(self, path: str, timeout_seconds: float) -> tuple[int, bytes]:
+        async with asyncio.timeout(timeout_seconds):
+            async with self._open().get(self.url + path, allow_redirects=False) as response:
+                return response.status, await response.read()
+
+    async def wait_ready(
+        self, timeout_seconds: float, *, died: asyncio.Future[ModelExit] | None = None
+    ) -> None:
+        """Poll ``GET /ping`` until it answers 200; ``ModelNotReadyError`` at the deadline.
+
+        ``died`` (default: the client's) fails the wait at once when the command exits.
+        """
+        died = died if died is not None else self.died
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout_seconds
+        last = "no answer yet"
+        while True:  # each ping gets its full timeout; none starts after the deadline
+            began = loop.time()
+            try:
+                status, _ = await self._race(self._get("/ping", s.ping_timeout_seconds), died)
+            except _Died as death:
+                how = death.exit.describe(f"before {self.url}/ping answered 200")
+                message = f"the model command {how}"
+                raise ModelNotReadyError(message, exit=death.exit) from None
+            except (aiohttp.ClientError, TimeoutError) as error:
+                last = describe_error(error, s.ping_timeout_seconds)
+            else:
+                if status == 200:
+                    log.info("the model at %s is ready after %.1f s", self.url, began - start)
+                    return
+                last = f"status {status}"
+            now = loop.time()
+            next_ping = max(began + s.ping_interval_seconds, now)
+            if next_ping > deadline:
+                raise ModelNotReadyError(
+                    f"the model at {self.url} is not ready: GET /ping did not answer 200 "
+                    f"within {timeout_seconds:g} s (waited {now - start:.1f} s; last answer: "
+                    f"{last}); check Agent.ModelUrl and the server's log, or raise "
+                    "Agent.ModelStartupTimeoutSeconds"
+                )
+            try:
+                await self._race(asyncio.sleep(next_ping - now), died)
+            except _Died:
+                continue  # reported by the next ping's race
+
+    async def execution_parameters(self) -> dict[str, object] | None:
+        """The model's ``GET /execution-parameters`` object; ``None`` when it has none.
+
+        A non-200 answer, an error or a body that is not a JSON object counts as absent.
+        """
+        timeout = self.settings.execution_parameters_timeout_seconds
+        try:
+            status, body = await self._race(self._get("/execution-parameters", timeout), self.died)
+        except _Died as death:
+            how = death.exit.describe("while asked for /execution-parameters")
+            raise ModelNotReadyError(f"the model command {how}", exit=death.exit) from None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            reason = describe_error(error, timeout)
+            log.warning("GET /execution-parameters failed (%s); taken as absent", reason)
+            return None
+        if status != 200:
+            log.info("GET /execution-parameters answered %d: the model sets none", status)
+            return None
+        answer = parse_execution_parameters(body)
+        if answer is None:
+            log.warning("GET /execution-parameters did not answer a JSON object; taken as absent")
+        return answer
+
+    async def invoke(self, body: Body, *, what: str) -> bytes:
+        """POST ``body`` to ``/invocations``; the answer's body, or ``InvocationError``.
+
+        ``body`` is bytes-like, or (for MaxPayloadInMB = 0) a callable opening the body's
+        stream from its source, called again for each attempt. ``what`` names the batch in
+        errors and logs: the file URI and byte range. An error of the body's source is
+        raised as it is, without retries.
+        """
+        s = self.settings
+        attempts = s.invocations_max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._slots:
+                    return await self._race(self._attempt(body), self.died)
+            except _Died as death:
+                raise ModelExitedError(what, death.exit, attempt) from death.__cause__
+            except _SourceFailed as failed:
+                raise failed.error from None  # its own message and traceback tell it all
+            except RETRYABLE_ERRORS as error:
+                if attempt == attempts:
+                    timeout = s.invocations_timeout_seconds
+                    raise invocation_failure(what, error, attempt, timeout) from error
+                cause: Exception = error
+            except (StatusError, aiohttp.ClientError) as error:
+                timeout = s.invocations_timeout_seconds
+                raise invocation_failure(what, error, attempt, timeout) from error
+            delay = backoff_seconds(
+                attempt, base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds
+            )
+            log.warning(
+                "model request for %s failed (attempt %d/%d): %s; retrying in %.2f s",
+                what,
+                attempt,
+                attempts,
+                describe_error(cause, s.invocations_timeout_seconds),
+                delay,
+            )
+            try:
+                await self._race(asyncio.sleep(delay), self.died)
+            except _Died as death:
+                raise ModelExitedError(what, death.exit, attempt) from cause
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(self, body: Body) -> bytes:
+        s = self.settings
+        streamed: _StreamedBody | None = None
+        data: Payload
+        if callable(body):
+            streamed = _StreamedBody(body)
+            data = AsyncIterablePayload(streamed.chunks)
+        else:
+            data = _BufferPayload(body)
+        try:
+            async with asyncio.timeout(s.invocations_timeout_seconds):
+                async with self._open().post(
+                    self.url + "/invocations",
+                    data=data,
+                    headers=self._headers,
+                    allow_redirects=False,
+                ) as response:
+                    if 200 <= response.status < 300:
+                        return await response.read()
+                    excerpt = await _excerpt(response, s.error_body_bytes)
+                    retry = response.status >= 500 or response.status == 429
+                    kind = RetryableStatusError if retry else StatusError
+                    raise kind(response.status, response.reason, excerpt)
+        except Exception as error:
+            if streamed is not None and streamed.error is not None:
+                raise _SourceFailed(streamed.error) from error
+            raise
+        finally:
+            if streamed is not None:
+                await streamed.close()
+
+
+async def _excerpt(response: aiohttp.ClientResponse, limit: int) -> str:
+    """The first ``limit`` bytes of a failed answer's body, decoded for a message."""
+    data = bytearray()
+    try:
+        while len(data) < limit:
+            chunk = await response.content.read(limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the status says enough; show what arrived
+    return data.decode("utf-8", "replace")
