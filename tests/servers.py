@@ -347,6 +347,10 @@ class SeaweedFS:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
         # glog writes its log files to TMPDIR: keep them with the data, not in /tmp.
         env = {**os.environ, "TMPDIR": str(self.directory)}
+        # weed mini turns S3 authentication on when it sees AWS keys (a test's s3_env, say),
+        # which would make the anonymous readiness probe fail: the server stays anonymous.
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.pop(name, None)
         self.process = ServerProcess(
             "SeaweedFS",
             self._argv(self.base_port),

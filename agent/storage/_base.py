@@ -1,0 +1,355 @@
+"""What both storage backends share: settings, errors, the object record, read-ahead, uploads.
+
+The backends (``s3.py``, ``local.py``) implement :class:`Store`; callers never need to
+know which one they hold. Everything that can wait on the network or the disk is async;
+everything that holds bytes is bounded by a field of :class:`StorageSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+from agent._compat import BytesLike
+
+MIB = 1 << 20
+GIB = 1 << 30
+MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
+PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
+TEMP_MARKER = ".bt-agent-tmp-"  # in the names of local temporary files: .<name>.bt-agent-tmp-<hex>
+
+log = logging.getLogger("agent.storage")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Bounds on memory, concurrency and patience for every store of a process.
+
+    Memory per open read is at most ``read_ahead_bytes + 2 × read_chunk_bytes``; per open
+    upload at most ``(max_parts_in_flight + 1) × current part size``.
+    """
+
+    read_chunk_bytes: int = 4 * MIB  # largest chunk a read yields (and one GET read's buffer)
+    read_ahead_bytes: int = 16 * MIB  # bytes read ahead of the consumer, per open read
+    range_bytes: int = 64 * MIB  # one ranged GET covers at most this; the next one re-checks ETag
+    part_size_bytes: int = 8 * MIB  # first multipart part size; S3 needs >= 5 MiB
+    max_parts_in_flight: int = 2  # part uploads running at once, per upload
+    retry_seconds: float = 30.0  # how long transient errors are retried without progress
+    retry_backoff_max_seconds: float = 2.0  # longest sleep between two attempts
+    max_pool_connections: int = 64  # HTTP connections kept by the S3 client
+    head_in_flight: int = 32  # existence checks of manifest entries at once
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0  # per socket read, not per object
+    fsync: bool = False  # local uploads: fsync the file before renaming it into place
+    max_small_object_bytes: int = 256 * MIB  # get_bytes refuses (and manifests) above this
+
+    def __post_init__(self) -> None:
+        if self.part_size_bytes < 5 * MIB:
+            raise ValueError("part_size_bytes must be at least 5 MiB (S3's minimum part size)")
+        if min(self.read_chunk_bytes, self.read_ahead_bytes, self.range_bytes) < 1:
+            raise ValueError("read_chunk_bytes, read_ahead_bytes and range_bytes must be positive")
+        if self.max_parts_in_flight < 1 or self.head_in_flight < 1:
+            raise ValueError("max_parts_in_flight and head_in_flight must be at least 1")
+
+    @property
+    def read_ahead_chunks(self) -> int:
+        return max(1, self.read_ahead_bytes // self.read_chunk_bytes)
+
+
+def part_size(settings: StorageSettings, part_number: int) -> int:
+    """The size of part ``part_number`` (1-based) of a streamed multipart upload.
+
+    Parts 1-1,000 have ``part_size_bytes``; the size doubles every 1,000 parts, capped
+    at 5 GiB. From 8 MiB that allows ~7.8 GiB in 1,000 parts, ~54 GiB in 3,000 and
+    ~7.8 TiB (beyond S3's 5 TiB object limit) in 10,000, so no output needs more parts
+    than S3 allows, and small outputs keep small parts (and small memory).
+    """
+    step = (part_number - 1) // PARTS_PER_SIZE_STEP
+    return min(settings.part_size_bytes << step, MAX_PART_BYTES)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object: its key (an absolute path for local files), size and version.
+
+    ``etag`` is the S3 ETag exactly as S3 returned it (quotes included), or
+    ``f"{size}-{mtime_ns}"`` for a local file.
+    """
+
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpload:
+    """An upload begun and neither completed nor aborted (a leftover of a killed run)."""
+
+    key: str
+    upload_id: str  # the S3 UploadId, or the local temporary file's path
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message names the s3:// URI or the path."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The object does not exist."""
+
+
+class ObjectChangedError(StorageError):
+    """The object changed (or vanished) after it was listed: a new ETag mid-read."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write was refused: the key exists (If-None-Match) or has another ETag."""
+
+
+class InputError(ValueError):
+    """A problem with the job's inputs that the user must fix (the caller exits 2)."""
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+class Backoff:
+    """Sleeps between attempts, and gives up once no progress was made for ``retry_seconds``.
+
+    Call :meth:`progress` whenever an attempt gets somewhere (bytes arrived), so a long
+    read that stumbles now and then is never abandoned for having stumbled too often.
+    """
+
+    def __init__(self, settings: StorageSettings, what: str) -> None:
+        self.settings = settings
+        self.what = what
+        self.attempt = 0
+        self._since = time.monotonic()
+
+    def progress(self) -> None:
+        self.attempt = 0
+        self._since = time.monotonic()
+
+    async def wait(self, error: BaseException) -> None:
+        """Sleep before the next attempt; raise ``StorageError`` (chaining ``error``) if late."""
+        self.attempt += 1
+        waited = time.monotonic() - self._since
+        if waited >= self.settings.retry_seconds:
+            raise StorageError(
+                f"{self.what} failed after {self.attempt} attempts over {waited:.0f} s: "
+                f"{describe(error)}; check that the store is reachable, then run the job again"
+            ) from error
+        delay = min(self.settings.retry_backoff_max_seconds, 0.1 * 2 ** (self.attempt - 1))
+        delay = min(delay * random.uniform(0.5, 1.0), self.settings.retry_seconds - waited)
+        log.warning(
+            "%s: %s; retrying in %.2f s (attempt %d; giving up after %.0f s without progress)",
+            self.what,
+            describe(error),
+            delay,
+            self.attempt + 1,
+            self.settings.retry_seconds,
+        )
+        await asyncio.sleep(delay)
+
+
+def describe(error: BaseException) -> str:
+    """A one-line description of an error, with its type when the text alone is vague."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+_END = object()
+
+
+class ChunkReader:
+    """An object's bytes as an async iterator, read ahead by a background task.
+
+    The task fills a queue of at most ``settings.read_ahead_chunks`` chunks, so memory is
+    bounded whatever the object's size. Use it as ``async with store.read(obj) as chunks:
+    async for chunk in chunks: ...`` so the task and its connection are released even
+    when the consumer stops early; an error of the store is raised by ``__anext__``
+    after the bytes that preceded it.
+    """
+
+    def __init__(
+        self, produce: Callable[[], AsyncGenerator[bytes, None]], ahead_chunks: int
+    ) -> None:
+        self._produce = produce
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=ahead_chunks)
+        self._task: asyncio.Task[None] | None = None
+        self._done = False
+
+    async def _fill(self) -> None:
+        producer = self._produce()
+        try:
+            async with contextlib.aclosing(producer):
+                async for chunk in producer:
+                    await self._queue.put(chunk)
+        except Exception as error:  # handed to the consumer, raised in order
+            await self._queue.put(error)
+        except asyncio.CancelledError:
+            # Cancelled by someone other than ``aclose`` (loop shutdown): a consumer may be
+            # waiting in ``get``; make room and wake it rather than leave it hanging.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(StorageError("the read was cancelled"))
+            raise
+        else:
+            await self._queue.put(_END)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._fill())
+        item = await self._queue.get()
+        if isinstance(item, bytes):
+            return item
+        self._done = True
+        if isinstance(item, BaseException):
+            raise item
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop reading ahead and release the connection; safe to call twice."""
+        self._done = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+UploadIdCallback = Callable[[str], Awaitable[None]]
+
+
+class Upload(ABC):
+    """One output object being written; nothing is visible under its key before ``commit``.
+
+    An async context manager: leaving it without a successful :meth:`commit` (an error,
+    a cancellation, or simply forgetting) aborts the upload, so no partial object is ever
+    seen. ``upload_id`` is set once a multipart upload (or a local temporary file) exists.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.upload_id: str | None = None
+        self.bytes_written = 0
+        self.committed = False
+        self.aborted = False
+
+    @abstractmethod
+    async def write(self, data: BytesLike) -> None:
+        """Append ``data``; may wait while earlier parts upload (that is the back-pressure)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        """Make the object visible and return its ETag.
+
+        ``if_none_match`` refuses to replace an existing object, ``if_match`` replaces only
+        the object with that ETag; a refusal raises :class:`PreconditionFailed` (and the
+        upload is aborted on leaving the context).
+        """
+        raise NotImplementedError
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Discard everything written; safe to call twice and after a failed commit."""
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self.committed or self.aborted:
+            state = "committed" if self.committed else "aborted"
+            raise StorageError(f"the upload of {self.key} is already {state}")
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.committed and not self.aborted:
+            # Shielded: a second cancellation must not leave a multipart upload behind.
+            await asyncio.shield(self.abort())
+
+
+class Store(Protocol):
+    """One bucket (or the local file system); keys are S3 keys or absolute paths."""
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/key`` or ``file:///path``, for messages."""
+        ...
+
+    async def list_objects(self, prefix: str, *, exclude: Sequence[str] = ()) -> list[ObjectInfo]:
+        """Objects under ``prefix``, sorted by key, folder markers and ``exclude`` left out."""
+        ...
+
+    async def head(self, key: str) -> ObjectInfo | None: ...
+
+    def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
+        """Bytes ``start`` to ``end`` (exclusive; ``None``: the end) of the listed version."""
+        ...
+
+    def open_upload(
+        self,
+        key: str,
+        *,
+        kms_key_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        content_type: str | None = None,
+        on_upload_id: UploadIdCallback | None = None,
+    ) -> Upload: ...
+
+    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's bytes and ETag, or ``None`` if there is no such object."""
+        ...
+
+    async def put_bytes(
+        self, key: str, data: BytesLike, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        """Write a small object; return its ETag; raise ``PreconditionFailed`` when refused."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]: ...
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None: ...

@@ -1,0 +1,354 @@
+"""The local file system as a store: keys are absolute paths, a file's "ETag" is its version.
+
+Listing follows S3's plain string prefixes, with one concession to how people name
+directories: a prefix that is an existing directory lists every file under it, at any
+depth (``/data/in`` means ``/data/in/``); any other prefix lists the files whose path
+starts with it (``/data/in/part`` matches ``/data/in/part-1.csv`` and
+``/data/in/part-2/x.csv``). Symbolic links to files are followed, links to directories
+are not descended. A file's version is ``f"{size}-{mtime_ns}"``.
+
+Outputs are written to ``.<name>.bt-agent-tmp-<hex>`` next to their final name and
+renamed into place on commit, so a reader never sees a partial file; listings skip
+these temporary files. Blocking calls run in the default thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import BinaryIO, TypeVar
+
+from agent._compat import BytesLike
+from agent.storage._base import (
+    TEMP_MARKER,
+    ChunkReader,
+    ObjectChangedError,
+    ObjectInfo,
+    PendingUpload,
+    PreconditionFailed,
+    StorageError,
+    StorageSettings,
+    Upload,
+    UploadIdCallback,
+)
+
+_T = TypeVar("_T")
+_FLUSH_BYTES = 1 << 20  # small writes are gathered into one write call of this size
+
+
+def file_etag(info: os.stat_result) -> str:
+    """A local file's version: its size and modification time in nanoseconds."""
+    return f"{info.st_size}-{info.st_mtime_ns}"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def _final_name(temp_name: str) -> str:
+    """``.<name>.bt-agent-tmp-<hex>`` → ``<name>``."""
+    return temp_name[1 : temp_name.rindex(TEMP_MARKER)]
+
+
+def _raise(error: OSError) -> None:
+    raise error
+
+
+def _walk(prefix: str, exclude: Sequence[str], *, temp: bool) -> list[tuple[str, os.stat_result]]:
+    """Regular files matching ``prefix`` (see the module docstring); temp files if ``temp``."""
+    if os.path.isdir(prefix):
+        base = prefix.rstrip("/") or "/"
+        match = base.rstrip("/") + "/"
+    else:
+        base, match = os.path.dirname(prefix) or "/", prefix
+        if not os.path.isdir(base):
+            return []
+
+    def wanted(path: str) -> bool:
+        return not any(path.startswith(skip) for skip in exclude)
+
+    found: list[tuple[str, os.stat_result]] = []
+    for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
+        # Descend only where a match may be: below the prefix, or above it on its way.
+        dirnames[:] = [
+            name
+            for name in dirnames
+            if wanted(d := os.path.join(dirpath, name) + "/")
+            and (d.startswith(match) or match.startswith(d))
+        ]
+        for name in filenames:
+            if _is_temp(name) != temp:
+                continue
+            path = os.path.join(dirpath, name)
+            shown = os.path.join(dirpath, _final_name(name)) if temp else path
+            if not shown.startswith(match) or not wanted(shown):
+                continue
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:  # removed while we walked (or a dangling link)
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((path, info))
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def _os_error(error: OSError, action: str, path: str) -> StorageError:
+    reason = error.strerror or str(error)
+    return StorageError(f"cannot {action} file://{path}: {reason}")
+
+
+class LocalStore:
+    """The local file system behind the :class:`~agent.storage.Store` interface."""
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self.settings = settings
+
+    def uri(self, key: str) -> str:
+        return f"file://{key}"
+
+    async def _run(self, action: str, path: str, fn: Callable[[], _T]) -> _T:
+        try:
+            return await asyncio.to_thread(fn)
+        except OSError as error:
+            raise _os_error(error, action, path) from error
+
+    async def list_objects(self, prefix: str, *, exclude: Sequence[str] = ()) -> list[ObjectInfo]:
+        found = await self._run("list", prefix, lambda: _walk(prefix, exclude, temp=False))
+        return [ObjectInfo(path, info.st_size, file_etag(info)) for path, info in found]
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            info = await asyncio.to_thread(os.stat, key)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise _os_error(error, "read", key) from error
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return ObjectInfo(key, info.st_size, file_etag(info))
+
+    def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
+        stop = obj.size if end is None else end
+        return ChunkReader(lambda: self._produce(obj, start, stop), self.settings.read_ahead_chunks)
+
+    async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        changed = ObjectChangedError(
+            f"file://{obj.key} changed while it was being read (it was {obj.size} bytes, "
+            f"version {obj.etag}); rerun the job once the file stays unchanged"
+        )
+        try:
+            file = await asyncio.to_thread(open, obj.key, "rb", buffering=0)
+        except FileNotFoundError:
+            raise ObjectChangedError(f"file://{obj.key} no longer exists") from None
+        except OSError as error:
+            raise _os_error(error, "read", obj.key) from error
+        try:
+            file.seek(start)
+            chunk_bytes = self.settings.read_chunk_bytes
+            position = start
+            while position < end:
+                data, version = await asyncio.to_thread(
+                    _read_checked, file, min(chunk_bytes, end - position)
+                )
+                if version != obj.etag or not data:
+                    raise changed
+                position += len(data)
+                yield data
+            if start == end and file_etag(os.fstat(file.fileno())) != obj.etag:
+                raise changed
+        except OSError as error:
+            raise _os_error(error, "read", obj.key) from error
+        finally:
+            file.close()
+
+    def open_upload(
+        self,
+        key: str,
+        *,
+        kms_key_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        content_type: str | None = None,
+        on_upload_id: UploadIdCallback | None = None,
+    ) -> LocalUpload:
+        """A local output; ``kms_key_id``, ``metadata`` and ``content_type`` do not apply."""
+        return LocalUpload(key, self.settings, on_upload_id)
+
+    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        limit = self.settings.max_small_object_bytes
+
+        def load() -> tuple[bytes, str] | None:
+            try:
+                with open(key, "rb") as file:
+                    data = file.read(limit + 1)
+                    version = file_etag(os.fstat(file.fileno()))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if len(data) > limit:
+                raise StorageError(f"file://{key} is larger than {limit} bytes")
+            return data, version
+
+        return await self._run("read", key, load)
+
+    async def put_bytes(
+        self, key: str, data: BytesLike, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        async with self.open_upload(key) as upload:
+            await upload.write(data)
+            return await upload.commit(if_none_match=if_none_match, if_match=if_match)
+
+    async def delete(self, key: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(key)
+
+        await self._run("delete", key, remove)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
+        found = await self._run("list", prefix, lambda: _walk(prefix, (), temp=True))
+        return [
+            PendingUpload(os.path.join(os.path.dirname(path), _final_name(name)), path)
+            for path, _ in found
+            if (name := os.path.basename(path))
+        ]
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        name = os.path.basename(upload_id)
+        if os.path.dirname(upload_id) != os.path.dirname(key) or not (
+            _is_temp(name) and _final_name(name) == os.path.basename(key)
+        ):
+            raise StorageError(f"{upload_id} is not a temporary file of file://{key}")
+        await self.delete(upload_id)
+
+
+def _read_checked(file: BinaryIO, size: int) -> tuple[bytes, str]:
+    data = file.read(size)
+    return data, file_etag(os.fstat(file.fileno()))
+
+
+class LocalUpload(Upload):
+    """Writes ``.<name>.bt-agent-tmp-<hex>`` next to ``key``; commit renames it into place."""
+
+    def __init__(
+        self, key: str, settings: StorageSettings, on_upload_id: UploadIdCallback | None
+    ) -> None:
+        super().__init__(key)
+        self.settings = settings
+        self._on_upload_id = on_upload_id
+        self._file: BinaryIO | None = None
+        self._buffer = bytearray()
+        self._io: asyncio.Future[None] | None = None  # the file call running in a thread
+
+    async def _thread(self, fn: Callable[[], None], action: str) -> None:
+        # Shielded so that a cancelled caller still lets the call finish before abort
+        # closes the file under it (abort waits for ``_io``).
+        self._io = asyncio.ensure_future(asyncio.to_thread(fn))
+        try:
+            await asyncio.shield(self._io)
+        except OSError as error:
+            raise _os_error(error, action, self.key) from error
+
+    async def _open(self) -> BinaryIO:
+        if self._file is None:
+            directory, name = os.path.split(self.key)
+            temp = os.path.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
+
+            def create() -> None:
+                os.makedirs(directory, exist_ok=True)
+                self._file = open(temp, "xb", buffering=0)
+
+            await self._thread(create, "create")
+            self.upload_id = temp
+            if self._on_upload_id is not None:
+                await self._on_upload_id(temp)
+        assert self._file is not None
+        return self._file
+
+    async def write(self, data: BytesLike) -> None:
+        self._check_open()
+        file = await self._open()
+        size = len(memoryview(data).cast("B"))
+        self.bytes_written += size
+        if size >= _FLUSH_BYTES and not self._buffer:
+            await self._thread(lambda: _write_all(file, data), "write")
+            return
+        self._buffer += data
+        if len(self._buffer) >= _FLUSH_BYTES:
+            await self._flush(file)
+
+    async def _flush(self, file: BinaryIO) -> None:
+        buffer, self._buffer = self._buffer, bytearray()
+        await self._thread(lambda: _write_all(file, buffer), "write")
+
+    async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        self._check_open()
+        file = await self._open()
+        await self._flush(file)
+        temp, key, fsync = self.upload_id, self.key, self.settings.fsync
+        assert temp is not None
+        version: list[str] = []
+
+        def publish() -> None:
+            if fsync:
+                os.fsync(file.fileno())
+            file.close()
+            _rename_into_place(temp, key, if_none_match, if_match)
+            version.append(file_etag(os.stat(key)))
+
+        await self._thread(publish, "write")
+        self.committed = True
+        return version[0]
+
+    async def abort(self) -> None:
+        if self.committed or self.aborted:
+            return
+        self.aborted = True
+        if self._io is not None:
+            with contextlib.suppress(Exception):
+                await self._io
+        file, temp = self._file, self.upload_id
+        if file is not None:
+            file.close()
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+
+def _write_all(file: BinaryIO, data: BytesLike) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = file.write(view)
+        view = view[written or 0 :]
+
+
+def _rename_into_place(temp: str, key: str, if_none_match: bool, if_match: str | None) -> None:
+    if if_match is not None:
+        try:
+            current = file_etag(os.stat(key))
+        except FileNotFoundError:
+            current = None
+        if current != if_match:
+            raise PreconditionFailed(
+                f"file://{key} was not replaced: its version is {current}, not {if_match}"
+            )
+    if not if_none_match:
+        os.replace(temp, key)
+        return
+    exists = PreconditionFailed(f"file://{key} already exists; it was not replaced")
+    try:
+        os.link(temp, key)  # atomic: fails if the name is taken
+    except FileExistsError:
+        raise exists from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+            raise
+        if os.path.lexists(key):  # a file system without hard links: best effort
+            raise exists from None
+        os.replace(temp, key)
+        return
+    os.unlink(temp)

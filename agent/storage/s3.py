@@ -1,0 +1,327 @@
+"""One S3 bucket behind the :class:`~agent.storage.Store` interface (aiobotocore).
+
+Every call is retried on transient errors (connection errors, timeouts, 5xx, throttling)
+with backoff for up to ``StorageSettings.retry_seconds`` without progress, on top of
+botocore's own few quick retries. Reads ask for ranges of at most ``range_bytes``, each
+with ``If-Match`` on the listed ETag: a read that breaks resumes from the last byte
+received, and an object replaced mid-read fails with :class:`ObjectChangedError` instead
+of mixing two versions. Uploads stream: one PutObject when the output fits in the first
+part, else a multipart upload with at most ``max_parts_in_flight`` parts in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+)
+
+from agent._compat import BytesLike
+from agent.storage._base import (
+    Backoff,
+    ChunkReader,
+    ObjectChangedError,
+    ObjectInfo,
+    ObjectNotFoundError,
+    PendingUpload,
+    PreconditionFailed,
+    StorageError,
+    StorageSettings,
+    UploadIdCallback,
+    describe,
+)
+from agent.storage.s3upload import S3Upload, conditions
+
+log = logging.getLogger("agent.storage")
+
+# Errors after which the same request may well succeed: the network, the server's mood.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    HTTPClientError,  # connection refused/reset/closed, read and connect timeouts
+    IncompleteReadError,  # the body ended before Content-Length
+    aiohttp.ClientError,  # payload errors, server disconnects
+    OSError,  # TimeoutError and ConnectionError included
+)
+TRANSIENT_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
+
+
+class _ShortRead(ConnectionError):
+    """The body ended before the range did (the server went away between two packets)."""
+
+
+def _status(error: ClientError) -> tuple[int, str, str]:
+    response: dict[str, Any] = error.response
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    details = response.get("Error", {})
+    return status, str(details.get("Code", status)), str(details.get("Message", ""))
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors worth another attempt of the same request."""
+    if isinstance(error, ClientError):
+        status, code, _ = _status(error)
+        return status >= 500 or status == 429 or code in TRANSIENT_CODES
+    if type(error) is HTTPClientError:  # botocore's wrapper for whatever the HTTP client raised
+        inner = getattr(error, "kwargs", {}).get("error")
+        return inner is None or is_transient(inner)
+    return isinstance(error, TRANSIENT_ERRORS)
+
+
+class S3Store:
+    """Objects of one bucket; ``client`` is an open aiobotocore S3 client (shared)."""
+
+    def __init__(self, client: Any, bucket: str, settings: StorageSettings) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.settings = settings
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _error(self, what: str, error: Exception) -> StorageError:
+        """A sentence for a non-transient error of ``what`` (e.g. "listing s3://b/p")."""
+        if isinstance(error, NoCredentialsError):
+            return StorageError(
+                f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or task role"
+            )
+        if not isinstance(error, ClientError):
+            return StorageError(f"{what}: {describe(error)}")
+        status, code, message = _status(error)
+        if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return PreconditionFailed(f"{what}: refused by its condition ({code})")
+        if code == "NoSuchBucket":
+            return StorageError(f"{what}: the bucket {self.bucket} does not exist")
+        if code in ("NoSuchKey", "404"):
+            return ObjectNotFoundError(f"{what}: no such object")
+        if status == 403:
+            return StorageError(
+                f"{what}: access denied ({code}); check that the credentials in use may do this"
+            )
+        return StorageError(f"{what}: {code} (HTTP {status}) {message}".rstrip())
+
+    async def call(self, what: str, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
+        """``await method(**params)``, retried on transient errors; others become StorageError."""
+        backoff = Backoff(self.settings, what)
+        body = params.get("Body")
+        while True:
+            if isinstance(body, io.BytesIO):
+                body.seek(0)  # botocore rewinds between its own attempts, not between calls
+            try:
+                return await method(**params)
+            except Exception as error:
+                if not is_transient(error):
+                    raise self._error(what, error) from error
+                await backoff.wait(error)
+
+    # ------------------------------------------------------------------------- listing
+
+    async def list_objects(self, prefix: str, *, exclude: Sequence[str] = ()) -> list[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = await self.call(
+                f"listing {self.uri(prefix)}", self.client.list_objects_v2, **params
+            )
+            for item in page.get("Contents", ()):
+                key, size = item["Key"], int(item["Size"])
+                if (size == 0 and key.endswith("/")) or any(key.startswith(x) for x in exclude):
+                    continue  # a folder marker, or our own output or state
+                found.append(ObjectInfo(key, size, item["ETag"]))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+            params["ContinuationToken"] = token
+        found.sort(key=lambda info: info.key)
+        return found
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        try:
+            head = await self.call(
+                f"looking up {self.uri(key)}", self.client.head_object, Bucket=self.bucket, Key=key
+            )
+        except ObjectNotFoundError:
+            return None
+        return ObjectInfo(key, int(head["ContentLength"]), head["ETag"])
+
+    # ------------------------------------------------------------------------- reads
+
+    def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
+        stop = obj.size if end is None else end
+        return ChunkReader(lambda: self._produce(obj, start, stop), self.settings.read_ahead_chunks)
+
+    def _changed(self, obj: ObjectInfo, position: int, how: str) -> ObjectChangedError:
+        return ObjectChangedError(
+            f"{self.uri(obj.key)} {how} after it was listed (at byte {position} of {obj.size}; "
+            f"listed ETag {obj.etag}); its output was not written — rerun the job once the "
+            "input stays unchanged"
+        )
+
+    async def _open_range(self, obj: ObjectInfo, start: int, stop: int) -> Any:
+        try:
+            response = await self.client.get_object(
+                Bucket=self.bucket, Key=obj.key, Range=f"bytes={start}-{stop - 1}", IfMatch=obj.etag
+            )
+        except ClientError as error:
+            status, code, _ = _status(error)
+            if status == 412 or code == "PreconditionFailed":
+                raise self._changed(obj, start, "changed") from None
+            if code in ("NoSuchKey", "404"):
+                raise self._changed(obj, start, "was deleted") from None
+            if status == 416 or code == "InvalidRange":
+                raise self._changed(obj, start, "shrank") from None
+            raise
+        if response.get("ETag", obj.etag) != obj.etag:  # a store that ignores If-Match
+            response["Body"].close()
+            raise self._changed(obj, start, "changed")
+        return response["Body"]
+
+    async def _read_chunk(self, body: Any, size: int) -> tuple[list[bytes], BaseException | None]:
+        """Up to ``size`` bytes as pieces, and the transient error that cut them short."""
+        pieces: list[bytes] = []
+        while size > 0:
+            try:
+                piece = await body.read(size)
+            except TRANSIENT_ERRORS as error:
+                return pieces, error
+            if not piece:
+                return pieces, _ShortRead("the connection ended before the requested range")
+            pieces.append(piece)
+            size -= len(piece)
+        return pieces, None
+
+    async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
+        position = start
+        backoff = Backoff(self.settings, "")
+        chunk_bytes = self.settings.read_chunk_bytes
+        while position < end:
+            stop = min(end, position + self.settings.range_bytes)
+            backoff.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
+            try:
+                body = await self._open_range(obj, position, stop)
+            except StorageError:  # ObjectChangedError: final, and already a sentence
+                raise
+            except Exception as error:
+                if not is_transient(error):
+                    raise self._error(backoff.what, error) from error
+                await backoff.wait(error)
+                continue
+            try:
+                while position < stop:
+                    pieces, broken = await self._read_chunk(body, min(chunk_bytes, stop - position))
+                    if pieces:
+                        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                        position += len(data)
+                        backoff.progress()
+                        yield data
+                    if broken is not None:
+                        backoff.what = (
+                            f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
+                        )
+                        await backoff.wait(broken)
+                        break  # resume from ``position`` with a new ranged GET
+            finally:
+                body.close()
+
+    # ------------------------------------------------------------------------- uploads
+
+    def open_upload(
+        self,
+        key: str,
+        *,
+        kms_key_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        content_type: str | None = None,
+        on_upload_id: UploadIdCallback | None = None,
+    ) -> S3Upload:
+        extra: dict[str, Any] = {}
+        if kms_key_id:
+            extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=kms_key_id)
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        if content_type:
+            extra["ContentType"] = content_type
+        return S3Upload(self, key, extra, on_upload_id)
+
+    # ------------------------------------------------------------------------- small objects
+
+    async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        what = f"reading {self.uri(key)}"
+        backoff = Backoff(self.settings, what)
+        while True:
+            try:
+                response = await self.call(
+                    what, self.client.get_object, Bucket=self.bucket, Key=key
+                )
+            except ObjectNotFoundError:
+                return None
+            if int(response["ContentLength"]) > self.settings.max_small_object_bytes:
+                response["Body"].close()
+                raise StorageError(
+                    f"{self.uri(key)} is {response['ContentLength']} bytes, more than the "
+                    f"{self.settings.max_small_object_bytes} bytes allowed here"
+                )
+            try:
+                async with response["Body"] as body:
+                    return await body.read(), str(response["ETag"])
+            except TRANSIENT_ERRORS as error:
+                await backoff.wait(error)
+
+    async def put_bytes(
+        self, key: str, data: BytesLike, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        params = conditions(if_none_match, if_match)
+        response = await self.call(
+            f"writing {self.uri(key)}",
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=io.BytesIO(data),
+            **params,
+        )
+        return str(response["ETag"])
+
+    async def delete(self, key: str) -> None:
+        await self.call(
+            f"deleting {self.uri(key)}", self.client.delete_object, Bucket=self.bucket, Key=key
+        )
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
+        found: list[PendingUpload] = []
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = await self.call(
+                f"listing the uploads under {self.uri(prefix)}",
+                self.client.list_multipart_uploads,
+                **params,
+            )
+            found += [
+                PendingUpload(item["Key"], item["UploadId"]) for item in page.get("Uploads", ())
+            ]
+            if not page.get("IsTruncated"):
+                return found
+            params.update(
+                KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"]
+            )
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        try:
+            await self.call(
+                f"aborting the upload {upload_id} of {self.uri(key)}",
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+        except StorageError as error:
+            if "NoSuchUpload" not in str(error):
+                raise
