@@ -103,12 +103,10 @@ def _run(namespace: argparse.Namespace) -> int:
 
 
 def _start(options: RunOptions) -> int:
-    """Hand a validated job to the data plane (not built yet)."""
-    _error(
-        f"the job {options.settings.transform_job_name} is valid, but running jobs is not "
-        "built yet; nothing was read or written. Use 'bt-agent validate' to check a job file."
-    )
-    return EXIT_USAGE
+    """Hand a validated job to the data plane."""
+    from agent.runner import run  # imported here: validate and split need none of it
+
+    return run(options)
 
 
 def _validate(namespace: argparse.Namespace) -> int:

@@ -160,11 +160,6 @@ def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 # ---------------------------------------------------------------------- run
 
 
-def test_run_is_not_built_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--job", EXAMPLE]) == 2
-    assert "running jobs is not built yet" in capsys.readouterr().err
-
-
 def test_run_logs_ignored_fields_in_one_line(
     capsys: pytest.CaptureFixture[str], started: list[RunOptions]
 ) -> None:

@@ -1,0 +1,392 @@
+"""The per-file pipeline: source → split → invoke → assemble → sink, for many files at once.
+
+Bounds, each a setting and none a function of input size:
+
+* ``slots`` — requests alive at once (``MaxConcurrentTransforms``), shared by every file,
+  so many small files keep the model as busy as one big one. A request keeps its slot
+  until its response is written, unless it finished *early* (before a request ahead of
+  it in the same file): then it gives the slot back and waits in the reorder budget. So
+  a slow sink stops new requests at once, and bodies plus in-order responses in memory
+  stay ≤ slots × MaxPayload.
+* ``budget`` — bytes of early responses waiting for their turn (``Agent.ReorderBufferMB``);
+  at the cap no new request starts until the head of some line completes.
+* ``files_reading`` — files whose input is being read and split (each with its read-ahead).
+  A file gives its place up once its last body is on its way, so the next file is read
+  while the last one's requests are still in flight: with one place per request slot,
+  files of one small record each keep every slot busy.
+* ``files_open`` — files open at all (each with its upload buffer): those being read plus
+  those waiting for their last answers or committing their output.
+
+A file's failure stops that file only: its requests are cancelled and its upload aborted,
+so no partial ``.out`` is ever visible; the other files go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+
+from agent.assemble import Assembler, ReorderBudget
+from agent.invoke import Body, ModelClient
+from agent.job import JobSettings
+from agent.report import COMPLETED, FAILED, STOPPED, FileResult, Progress
+from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
+from agent.storage import Stores
+from agent.storage._base import ObjectInfo, StorageError, Store
+from agent.storage.gzip import GzipError, gunzip
+from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """What shapes the pipeline, resolved: units in the names."""
+
+    split_type: str
+    batch_strategy: str
+    max_payload_bytes: int  # 0: no bound, bodies streamed
+    max_inflight: int  # requests alive at once, over every file
+    files_reading: int  # files being read and split at once
+    files_open: int  # files open at once: being read, awaiting answers, or committing
+    reorder_buffer_bytes: int
+    gzip: bool
+    assemble_with: str
+    kms_key_id: str | None
+
+    @classmethod
+    def from_job(cls, job: JobSettings) -> PipelineSettings:
+        """From a job whose execution parameters are resolved (``ResolvedParams.apply``)."""
+        inflight = job.max_concurrent_transforms or 1
+        return cls(
+            split_type=job.input.split_type,
+            batch_strategy=job.batch_strategy or "MultiRecord",
+            max_payload_bytes=(job.max_payload_mb if job.max_payload_mb is not None else 6) << 20,
+            max_inflight=inflight,
+            files_reading=max(2, inflight),
+            files_open=2 * max(2, inflight),
+            reorder_buffer_bytes=job.agent.reorder_buffer_bytes,
+            gzip=job.input.compression == "Gzip",
+            assemble_with=job.output.assemble_with,
+            kms_key_id=job.output.kms_key_id,
+        )
+
+
+class FileFailed(Exception):
+    """A file cannot be transformed; the message names it and says why."""
+
+
+class _StreamedBody:
+    """One unbounded body (MaxPayloadInMB = 0) for ``ModelClient.invoke``.
+
+    The first attempt streams the parts the splitter cuts as they come; a retry calls
+    ``reopen``, which reads the body's bytes again from the source. Parts are handed over
+    through a small queue, so the reader waits for the model, not the other way round.
+    """
+
+    def __init__(self, reopen: Callable[[], AsyncIterator[bytes]]) -> None:
+        self._reopen = reopen
+        self._queue: asyncio.Queue[bytes | memoryview | None] = asyncio.Queue(maxsize=4)
+        self._listening = True
+        self._calls = 0
+
+    async def put(self, data: bytes | memoryview) -> None:
+        if self._listening:
+            await self._queue.put(data)
+
+    async def close(self) -> None:
+        if self._listening:
+            await self._queue.put(None)
+
+    def __call__(self) -> AsyncIterator[bytes]:
+        self._calls += 1
+        if self._calls == 1:
+            return self._live()
+        self._abandon()  # a retry: the live parts are of no use any more
+        return self._reopen()
+
+    async def _live(self) -> AsyncIterator[bytes]:
+        try:
+            while (data := await self._queue.get()) is not None:
+                yield bytes(data) if isinstance(data, memoryview) else data
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        self._listening = False
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+class _Line:
+    """One file's requests in input order: which have finished, and whether all before one did."""
+
+    __slots__ = ("issued", "frontier", "finished")
+
+    def __init__(self) -> None:
+        self.issued = 0  # sequence numbers handed out
+        self.frontier = 0  # every request before this one has finished
+        self.finished: set[int] = set()  # finished requests at or past the frontier
+
+    def issue(self) -> int:
+        self.issued += 1
+        return self.issued - 1
+
+    def finish(self, seq: int) -> bool:
+        """Record ``seq`` as finished; ``True`` if every request before it had finished."""
+        self.finished.add(seq)
+        while self.frontier in self.finished:
+            self.finished.discard(self.frontier)
+            self.frontier += 1
+        return seq < self.frontier
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    data: bytes
+    early: bool  # finished before a request ahead of it: holds budget, not a slot
+
+
+class _Place:
+    """A place a file holds in a semaphore, given back once however many times it is released."""
+
+    __slots__ = ("_semaphore", "_held")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
+
+
+class Pipeline:
+    """Transforms files with shared request slots and one reorder budget."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        job: JobSettings,
+        stores: Stores,
+        client: ModelClient,
+        progress: Progress,
+    ) -> None:
+        self.settings = settings
+        self.job = job
+        self.stores = stores
+        self.client = client
+        self.progress = progress
+        self.slots = asyncio.Semaphore(settings.max_inflight)
+        self.budget = ReorderBudget(settings.reorder_buffer_bytes)
+        self.files_reading = asyncio.Semaphore(settings.files_reading)
+        self.files_open = asyncio.Semaphore(settings.files_open)
+        self.fatal: str | None = None  # set when no further file can succeed
+
+    async def run(self, inputs: list[InputFile], results: list[FileResult]) -> None:
+        """Transform every input in order of ``inputs``; one ``FileResult`` each."""
+        async with asyncio.TaskGroup() as group:
+            for item in inputs:
+                out = output_uri(item.relative_key, self.job.output.uri)
+                result = FileResult(str(item.uri), str(out))
+                results.append(result)
+                await self.files_open.acquire()
+                await self.files_reading.acquire()
+                if self.fatal is not None:
+                    self.files_reading.release()
+                    self.files_open.release()
+                    result.finish(FAILED, f"{item.uri}: not started: {self.fatal}")
+                    self.progress.file_done(result)
+                    continue
+                group.create_task(self._file(item, result))
+
+    async def _file(self, item: InputFile, result: FileResult) -> None:
+        reading = _Place(self.files_reading)
+        try:
+            await self._transform_file(item, result, reading)
+            result.finish(COMPLETED)
+        except asyncio.CancelledError:
+            result.finish(STOPPED, f"{item.uri}: stopped before it finished")
+            raise
+        except Exception as error:  # any failure of one file leaves the others running
+            result.finish(FAILED, _message(item, error))
+        finally:
+            reading.release()
+            self.files_open.release()
+            self.progress.file_done(result)
+
+    async def _transform_file(self, item: InputFile, result: FileResult, reading: _Place) -> None:
+        if item.info is None:
+            raise FileFailed(item.missing_message())
+        s = self.settings
+        bound = s.max_payload_bytes
+        if s.split_type == "None" and not s.gzip and 0 < bound < item.info.size:
+            raise RecordTooLargeError(
+                0,
+                f"the object is {item.info.size} bytes, over the {bound}-byte bound "
+                f"(MaxPayloadInMB={bound >> 20}); raise MaxPayloadInMB or split the input",
+                item.info.size,
+                bound,
+            )
+        out = output_uri(item.relative_key, self.job.output.uri)
+        source = await self.stores.get(item.uri)
+        sink = await self.stores.get(out)
+        async with sink.open_upload(out.key, kms_key_id=s.kms_key_id) as upload:
+            assembler = Assembler(upload.write, s.assemble_with)
+            await self._transform(item, item.info, source, assembler, result, reading)
+            result.output_etag = await upload.commit()
+        result.output_bytes = assembler.bytes_written
+
+    async def _transform(
+        self,
+        item: InputFile,
+        info: ObjectInfo,
+        source: Store,
+        assembler: Assembler,
+        result: FileResult,
+        reading: _Place,
+    ) -> None:
+        order: asyncio.Queue[asyncio.Task[_Answer] | None] = asyncio.Queue()
+        line = _Line()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write(order, assembler))
+                streamed: _StreamedBody | None = None
+                async for body in self._bodies(info, source, 0):
+                    payload: Body
+                    if body.first:
+                        await self.budget.wait_for_room()
+                        await self.slots.acquire()
+                        if body.last:
+                            payload = body.data
+                            what = f"{item.uri} bytes [{body.start}, {body.end})"
+                        else:
+                            reopen = functools.partial(self._reopen, info, source, body.start)
+                            streamed = _StreamedBody(reopen)
+                            payload, what = streamed, f"{item.uri} body from byte {body.start}"
+                        request = self._request(payload, what, line, line.issue())
+                        order.put_nowait(group.create_task(request))
+                        result.requests += 1
+                    if streamed is not None:
+                        if body.data:
+                            await streamed.put(body.data)
+                        if body.last:
+                            await streamed.close()
+                            streamed = None
+                    if body.last:
+                        result.records += body.records
+                        self.progress.advance(body.records, body.end - result.input_bytes)
+                        result.input_bytes = body.end
+                order.put_nowait(None)
+                reading.release()  # read to its end: the next file may start reading
+        except BaseExceptionGroup as group_error:
+            raise _first_cause(group_error) from None
+        finally:
+            await self._drop_waiting(order)
+
+    async def _request(self, payload: Body, what: str, line: _Line, seq: int) -> _Answer:
+        try:
+            data = await self.client.invoke(payload, what=what)
+        except BaseException:
+            self.slots.release()
+            raise
+        early = not line.finish(seq)
+        if early:
+            self.slots.release()
+            self.budget.hold(len(data))
+        return _Answer(data, early)
+
+    async def _settle(self, answer: _Answer) -> None:
+        """An answer was written or dropped: give back its slot or its budget."""
+        if answer.early:
+            await self.budget.release(len(answer.data))
+        else:
+            self.slots.release()
+
+    async def _write(
+        self, order: asyncio.Queue[asyncio.Task[_Answer] | None], assembler: Assembler
+    ) -> None:
+        while (task := await order.get()) is not None:
+            answer = await task
+            try:
+                await assembler.add(answer.data)
+            finally:
+                await self._settle(answer)
+
+    async def _drop_waiting(self, order: asyncio.Queue[asyncio.Task[_Answer] | None]) -> None:
+        """Give back what answers a failed or stopped file will never write still hold."""
+        while not order.empty():
+            task = order.get_nowait()
+            if task is not None and task.done() and not task.cancelled():
+                if task.exception() is None:
+                    await self._settle(task.result())
+
+    async def _chunks(
+        self, info: ObjectInfo, source: Store, start: int
+    ) -> AsyncGenerator[bytes, None]:
+        """The input's (uncompressed) bytes from offset ``start``."""
+        if not self.settings.gzip:
+            async with source.read(info, start) as reader:
+                async for chunk in reader:
+                    yield chunk
+            return
+        skip = start
+        async with source.read(info) as reader:
+            async for chunk in gunzip(reader):
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                yield chunk[skip:] if skip else chunk
+                skip = 0
+
+    async def _bodies(
+        self, info: ObjectInfo, source: Store, start: int
+    ) -> AsyncGenerator[BodyLike, None]:
+        s = self.settings
+        splitter = make_splitter(s.split_type, s.batch_strategy, s.max_payload_bytes)
+        async with contextlib.aclosing(self._chunks(info, source, start)) as chunks:
+            async for chunk in chunks:
+                for body in splitter.feed(chunk):
+                    yield body
+        for body in splitter.finish():
+            yield body
+
+    async def _reopen(self, info: ObjectInfo, source: Store, start: int) -> AsyncIterator[bytes]:
+        """A streamed body again, for a retry: its bytes re-read from the source."""
+        async with contextlib.aclosing(self._bodies(info, source, start)) as parts:
+            async for part in parts:
+                if part.data:
+                    yield bytes(part.data)
+                if part.last:
+                    return
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a file, out of the group its tasks raised."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for error in leaves:
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return leaves[0] if leaves else group
+
+
+def _message(item: InputFile, error: BaseException) -> str:
+    """The sentence a user reads for a failed file: which file, where, and why."""
+    if isinstance(error, SplitError | GzipError):
+        return error.in_file(str(item.uri))
+    if isinstance(error, FileFailed | StorageError | OutputKeyError):
+        text = str(error)
+        return text if str(item.uri) in text else f"{item.uri}: {text}"
+    text = str(error) or type(error).__name__
+    return text if str(item.uri) in text else f"{item.uri}: {text}"

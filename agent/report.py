@@ -1,0 +1,198 @@
+"""What a run tells its operator: per-file results, the job summary, and progress.
+
+The summary mirrors DescribeTransformJob (``TransformJobStatus``, ``FailureReason``,
+start and end times) and adds one entry per file with its counts. Progress is a bar
+redrawn on stderr when stderr is a terminal, else one log line per finished file.
+Nothing here ever sees a request body or a credential: only sizes and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+log = logging.getLogger("agent.run")
+
+COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program.
+
+    ``/proc/self/status`` ``VmHWM`` where there is one: ``getrusage`` also counts what
+    the parent process held in the instant between fork and exec.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class FileResult:
+    """One input's outcome and counts; ``error`` is the sentence a user reads."""
+
+    input_uri: str
+    output_uri: str
+    input_bytes: int = 0  # bytes the splitter consumed (uncompressed)
+    status: str = "InProgress"
+    records: int = 0
+    requests: int = 0
+    output_bytes: int = 0
+    error: str | None = None
+    output_etag: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.seconds = time.monotonic() - self.started
+
+    def as_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "Input": self.input_uri,
+            "Output": self.output_uri,
+            "Status": self.status,
+            "Records": self.records,
+            "Requests": self.requests,
+            "InputBytes": self.input_bytes,
+            "OutputBytes": self.output_bytes,
+            "Seconds": round(self.seconds, 3),
+        }
+        if self.output_etag:
+            entry["OutputETag"] = self.output_etag
+        if self.error:
+            entry["FailureReason"] = self.error
+        return entry
+
+
+@dataclass
+class JobSummary:
+    """The job as DescribeTransformJob would show it, plus per-file entries."""
+
+    name: str
+    started_at: str = field(default_factory=_now)
+    started: float = field(default_factory=time.monotonic)
+    status: str = "InProgress"
+    failure_reason: str | None = None
+    ended_at: str | None = None
+    files: list[FileResult] = field(default_factory=list)
+    execution_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def end(self, status: str, failure_reason: str | None = None) -> None:
+        self.status = status
+        self.failure_reason = failure_reason
+        self.ended_at = _now()
+
+    def as_json(self) -> dict[str, Any]:
+        seconds = time.monotonic() - self.started
+        done = [f for f in self.files if f.status == COMPLETED]
+        in_bytes = sum(f.input_bytes for f in self.files)
+        summary: dict[str, Any] = {
+            "TransformJobName": self.name,
+            "TransformJobStatus": self.status,
+            "TransformStartTime": self.started_at,
+            "TransformEndTime": self.ended_at,
+            "ExecutionParameters": self.execution_parameters,
+            "FilesTotal": len(self.files),
+            "FilesCompleted": len(done),
+            "FilesFailed": sum(f.status == FAILED for f in self.files),
+            "Records": sum(f.records for f in self.files),
+            "Requests": sum(f.requests for f in self.files),
+            "InputBytes": in_bytes,
+            "OutputBytes": sum(f.output_bytes for f in self.files),
+            "Seconds": round(seconds, 3),
+            "InputMBPerSecond": round(in_bytes / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+            "PeakRSSBytes": peak_rss_bytes(),
+            "Files": [f.as_json() for f in self.files],
+        }
+        if self.failure_reason:
+            summary["FailureReason"] = self.failure_reason
+        return summary
+
+
+class Progress:
+    """Files, records, bytes, rate and ETA: a bar on a terminal, log lines elsewhere."""
+
+    REDRAW_SECONDS = 0.25
+
+    def __init__(self, total_files: int, total_bytes: int, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.files_done = 0
+        self.records = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def advance(self, records: int, nbytes: int) -> None:
+        """Records and input bytes just sent; redraws the bar at most four times a second."""
+        self.records += records
+        self.bytes += nbytes
+        if self.tty:
+            now = time.monotonic()
+            if now - self._drawn >= self.REDRAW_SECONDS:
+                self._drawn = now
+                self._draw()
+
+    def file_done(self, result: FileResult) -> None:
+        self.files_done += 1
+        if self.tty:
+            self._draw()
+            if result.status != COMPLETED:
+                self.stream.write(f"\r\x1b[K{result.input_uri}: {result.error}\n")
+            return
+        if result.status == COMPLETED:
+            log.info(
+                "%s -> %s: %d records, %d requests, %d bytes in, %d bytes out, %.2f s",
+                result.input_uri,
+                result.output_uri,
+                result.records,
+                result.requests,
+                result.input_bytes,
+                result.output_bytes,
+                result.seconds,
+                extra={"file": result.input_uri, "status": result.status},
+            )
+        else:
+            log.error("%s", result.error, extra={"file": result.input_uri, "status": result.status})
+
+    def close(self) -> None:
+        if self.tty:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.bytes / elapsed
+        fraction = self.bytes / self.total_bytes if self.total_bytes else 0.0
+        fraction = min(fraction, 1.0)
+        eta = (self.total_bytes - self.bytes) / rate if rate > 0 and self.total_bytes else 0.0
+        width = 24
+        filled = int(fraction * width)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(
+            f"\r\x1b[K[{bar}] {self.files_done}/{self.total_files} files, "
+            f"{self.records} records, {self.bytes / 1e6:.1f} MB, "
+            f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
+        )
+        self.stream.flush()

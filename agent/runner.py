@@ -1,0 +1,192 @@
+"""One instance's run of a job: inputs, the model, the pipeline, the summary, the exit code.
+
+``run(options)`` is what ``bt-agent --job F`` calls. It lists the inputs, starts the
+model command if the job has one, waits for ``/ping``, resolves the execution
+parameters, transforms every file (``agent.pipeline``), and ends with the summary (SPEC
+§6 fields) on stdout or at ``--summary``. SIGTERM and SIGINT cancel the run: uploads
+in flight are aborted, the model command is stopped, completed outputs stay, and the
+exit code is 143 or 130.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from agent.invoke import (
+    ModelClient,
+    ModelClientSettings,
+    ModelError,
+    format_execution_parameters,
+    resolve_execution_parameters,
+)
+from agent.model_process import ModelCommandError, ModelProcess
+from agent.pipeline import Pipeline, PipelineSettings
+from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
+from agent.storage import open_stores
+from agent.storage._base import InputError, StorageError
+from agent.storage.inputs import InputFile, list_inputs, output_uri
+
+if TYPE_CHECKING:
+    from agent.cli import RunOptions
+
+log = logging.getLogger("agent.run")
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class _Usage(Exception):
+    """A problem of the job's own making found once data is in reach (exit 2)."""
+
+
+def run(options: RunOptions) -> int:
+    """Run the job on this instance; return the exit code of SPEC §7."""
+    summary = JobSummary(options.settings.transform_job_name)
+    received: list[signal.Signals] = []
+    try:
+        code = _run_loop(_main(options, summary, received), received)
+    except _Usage as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    if received:
+        code = EXIT_BY_SIGNAL[received[0]]
+        if summary.status not in (COMPLETED, FAILED):
+            summary.end(STOPPED, f"stopped by {received[0].name}")
+    _write_summary(summary, options.summary_path)
+    return code
+
+
+def _run_loop(main: object, received: list[signal.Signals]) -> int:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - non-Linux
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        loop = runner.get_loop()
+        task: asyncio.Task[int] = loop.create_task(main)  # type: ignore[arg-type]
+
+        def stop(signum: signal.Signals) -> None:
+            if not received:
+                log.warning("%s received: stopping; uploads in flight are aborted", signum.name)
+            received.append(signum)
+            task.cancel()
+
+        for signum in EXIT_BY_SIGNAL:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return runner.run(_wait(task))
+        except asyncio.CancelledError:
+            return EXIT_BY_SIGNAL[received[0]] if received else EXIT_FAILED
+        finally:
+            for signum in EXIT_BY_SIGNAL:
+                loop.remove_signal_handler(signum)
+
+
+async def _wait(task: asyncio.Task[int]) -> int:
+    return await task
+
+
+async def _main(options: RunOptions, summary: JobSummary, received: list[signal.Signals]) -> int:
+    job = options.settings
+    if options.instance_count not in (None, 1) or job.instance_count > 1:
+        log.warning(
+            "this build runs every file on this instance; multi-instance coordination "
+            "(InstanceCount=%d) is not built yet",
+            options.instance_count or job.instance_count,
+        )
+    async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
+        try:
+            inputs = await list_inputs(
+                stores,
+                job.input.data_type,
+                job.input.uri,
+                exclude=(job.output.uri, job.state_uri),
+            )
+        except InputError as error:
+            raise _Usage(str(error)) from error
+        except StorageError as error:
+            summary.end(FAILED, str(error))
+            log.error("%s", error)
+            return EXIT_FAILED
+        if not inputs:
+            reason = f"no objects found under {job.input.uri}"
+            summary.end(FAILED, reason)
+            log.error("%s", reason)
+            return EXIT_FAILED
+        total = sum(item.info.size for item in inputs if item.info is not None)
+        log.info("%d input files, %d bytes, under %s", len(inputs), total, job.input.uri)
+        progress = Progress(len(inputs), total)
+        try:
+            died = None
+            if job.agent.model_command is not None:
+                process = await stack.enter_async_context(ModelProcess.from_settings(job))
+                died = process.died
+            client_settings = ModelClientSettings.from_job(job)
+            async with ModelClient(job.agent.model_url, client_settings, died=died) as probe:
+                await probe.wait_ready(job.agent.model_startup_timeout_seconds)
+                answer = await probe.execution_parameters()
+            params, sources = resolve_execution_parameters(job, answer)
+        except (ModelError, ModelCommandError) as error:
+            return _fail_all(summary, inputs, job, progress, str(error))
+        log.info("%s", format_execution_parameters(params, sources))
+        job = params.apply(job)
+        summary.execution_parameters = {
+            "MaxConcurrentTransforms": params.max_concurrent_transforms,
+            "MaxPayloadInMB": params.max_payload_mb,
+            "BatchStrategy": params.batch_strategy,
+        }
+        client = await stack.enter_async_context(
+            ModelClient(job.agent.model_url, ModelClientSettings.from_job(job), died=died)
+        )
+        pipeline = Pipeline(PipelineSettings.from_job(job), job, stores, client, progress)
+        try:
+            await pipeline.run(inputs, summary.files)
+        finally:
+            progress.close()
+    failed = [f for f in summary.files if f.status != COMPLETED]
+    if failed:
+        summary.end(
+            FAILED, f"{len(failed)} of {len(summary.files)} files failed: {failed[0].error}"
+        )
+        return EXIT_FAILED
+    summary.end(COMPLETED)
+    return EXIT_COMPLETED
+
+
+def _fail_all(
+    summary: JobSummary, inputs: list[InputFile], job: object, progress: Progress, reason: str
+) -> int:
+    """The model never became usable: every file fails at once with the reason."""
+    from agent.job import JobSettings
+
+    assert isinstance(job, JobSettings)
+    log.error("%s", reason)
+    for item in inputs:
+        result = FileResult(str(item.uri), str(output_uri(item.relative_key, job.output.uri)))
+        result.finish(FAILED, f"{item.uri}: not transformed: {reason}")
+        summary.files.append(result)
+    progress.close()
+    summary.end(FAILED, reason)
+    return EXIT_FAILED
+
+
+def _write_summary(summary: JobSummary, path: str | None) -> None:
+    data = orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2) + b"\n"
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    Path(path).write_bytes(data)
+    log.info("summary written to %s", path)
