@@ -41,9 +41,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check agent tests bench examples
 	$(VENV)/bin/mypy
 
-## demo: validate the example job and print it as bt-agent resolved it
+## demo: a real job: SeaweedFS, generated CSV and gzip inputs, the example model server
 demo: build
-	$(VENV)/bin/bt-agent validate --job examples/job.json
+	$(VENV)/bin/bt-agent validate --job examples/demo/job.json
+	$(PY) examples/demo/run.py
 
 ## clean: remove the venv and every build output
 clean:
