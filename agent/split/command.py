@@ -9,7 +9,6 @@ byte for byte as it would be sent.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
@@ -21,55 +20,19 @@ from agent.split import (
     make_splitter,
     max_payload_bytes,
 )
+from agent.storage.gzip import Gunzip, GzipError
 
 READ_CHUNK_BYTES = 1 << 20
 MAX_PAYLOAD_MB = 100  # SPEC §1: MaxPayloadInMB is 0 to 100
 COMPRESSIONS = ("None", "Gzip")
 
 
-class _GzipError(Exception):
-    """A gzip stream that cannot be decompressed; the message names the compressed offset."""
-
-
 def _gunzip(raw: BinaryIO) -> Iterator[bytes]:
-    """Decompress gzip members one after another, yielding at most a chunk at a time."""
-    inflater = zlib.decompressobj(wbits=31)
-    consumed = 0  # compressed bytes taken by finished members and the current one
-    started = False  # the current member has begun
-    full = False  # the last call filled its output: the inflater may hold more
-    pending = b""
-    while True:
-        if not pending and not full:
-            pending = raw.read(READ_CHUNK_BYTES)
-            if not pending:
-                break
-        if not started:
-            stripped = pending.lstrip(b"\0")  # zero padding between members, as gzip allows
-            consumed += len(pending) - len(stripped)
-            pending = stripped
-            if not pending:
-                continue
-            started = True
-        try:
-            data = inflater.decompress(pending, READ_CHUNK_BYTES)
-        except zlib.error as error:
-            raise _GzipError(
-                f"not a valid gzip stream near compressed byte {consumed}: {error}"
-            ) from None
-        consumed += len(pending) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
-        full = len(data) == READ_CHUNK_BYTES and not inflater.eof
-        if data:
-            yield data
-        if inflater.eof:
-            pending = inflater.unused_data
-            inflater = zlib.decompressobj(wbits=31)
-            started = False
-        else:
-            pending = inflater.unconsumed_tail
-    if started:
-        raise _GzipError(
-            f"the gzip stream is truncated: it ends at compressed byte {consumed} inside a member"
-        )
+    """Decompress gzip members one after another, as the data plane does."""
+    inflater = Gunzip(READ_CHUNK_BYTES)
+    while chunk := raw.read(READ_CHUNK_BYTES):
+        yield from inflater.feed(chunk)
+    inflater.finish()
 
 
 def _chunks(path: str, compression: str) -> Iterator[bytes]:
@@ -194,8 +157,8 @@ def run_split(
         print(f"error: {error.in_file(path)}{where}", file=out)
         _summary(tally, out, partial=True)
         return 1
-    except _GzipError as error:
-        print(f"error: {path}: {error}", file=out)
+    except GzipError as error:
+        print(f"error: {error.in_file(path)}", file=out)
         _summary(tally, out, partial=True)
         return 1
     except OSError as error:

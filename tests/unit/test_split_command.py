@@ -80,8 +80,8 @@ def test_an_empty_gzip_object_is_an_empty_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (gzip.compress(b"a\n" * 100)[:-9], "the gzip stream is truncated"),
-        (b"definitely not gzip", "not a valid gzip stream near compressed byte 0"),
+        (gzip.compress(b"a\n" * 100)[:-9], "the gzip input is truncated"),
+        (b"definitely not gzip", "the input is not valid gzip near compressed byte 0"),
     ],
 )
 def test_broken_gzip_is_a_data_error(tmp_path: Path, content: bytes, message: str) -> None:
