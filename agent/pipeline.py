@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from agent.assemble import Assembler, ReorderBudget
-from agent.invoke import Body, ModelClient
+from agent.invoke import Body, ModelClient, ModelExitedError
 from agent.job import JobSettings
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, Progress
 from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
@@ -210,6 +210,9 @@ class Pipeline:
         except asyncio.CancelledError:
             result.finish(STOPPED, f"{item.uri}: stopped before it finished")
             raise
+        except ModelExitedError as error:  # no later file can succeed: start none of them
+            self.fatal = f"the model command {error.exit.describe()}"
+            result.finish(FAILED, _message(item, error))
         except Exception as error:  # any failure of one file leaves the others running
             result.finish(FAILED, _message(item, error))
         finally:
@@ -267,7 +270,9 @@ class Pipeline:
                             streamed = _StreamedBody(reopen)
                             payload, what = streamed, f"{item.uri} body from byte {body.start}"
                         request = self._request(payload, what, line, line.issue())
-                        order.put_nowait(group.create_task(request))
+                        task = group.create_task(request)
+                        task.add_done_callback(self._free_slot_if_failed)
+                        order.put_nowait(task)
                         result.requests += 1
                     if streamed is not None:
                         if body.data:
@@ -287,16 +292,22 @@ class Pipeline:
             await self._drop_waiting(order)
 
     async def _request(self, payload: Body, what: str, line: _Line, seq: int) -> _Answer:
-        try:
-            data = await self.client.invoke(payload, what=what)
-        except BaseException:
-            self.slots.release()
-            raise
+        data = await self.client.invoke(payload, what=what)
         early = not line.finish(seq)
         if early:
             self.slots.release()
             self.budget.hold(len(data))
         return _Answer(data, early)
+
+    def _free_slot_if_failed(self, task: asyncio.Task[_Answer]) -> None:
+        """A request that failed or was cancelled gives its slot back.
+
+        A done callback, not a ``finally`` in ``_request``: a task cancelled before its
+        first step (its file failed meanwhile) never runs its body, and a slot it kept
+        would be lost to every other file for good.
+        """
+        if task.cancelled() or task.exception() is not None:
+            self.slots.release()
 
     async def _settle(self, answer: _Answer) -> None:
         """An answer was written or dropped: give back its slot or its budget."""
