@@ -94,6 +94,11 @@ class JobSummary:
     ended_at: str | None = None
     files: list[FileResult] = field(default_factory=list)
     execution_parameters: dict[str, Any] = field(default_factory=dict)
+    transform_started: float | None = None  # the model answered: data began to flow
+
+    def begin_transform(self) -> None:
+        """The model is ready; throughput counts from here, not from start-up."""
+        self.transform_started = time.monotonic()
 
     def end(self, status: str, failure_reason: str | None = None) -> None:
         self.status = status
@@ -101,7 +106,9 @@ class JobSummary:
         self.ended_at = _now()
 
     def as_json(self) -> dict[str, Any]:
-        seconds = time.monotonic() - self.started
+        now = time.monotonic()
+        seconds = now - self.started
+        flowing = now - self.transform_started if self.transform_started is not None else 0.0
         done = [f for f in self.files if f.status == COMPLETED]
         in_bytes = sum(f.input_bytes for f in self.files)
         summary: dict[str, Any] = {
@@ -118,7 +125,8 @@ class JobSummary:
             "InputBytes": in_bytes,
             "OutputBytes": sum(f.output_bytes for f in self.files),
             "Seconds": round(seconds, 3),
-            "InputMBPerSecond": round(in_bytes / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+            "TransformSeconds": round(flowing, 3),
+            "InputMBPerSecond": round(in_bytes / 1e6 / flowing, 2) if flowing > 0 else 0.0,
             "PeakRSSBytes": peak_rss_bytes(),
             "Files": [f.as_json() for f in self.files],
         }
@@ -142,6 +150,10 @@ class Progress:
         self.bytes = 0
         self.started = time.monotonic()
         self._drawn = 0.0
+
+    def begin(self) -> None:
+        """The model is ready: rates and ETA count from now."""
+        self.started = time.monotonic()
 
     def advance(self, records: int, nbytes: int) -> None:
         """Records and input bytes just sent; redraws the bar at most four times a second."""

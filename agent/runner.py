@@ -141,6 +141,8 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         except (ModelError, ModelCommandError) as error:
             return _fail_all(summary, inputs, job, progress, str(error))
         log.info("%s", format_execution_parameters(params, sources))
+        summary.begin_transform()
+        progress.begin()
         job = params.apply(job)
         summary.execution_parameters = {
             "MaxConcurrentTransforms": params.max_concurrent_transforms,

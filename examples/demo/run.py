@@ -80,7 +80,7 @@ def _show(summary: dict[str, object]) -> None:
         f"{summary['TransformJobName']}: {summary['TransformJobStatus']}, "
         f"{summary['FilesCompleted']}/{summary['FilesTotal']} files, "
         f"{summary['Records']} records in {summary['Requests']} requests, "
-        f"{summary['InputBytes']} bytes in {summary['Seconds']} s "
+        f"{summary['InputBytes']} bytes in {summary['TransformSeconds']} s "
         f"= {summary['InputMBPerSecond']} MB/s"
     )
     for entry in files:
