@@ -139,14 +139,37 @@ def _split(namespace: argparse.Namespace) -> int:
     )
 
 
-def _not_built(command: str) -> Callable[[argparse.Namespace], int]:
-    def handler(namespace: argparse.Namespace) -> int:
-        if _load(namespace.job) is None:
-            return EXIT_USAGE
-        _error(f"'bt-agent {command}' is not built yet; the job file is valid")
-        return EXIT_USAGE
+def _state_settings(namespace: argparse.Namespace) -> JobSettings | None:
+    """The job with ``--state-uri`` (and ``--instance-count``) applied, or ``None`` (exit 2)."""
+    setup_logging(namespace.log_format)
+    loaded = _load(namespace.job)
+    if loaded is None:
+        return None
+    try:
+        return with_overrides(
+            loaded.settings,
+            state_uri=namespace.state_uri,
+            instance_count=getattr(namespace, "instance_count", None),
+        )
+    except JobError as exc:
+        _print_problems("the command line", exc)
+        return None
 
-    return handler
+
+def _status(namespace: argparse.Namespace) -> int:
+    from agent.status import run_status
+
+    settings = _state_settings(namespace)
+    return EXIT_USAGE if settings is None else run_status(settings, sys.stdout)
+
+
+def _plan(namespace: argparse.Namespace) -> int:
+    from agent.status import run_plan
+
+    settings = _state_settings(namespace)
+    if settings is None:
+        return EXIT_USAGE
+    return run_plan(settings, settings.instance_count, sys.stdout)
 
 
 # ---------------------------------------------------------------------- output
@@ -341,14 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--output-dir", metavar="DIR", help="write each request body here")
     split.set_defaults(handler=_split)
 
-    for name, summary in (
-        ("status", "print the job summary, or progress while the job runs"),
-        ("plan", "show which instance gets which file"),
+    for name, summary, handler in (
+        ("status", "print the job summary, or progress while the job runs", _status),
+        ("plan", "show which instance gets which file", _plan),
     ):
         sub = commands.add_parser(
             name, parents=[job], help=summary, description=f"{summary[0].upper()}{summary[1:]}."
         )
-        sub.set_defaults(handler=_not_built(name))
+        sub.add_argument("--state-uri", metavar="URI", help="overrides Agent.StateUri")
+        if name == "plan":
+            sub.add_argument(
+                "--instance-count",
+                type=_bounded_int(1),
+                metavar="N",
+                help="plan for N instances (overrides TransformResources.InstanceCount)",
+            )
+        sub.set_defaults(handler=handler)
     return parser
 
 

@@ -281,12 +281,6 @@ def test_split_usage_errors(capsys: pytest.CaptureFixture[str], flags: list[str]
     assert "usage: bt-agent split" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["status", "plan"])
-def test_stubs_say_they_are_not_built(capsys: pytest.CaptureFixture[str], command: str) -> None:
-    assert main([command, "--job", EXAMPLE]) == 2
-    assert f"'bt-agent {command}' is not built yet" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["split"], ["status"], ["plan"]])
 def test_help_everywhere(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     assert main([*command, "--help"]) == 0

@@ -1,0 +1,119 @@
+"""One file this instance works on: the claim the coordinator hands to the runner.
+
+A :class:`Claim` carries what the pipeline needs for an exactly-once commit: the output's
+``metadata`` and ``on_upload_id`` for ``open_upload``, ``commit(upload)`` (the lease check,
+then the conditional write), ``lost`` to race against (``run`` does that), and
+``record(result)`` for the completion record. Leaving its ``async with`` forgets the
+recorded UploadIds and releases the lease, unless the lease was lost: then it is another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeVar
+
+from agent._jobtypes import DataUri
+from agent.commit import CommitRule, UploadRecorder
+from agent.lease import ClaimLost, HeldLease, LeaseLost
+from agent.report import COMPLETED, FAILED, FileResult
+from agent.state import file_id
+from agent.storage._base import PreconditionFailed, Upload
+from agent.storage.inputs import InputFile
+
+_T = TypeVar("_T")
+
+
+class Claim:
+    """One file this instance may work on now; ``async with`` it while doing so."""
+
+    def __init__(
+        self,
+        item: InputFile,
+        output: DataUri | None,
+        metadata: dict[str, str],
+        rule: CommitRule,
+        lease: HeldLease | None,
+        recorder: UploadRecorder,
+        *,
+        on_record: Callable[[InputFile, FileResult], Awaitable[None]],
+        on_close: Callable[[str], None],
+    ) -> None:
+        self.item = item
+        self.file_id = file_id(item.uri)
+        self.output = output  # None: the output name is refused (the pipeline fails the file)
+        self.metadata = metadata  # for open_upload(metadata=...)
+        self.rule = rule
+        self.lease = lease
+        self.lost = lease.lost if lease is not None else asyncio.Event()
+        self._recorder = recorder
+        self.on_upload_id = recorder.record  # for open_upload(on_upload_id=...)
+        self._on_record = on_record
+        self._on_close = on_close
+        self.committed = False  # the output is ours: record it even if the lease goes now
+
+    def check(self) -> None:
+        """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
+        if self.lease is not None:
+            self.lease.check()
+        elif self.lost.is_set():
+            raise ClaimLost(f"{self.item.uri}: another instance committed its output first")
+
+    async def commit(self, upload: Upload) -> str:
+        """Commit ``upload`` under the claim's condition; ``ClaimLost`` if another won."""
+        self.check()
+        try:
+            etag = await upload.commit(**self.rule.kwargs)
+        except PreconditionFailed as error:
+            if self.lease is not None:
+                self.lease.lose("another instance committed the output first")
+            self.lost.set()
+            raise ClaimLost(
+                f"{self.item.uri}: not committed ({self.rule} was refused): another instance "
+                f"committed {self.output} first"
+            ) from error
+        self.committed = True
+        return etag
+
+    async def run(self, work: Awaitable[_T]) -> _T:
+        """Await ``work``, cancelling it and raising ``ClaimLost`` if the claim is lost."""
+        task = asyncio.ensure_future(work)
+        waiter = asyncio.ensure_future(self.lost.wait())
+        try:
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)  # upload aborted inside
+        if not task.cancelled() and isinstance(task.exception(), ClaimLost):
+            return task.result()  # raises it: refused at the commit, say
+        if self.lost.is_set() and (task.cancelled() or task.exception() is not None):
+            reason = self.lease.reason if self.lease is not None else "displaced"
+            raise LeaseLost(f"{self.item.uri}: stopped, the lease was lost ({reason})")
+        return task.result()
+
+    async def record(self, result: FileResult) -> None:
+        """Write the file's completion record (Completed or Failed); nothing if it was lost."""
+        if result.status not in (COMPLETED, FAILED) or (self.lost.is_set() and not self.committed):
+            return
+        await self._on_record(self.item, result)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.shield(self.close())
+
+    async def close(self) -> None:
+        """Forget the UploadIds, release the lease (unless lost); safe to call twice."""
+        await self._recorder.forget()
+        if self.lease is not None:
+            await self.lease.release()
+        self._on_close(self.file_id)

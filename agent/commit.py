@@ -1,0 +1,203 @@
+"""Exactly-once commits (SPEC §6): ``.out`` metadata, the conditional commit rule, UploadIds.
+
+Every ``.out`` carries, as S3 object metadata, the ETag of the input it was made from and
+the hash of the settings that shaped it. Before a file is processed its output is looked
+up once (:func:`head_output`), and :func:`commit_rule` decides how the commit must be
+conditioned: ``If-None-Match: *`` when there is no output yet, ``If-Match`` on the old
+ETag when a stale output (other input version or settings) is to be replaced, or no
+commit at all when the output is already the right one. Deciding *before* processing is
+what makes a late writer fail: whoever committed first changed what the condition names.
+
+Each multipart UploadId is recorded under ``uploads/<file-id>/`` when the upload starts
+and the record deleted when it ends, so :func:`abort_orphans` can abort what a killed or
+displaced instance left behind (a lifecycle rule on the bucket catches the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agent._jobtypes import DataUri
+from agent.state import STATE_FORMAT, StateLayout, dumps, now_iso
+from agent.storage import S3Store, Stores
+from agent.storage._base import ObjectNotFoundError, StorageError, Store
+
+log = logging.getLogger("agent.state")
+
+# S3 lower-cases metadata names; values must be ASCII (ETags, hex digests and job names are).
+META_INPUT_ETAG = "bt-agent-input-etag"
+META_SETTINGS_HASH = "bt-agent-settings-hash"
+META_JOB = "bt-agent-job"
+
+
+def output_metadata(input_etag: str, settings_hash: str, job_name: str) -> dict[str, str]:
+    """The metadata every ``.out`` is committed with."""
+    return {META_INPUT_ETAG: input_etag, META_SETTINGS_HASH: settings_hash, META_JOB: job_name}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputHead:
+    """An existing output: its ETag, size and metadata (``None`` where a store has none)."""
+
+    etag: str
+    size: int
+    metadata: Mapping[str, str] | None
+
+
+async def head_output(store: Store, key: str) -> OutputHead | None:
+    """The output at ``key`` with its metadata, or ``None`` if there is none.
+
+    ``Store.head`` returns no metadata, so for S3 this asks HeadObject itself through the
+    store's client (with the store's retries). Local files carry no metadata.
+    """
+    if isinstance(store, S3Store):
+        try:
+            head = await store.call(
+                f"looking up {store.uri(key)}",
+                store.client.head_object,
+                Bucket=store.bucket,
+                Key=key,
+            )
+        except ObjectNotFoundError:
+            return None
+        metadata = {str(k).lower(): str(v) for k, v in head.get("Metadata", {}).items()}
+        return OutputHead(str(head["ETag"]), int(head["ContentLength"]), metadata)
+    info = await store.head(key)
+    return None if info is None else OutputHead(info.etag, info.size, None)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRule:
+    """How to condition one ``Upload.commit``: pass ``**rule.kwargs``."""
+
+    if_none_match: bool = False
+    if_match: str | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"if_none_match": self.if_none_match, "if_match": self.if_match}
+
+    def __str__(self) -> str:
+        return "If-None-Match: *" if self.if_none_match else f"If-Match: {self.if_match}"
+
+
+def matches(head: OutputHead, metadata: Mapping[str, str]) -> bool:
+    """Whether ``head`` was made from the same input version with the same settings."""
+    if head.metadata is None:
+        return False
+    return all(
+        head.metadata.get(name) == metadata.get(name)
+        for name in (META_INPUT_ETAG, META_SETTINGS_HASH)
+    )
+
+
+def commit_rule(existing: OutputHead | None, metadata: Mapping[str, str]) -> CommitRule | None:
+    """The condition for committing an output with ``metadata`` over ``existing``.
+
+    ``None`` means the output is already there, made from the same input version with the
+    same settings: nothing is to be written.
+    """
+    if existing is None:
+        return CommitRule(if_none_match=True)
+    if matches(existing, metadata):
+        return None
+    return CommitRule(if_match=existing.etag)
+
+
+# ---------------------------------------------------------------------- UploadId records
+
+
+@dataclass
+class UploadRecorder:
+    """Records each UploadId of one file's output; ``forget`` removes them once it ended.
+
+    Pass :meth:`record` as ``open_upload(..., on_upload_id=...)``: it is awaited before the
+    first part is sent, so a crash afterwards always leaves a record.
+    """
+
+    store: Store  # the state prefix's store
+    layout: StateLayout
+    fid: str
+    output: DataUri
+    holder: str
+    written: list[DataUri] = field(default_factory=list)
+
+    async def record(self, upload_id: str) -> None:
+        where = self.layout.upload(self.fid, upload_id)
+        document = {
+            "Format": STATE_FORMAT,
+            "Scheme": self.output.scheme,
+            "Bucket": self.output.bucket,
+            "Key": self.output.key,
+            "UploadId": upload_id,
+            "Holder": self.holder,
+            "StartedAt": now_iso(),
+        }
+        await self.store.put_bytes(where.key, dumps(document))
+        self.written.append(where)
+
+    async def forget(self) -> None:
+        """Delete this file's records: its uploads were committed or aborted."""
+        for where in self.written:
+            try:
+                await self.store.delete(where.key)
+            except StorageError as error:
+                log.warning("could not delete %s (%s); a later run will clean it", where, error)
+        self.written.clear()
+
+
+async def abort_orphans(
+    stores: Stores,
+    layout: StateLayout,
+    fids: Iterable[str] | None = None,
+    *,
+    keep_holder: str | None = None,
+) -> int:
+    """Abort the recorded uploads of ``fids`` (default: every file); return how many.
+
+    Call it when a file is taken over or claimed (its previous holder is gone or lost it),
+    and at the start of a run for the files this instance owns. Uploads recorded by
+    ``keep_holder`` (this instance) are left alone.
+    """
+    state = await stores.get(layout.root)
+    wanted = None if fids is None else set(fids)
+    prefixes = (
+        [layout.uploads_prefix()]
+        if wanted is None or len(wanted) > 8
+        else [layout.uploads_prefix(fid) for fid in sorted(wanted)]
+    )
+    found = []
+    for prefix in prefixes:
+        found += await state.list_objects(prefix.key)
+    aborted = 0
+    for info in found:
+        fid = info.key.rstrip("/").rsplit("/", 2)[-2]
+        if wanted is not None and fid not in wanted:
+            continue
+        loaded = await state.get_bytes(info.key)
+        if loaded is None:
+            continue
+        try:
+            record = orjson.loads(loaded[0])
+            output = DataUri(record["Scheme"], record["Bucket"], record["Key"])
+            upload_id, holder = str(record["UploadId"]), record.get("Holder")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s is not an upload record; deleting it", state.uri(info.key))
+        else:
+            if keep_holder is not None and holder == keep_holder:
+                continue
+            target = await stores.get(output)
+            try:
+                await target.abort_multipart_upload(output.key, upload_id)
+            except StorageError as error:
+                log.warning("could not abort the orphaned upload %s: %s", upload_id, error)
+                continue
+            log.info("aborted the upload %s of %s left by %s", upload_id, output, holder)
+            aborted += 1
+        await state.delete(info.key)
+    return aborted

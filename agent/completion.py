@@ -1,0 +1,236 @@
+"""Completion records (``done/<file-id>.json``), the resume rule, and the job summary.
+
+A record is written once a file is final in a run: ``Completed`` only after its ``.out``
+was committed, or ``Failed``. A completed record settles its file in every later run while
+the input's ETag and the settings hash stay the same (that is resume); a failed one only
+in its own run, so a rerun tries the file again. The summary is built from the records
+over one listing snapshot, so any instance can write it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent._jobtypes import DataUri
+from agent.state import (
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    READS_IN_FLIGHT,
+    STATE_FORMAT,
+    STOPPED,
+    Listing,
+    StateError,
+    StateLayout,
+    dumps,
+    file_id,
+    loads,
+    now_iso,
+)
+from agent.storage._base import ObjectInfo, Store
+from agent.storage.inputs import InputFile
+
+log = logging.getLogger("agent.state")
+
+
+class SettingsMismatch(Exception):
+    """Files were completed with other output settings; the CLI exits 2 unless ``--force``."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A finished file, as written to ``done/<file-id>.json`` (SageMaker-style names)."""
+
+    Input: str
+    InputETag: str | None
+    SettingsHash: str
+    Status: str  # Completed or Failed
+    RunId: str
+    Instance: str  # who processed it, for status and the summary
+    Output: str
+    OutputETag: str | None = None
+    Records: int = 0
+    Requests: int = 0
+    InputBytes: int = 0
+    OutputBytes: int = 0
+    Seconds: float = 0.0
+    FailureReason: str | None = None
+    FinishedAt: str = ""
+
+    def to_json(self) -> bytes:
+        return dumps({"Format": STATE_FORMAT, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, data: bytes, where: DataUri) -> FileRecord:
+        document = loads(data, where)
+        document.pop("Format")
+        try:
+            return cls(**document)
+        except TypeError as error:
+            raise StateError(f"{where} is not a completion record ({error})") from None
+
+    def summary_entry(self) -> dict[str, Any]:
+        entry = {k: v for k, v in asdict(self).items() if v is not None}
+        entry.pop("SettingsHash")
+        return entry
+
+    def final_for(self, item: InputFile, settings_hash: str | None, run_id: str) -> bool:
+        """Whether this record settles ``item`` in run ``run_id``.
+
+        A completed output counts while its input is unchanged (and, when ``settings_hash``
+        is given, its settings are the same), in any run; a failure counts only in the run
+        that failed it, so a rerun tries the file again.
+        """
+        if self.Status == COMPLETED:
+            same_input = item.info is not None and self.InputETag == item.info.etag
+            return same_input and settings_hash in (None, self.SettingsHash)
+        return self.Status == FAILED and self.RunId == run_id
+
+
+async def write_record(store: Store, layout: StateLayout, record: FileRecord) -> None:
+    """Write (or replace) a file's record; call only after its ``.out`` is committed."""
+    await store.put_bytes(layout.done(file_id(record.Input)).key, record.to_json())
+
+
+class RecordCache:
+    """Every completion record under the state prefix, re-read only where its ETag changed."""
+
+    def __init__(self, store: Store, layout: StateLayout) -> None:
+        self.store = store
+        self.layout = layout
+        self._seen: dict[str, tuple[str, FileRecord]] = {}  # file id -> (ETag, record)
+
+    @property
+    def records(self) -> dict[str, FileRecord]:
+        return {fid: record for fid, (_, record) in self._seen.items()}
+
+    async def refresh(self) -> dict[str, FileRecord]:
+        listed = await self.store.list_objects(self.layout.done_prefix.key)
+        current = {_stem(info.key): info for info in listed if info.key.endswith(".json")}
+        for fid in set(self._seen) - set(current):
+            del self._seen[fid]
+        stale = [i for f, i in current.items() if self._seen.get(f, ("",))[0] != i.etag]
+        limit = asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def fetch(info: ObjectInfo) -> None:
+            async with limit:
+                found = await self.store.get_bytes(info.key)
+            if found is None:
+                return  # deleted since the listing
+            where = DataUri(self.layout.root.scheme, self.layout.root.bucket, info.key)
+            try:
+                self._seen[_stem(info.key)] = (found[1], FileRecord.from_json(found[0], where))
+            except StateError as error:
+                log.warning("%s; the file counts as not done", error)
+
+        await asyncio.gather(*(fetch(info) for info in stale))
+        return self.records
+
+    async def get(self, fid: str) -> FileRecord | None:
+        """One file's record, fresh from the store."""
+        where = self.layout.done(fid)
+        found = await self.store.get_bytes(where.key)
+        if found is None:
+            self._seen.pop(fid, None)
+            return None
+        record = FileRecord.from_json(found[0], where)
+        self._seen[fid] = (found[1], record)
+        return record
+
+
+def _stem(key: str) -> str:
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def completed(
+    records: Mapping[str, FileRecord],
+    files: Iterable[InputFile],
+    settings_hash: str,
+    *,
+    force: bool = False,
+) -> set[str]:
+    """The ids of ``files`` already completed with the same input ETag and settings hash.
+
+    Raises ``SettingsMismatch`` when an unchanged input was completed with other settings
+    (the outputs would differ), unless ``force``: then those files are simply redone.
+    """
+    done: set[str] = set()
+    mismatched: list[FileRecord] = []
+    for item in files:
+        record = records.get(fid := file_id(item.uri))
+        if record is None or record.Status != COMPLETED:
+            continue
+        if record.final_for(item, settings_hash, ""):
+            done.add(fid)
+        elif record.final_for(item, None, ""):
+            mismatched.append(record)
+    if mismatched and not force:
+        raise SettingsMismatch(
+            f"{len(mismatched)} file(s) were completed with different output settings "
+            f"(settings hash {mismatched[0].SettingsHash[:12]}…, now {settings_hash[:12]}…), "
+            f"e.g. {mismatched[0].Input}; rerun with --force to redo them with the new "
+            "settings, or use another S3OutputPath or Agent.StateUri"
+        )
+    return done
+
+
+# ---------------------------------------------------------------------- job summary
+
+
+def build_summary(
+    job_name: str,
+    listing: Listing,
+    records: Mapping[str, FileRecord],
+    settings_hash: str | None,
+    *,
+    stopped: str | None = None,
+    execution_parameters: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """The job summary over ``listing``, and whether every file has a final record.
+
+    Status: ``Completed`` when every file completed, ``Failed`` when every file is final
+    and some failed, else ``Stopped`` if ``stopped`` gives a reason, else ``InProgress``.
+    """
+    entries: list[dict[str, Any]] = []
+    finals: list[FileRecord] = []
+    for item in listing.files:
+        record = records.get(file_id(item.uri))
+        if record is not None and record.final_for(item, settings_hash, listing.run_id):
+            finals.append(record)
+            entries.append(record.summary_entry())
+        else:
+            entries.append({"Input": str(item.uri), "Status": IN_PROGRESS})
+    failed = [r for r in finals if r.Status == FAILED]
+    final = len(finals) == len(listing.files)
+    reason = None
+    if final:
+        status = FAILED if failed else COMPLETED
+        if failed:
+            reason = f"{len(failed)} of {len(finals)} files failed: {failed[0].FailureReason}"
+    else:
+        status, reason = (STOPPED, stopped) if stopped else (IN_PROGRESS, None)
+    summary: dict[str, Any] = {
+        "Format": STATE_FORMAT,
+        "TransformJobName": job_name,
+        "TransformJobStatus": status,
+        "RunId": listing.run_id,
+        "TransformStartTime": listing.created_at,
+        "TransformEndTime": now_iso(),
+        "ExecutionParameters": dict(execution_parameters or {}),
+        "FilesTotal": len(listing.files),
+        "FilesCompleted": len(finals) - len(failed),
+        "FilesFailed": len(failed),
+        "Records": sum(r.Records for r in finals),
+        "Requests": sum(r.Requests for r in finals),
+        "InputBytes": sum(r.InputBytes for r in finals),
+        "OutputBytes": sum(r.OutputBytes for r in finals),
+        "Instances": sorted({r.Instance for r in finals if r.RunId == listing.run_id}),
+        "Files": entries,
+    }
+    if reason:
+        summary["FailureReason"] = reason
+    return summary, final

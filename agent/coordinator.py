@@ -1,0 +1,383 @@
+"""Which files this instance does, and the bookkeeping around each one (SPEC §6).
+
+The runner's side of coordination, for ``Static`` and ``Lease`` alike::
+
+    async with await Coordinator.open(stores, job, identity) as coordinator:
+        ...start the model, resolve the execution parameters...
+        await coordinator.begin(settings_hash(job))      # may raise SettingsMismatch (exit 2)
+        async for claim in coordinator.files():
+            async with claim:                            # releases lease, forgets UploadIds
+                result = ...transform claim.item, racing claim.lost (claim.run does that),
+                    uploading with metadata=claim.metadata, on_upload_id=claim.on_upload_id
+                    and committing with ``await claim.commit(upload)``...
+                await claim.record(result)               # the completion record
+        await coordinator.finish(...)                    # the job summary, if final
+
+``files()`` yields :class:`~agent.claim.Claim` objects lazily: ask for the next one only
+when there is room for it (a claim's lease is renewed from the moment it is won). In
+Static mode the claims are this instance's share of the plan minus what is completed;
+in Lease mode each claim holds a lease and files are tried largest first (see
+``agent.lease`` and the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from agent._jobtypes import DataUri, JobSettings
+from agent.claim import Claim
+from agent.commit import (
+    CommitRule,
+    UploadRecorder,
+    abort_orphans,
+    commit_rule,
+    head_output,
+    output_metadata,
+)
+from agent.completion import (
+    FileRecord,
+    RecordCache,
+    build_summary,
+    completed,
+    write_record,
+)
+from agent.lease import (
+    HeldLease,
+    Holder,
+    LeaseBook,
+    LeaseSettings,
+    check_conditional_writes,
+)
+from agent.plan import Identity, largest_first, static_plan
+from agent.report import FileResult
+from agent.state import (
+    COMPLETED,
+    Listing,
+    StateLayout,
+    file_id,
+    now_iso,
+    open_listing,
+    read_listing,
+    write_summary,
+)
+from agent.storage import Stores, list_inputs
+from agent.storage._base import Store
+from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+
+log = logging.getLogger("agent.coordinate")
+
+
+class Coordinator:
+    """This instance's view of the job's files, state and summary; see the module docstring."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        job: JobSettings,
+        identity: Identity,
+        state: Store,
+        listing: Listing,
+        *,
+        lease_settings: LeaseSettings,
+        force: bool,
+    ) -> None:
+        self.stores = stores
+        self.job = job
+        self.identity = identity
+        self.state = state
+        self.layout = StateLayout(job.state_uri)
+        self.listing = listing
+        self.lease_settings = lease_settings
+        self.force = force
+        self.lease_mode = job.agent.coordination == "Lease"
+        label = f"{socket.gethostname()}:{os.getpid()}"
+        if not self.lease_mode:
+            label += f" (instance {identity.index} of {identity.count})"
+        self.holder = Holder.new(label)
+        self.records = RecordCache(state, self.layout)
+        self.settings_hash: str | None = None
+        self.final: set[str] = set()  # file ids settled in this run
+        self.todo: list[InputFile] = []  # this instance's files, in order, after ``begin``
+        self.held: dict[str, Claim] = {}  # claims yielded and not yet closed
+
+    @classmethod
+    async def open(
+        cls,
+        stores: Stores,
+        job: JobSettings,
+        identity: Identity,
+        *,
+        lease_settings: LeaseSettings | None = None,
+        force: bool = False,
+    ) -> Coordinator:
+        """Check the store (Lease mode) and join or take the run's listing snapshot.
+
+        Raises ``ConditionalWritesUnsupported``, ``InputError`` (manifest) or
+        ``StorageError``. An empty ``listing.files`` means no inputs (the job fails).
+        """
+        state = await stores.get(job.state_uri)
+        layout = StateLayout(job.state_uri)
+        if job.agent.coordination == "Lease":
+            await check_conditional_writes(state, layout)
+
+        async def inputs() -> list[InputFile]:
+            exclude = (job.output.uri, job.state_uri)
+            return await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)
+
+        listing, created = await open_listing(state, layout, job.transform_job_name, inputs)
+        how = "took" if created else "joined"
+        log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
+        settings = lease_settings or LeaseSettings()
+        return cls(stores, job, identity, state, listing, lease_settings=settings, force=force)
+
+    async def begin(self, settings_hash: str) -> None:
+        """Read the completion records and settle this instance's files.
+
+        Raises ``SettingsMismatch`` (exit 2) when files were completed with other settings
+        and ``force`` is off. Static mode also aborts the uploads its files left open.
+        """
+        self.settings_hash = settings_hash
+        records = await self.records.refresh()
+        files = self.listing.files
+        done = completed(records, files, settings_hash, force=self.force)
+        self.final = done | {
+            fid
+            for item in files
+            if (record := records.get(fid := file_id(item.uri))) is not None
+            and record.final_for(item, settings_hash, self.listing.run_id)
+        }
+        if self.lease_mode:
+            self.todo = [f for f in largest_first(files) if file_id(f.uri) not in self.final]
+            log.info("%d of %d files to do, claimed by lease", len(self.todo), len(files))
+            return
+        plan = static_plan(files, self.identity.count)
+        share = plan.share(self.identity.index)
+        self.todo = [f for f in share.files if file_id(f.uri) not in self.final]
+        log.info(
+            "%s: %d files, %d bytes planned (imbalance %.3f); %d already done",
+            self.identity,
+            len(share.files),
+            share.bytes,
+            plan.imbalance,
+            len(share.files) - len(self.todo),
+        )
+        if self.todo:
+            aborted = await abort_orphans(
+                self.stores, self.layout, [file_id(f.uri) for f in self.todo]
+            )
+            if aborted:
+                log.info("aborted %d upload(s) left open by an earlier run", aborted)
+
+    async def files(self) -> AsyncIterator[Claim]:
+        """The claims this instance should work on, one at a time as asked for."""
+        if self.settings_hash is None:
+            raise RuntimeError("call begin(settings_hash) before files()")
+        if not self.lease_mode:
+            for item in self.todo:
+                claim = await self._prepare(item, None)
+                if claim is not None:
+                    yield claim
+            return
+        async for claim in self._lease_claims():
+            yield claim
+
+    async def _lease_claims(self) -> AsyncIterator[Claim]:
+        """Claim loop: one pass over the files (largest first) per round, from a cursor.
+
+        Each instance starts at its index, so instances started together rarely race for
+        the same lease. Foreign leases are looked at again every ``poll_seconds`` (sooner
+        if a takeover falls due); the loop ends when every file is settled and no claim
+        of this instance is still open (a claim lost mid-way puts its file back in play).
+        """
+        book = LeaseBook(self.state, self.layout, self.holder, self.lease_settings)
+        poll = self.lease_settings.poll_seconds
+        order = self.todo
+        next_look: dict[str, float] = {}  # file id -> when to look at its lease again
+        cursor = self.identity.index % len(order) if order and self.identity.count > 1 else 0
+        while order:
+            claim = None
+            for _ in range(len(order)):
+                item = order[cursor]
+                cursor = (cursor + 1) % len(order)
+                fid = file_id(item.uri)
+                now = time.monotonic()
+                if fid in self.final or fid in self.held or next_look.get(fid, 0.0) > now:
+                    continue
+                lease = await book.try_acquire(fid, str(item.uri))
+                if lease is None:
+                    due = book.takeover_due(fid)
+                    next_look[fid] = now + poll if due is None else min(now + poll, due)
+                    continue
+                next_look.pop(fid, None)
+                if (claim := await self._prepare(item, lease)) is not None:
+                    break
+            if claim is not None:
+                yield claim
+                continue
+            await self._refresh_final()
+            open_files = [
+                fid
+                for item in order
+                if (fid := file_id(item.uri)) not in self.final and fid not in self.held
+            ]
+            if not open_files and not self.held:
+                return
+            # Sleep until a watched lease is due a look, at most one poll interval.
+            looks = [next_look[f] for f in open_files if f in next_look]
+            wake = min(looks, default=time.monotonic() + poll)
+            await asyncio.sleep(min(poll, max(0.05, wake - time.monotonic())))
+
+    async def _refresh_final(self) -> None:
+        records = await self.records.refresh()
+        for item in self.todo:
+            record = records.get(fid := file_id(item.uri))
+            if record is not None and record.final_for(
+                item, self.settings_hash, self.listing.run_id
+            ):
+                self.final.add(fid)
+
+    async def _prepare(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
+        """A claim for ``item``, or ``None`` when it turns out to be settled already."""
+        fid = file_id(item.uri)
+        assert self.settings_hash is not None
+        if lease is not None:
+            record = await self.records.get(fid)
+            if record is not None and record.final_for(
+                item, self.settings_hash, self.listing.run_id
+            ):
+                self.final.add(fid)  # finished by another instance just before our claim
+                await lease.release()
+                return None
+            await lease.__aenter__()  # renew from now on, whatever the runner does next
+        try:
+            claim = await self._claim(item, lease)
+        except BaseException:
+            if lease is not None:
+                await asyncio.shield(lease.release())
+            raise
+        if claim is None:
+            if lease is not None:
+                await lease.release()
+            return None
+        self.held[fid] = claim
+        return claim
+
+    async def _claim(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
+        fid = file_id(item.uri)
+        assert self.settings_hash is not None
+        if lease is not None:
+            taken = await abort_orphans(
+                self.stores, self.layout, [fid], keep_holder=self.holder.token
+            )
+            if taken:
+                log.info("%s: aborted %d upload(s) of its previous holder", item.uri, taken)
+        try:
+            output: DataUri | None = output_uri(item.relative_key, self.job.output.uri)
+        except OutputKeyError:
+            output = None  # the pipeline fails the file with the reason
+        metadata: dict[str, str] = {}
+        rule = CommitRule(if_none_match=True)
+        if item.info is not None and output is not None:
+            metadata = output_metadata(
+                item.info.etag, self.settings_hash, self.job.transform_job_name
+            )
+            head = await head_output(await self.stores.get(output), output.key)
+            found = commit_rule(head, metadata)
+            if found is None:
+                # Committed, but its record never written (the instance died in between).
+                assert head is not None
+                log.info("%s: its output is already committed; recording it", item.uri)
+                result = FileResult(str(item.uri), str(output), item.info.size, COMPLETED)
+                result.output_etag, result.output_bytes = head.etag, head.size
+                await self.record(item, result)
+                return None
+            rule = found
+        recorder = UploadRecorder(
+            self.state, self.layout, fid, output or item.uri, self.holder.token
+        )
+        return Claim(
+            item,
+            output,
+            metadata,
+            rule,
+            lease,
+            recorder,
+            on_record=self.record,
+            on_close=self._closed,
+        )
+
+    def _closed(self, fid: str) -> None:
+        self.held.pop(fid, None)
+
+    async def record(self, item: InputFile, result: FileResult) -> None:
+        """Write ``item``'s completion record from ``result`` (after its commit)."""
+        assert self.settings_hash is not None
+        record = FileRecord(
+            Input=str(item.uri),
+            InputETag=None if item.info is None else item.info.etag,
+            SettingsHash=self.settings_hash,
+            Status=result.status,
+            RunId=self.listing.run_id,
+            Instance=self.holder.label,
+            Output=result.output_uri,
+            OutputETag=result.output_etag,
+            Records=result.records,
+            Requests=result.requests,
+            InputBytes=result.input_bytes,
+            OutputBytes=result.output_bytes,
+            Seconds=round(result.seconds, 3),
+            FailureReason=result.error,
+            FinishedAt=now_iso(),
+        )
+        await write_record(self.state, self.layout, record)
+        self.final.add(file_id(item.uri))
+
+    async def finish(
+        self,
+        *,
+        stopped: str | None = None,
+        execution_parameters: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Write the job summary if every file now has a final record; return it if written.
+
+        ``stopped`` (the reason, on SIGTERM/SIGINT) writes a ``Stopped`` summary instead
+        when the job is not final and no other instance holds a lease.
+        """
+        records = await self.records.refresh()
+        listing = await read_listing(self.state, self.layout) or self.listing
+        summary, final = build_summary(
+            self.job.transform_job_name,
+            listing,
+            records,
+            self.settings_hash,
+            stopped=stopped,
+            execution_parameters=execution_parameters,
+        )
+        if not final and (stopped is None or not await self._alone()):
+            return None
+        return summary if await write_summary(self.state, self.layout, summary) else None
+
+    async def _alone(self) -> bool:
+        if not self.lease_mode:
+            return True
+        return not await self.state.list_objects(self.layout.leases_prefix.key)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release every claim the runner did not close (a stop mid-way)."""
+        for claim in list(self.held.values()):
+            await asyncio.shield(claim.close())

@@ -1,0 +1,182 @@
+"""``bt-agent status`` and ``bt-agent plan``: what the state prefix says, for people.
+
+``status`` prints the stored job summary (JSON, as DescribeTransformJob would) once the
+run has one, else the progress of the run under way: files and bytes done, and which
+instance is doing what (from the leases and the completion records). ``plan`` prints
+which instance gets which file under Static coordination, over the run's listing
+snapshot when there is one (else over a fresh listing, which it does not store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+import orjson
+
+from agent._jobtypes import JobSettings
+from agent.completion import FileRecord, RecordCache, build_summary
+from agent.lease import read_leases
+from agent.plan import format_plan, static_plan
+from agent.state import (
+    COMPLETED,
+    FAILED,
+    Listing,
+    StateLayout,
+    file_id,
+    read_listing,
+    read_summary,
+)
+from agent.storage import Stores, list_inputs, open_stores
+from agent.storage._base import InputError, StorageError
+
+log = logging.getLogger("agent.status")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | None, bool]:
+    """The unfinished run's snapshot (``True``), else a fresh listing not stored (``False``)."""
+    state = await stores.get(job.state_uri)
+    layout = StateLayout(job.state_uri)
+    listing = await read_listing(state, layout)
+    if listing is not None:
+        summary = await read_summary(state, layout)
+        if summary is None or summary.get("RunId") != listing.run_id:
+            return listing, True
+    exclude = (job.output.uri, job.state_uri)
+    files = await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)
+    return (Listing("(not started)", "", tuple(files)) if files else None), False
+
+
+async def plan_lines(stores: Stores, job: JobSettings, count: int) -> list[str]:
+    """The static plan of ``job`` over ``count`` instances, as printed by ``bt-agent plan``."""
+    listing, stored = await current_listing(stores, job)
+    if listing is None:
+        return [f"no objects found under {job.input.uri}"]
+    records = await RecordCache(
+        await stores.get(job.state_uri), StateLayout(job.state_uri)
+    ).refresh()
+    done = frozenset(
+        str(item.uri)
+        for item in listing.files
+        if (record := records.get(file_id(item.uri))) is not None
+        and record.Status == COMPLETED
+        and record.final_for(item, None, listing.run_id)
+    )
+    where = f"the listing snapshot of run {listing.run_id}" if stored else "a fresh listing"
+    lines = [f"{job.transform_job_name}: plan over {where}"]
+    if job.agent.coordination == "Lease":
+        lines.append(
+            "Agent.Coordination is Lease: files are claimed at run time, largest first; "
+            "the static plan below is for comparison"
+        )
+    return lines + format_plan(static_plan(listing.files, count), done=done)
+
+
+async def status_report(stores: Stores, job: JobSettings) -> tuple[str, int]:
+    """What ``bt-agent status`` prints, and its exit code."""
+    state = await stores.get(job.state_uri)
+    layout = StateLayout(job.state_uri)
+    listing = await read_listing(state, layout)
+    summary = await read_summary(state, layout)
+    if summary is not None and (listing is None or summary.get("RunId") == listing.run_id):
+        return orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), EXIT_OK
+    if listing is None:
+        return (
+            f"{job.transform_job_name}: no state under {job.state_uri}; the job has not "
+            "started (or ran with another Agent.StateUri / --state-uri)",
+            EXIT_FAILED,
+        )
+    records = await RecordCache(state, layout).refresh()
+    leases = await read_leases(state, layout)
+    return "\n".join(progress_lines(job.transform_job_name, listing, records, leases)), EXIT_OK
+
+
+def progress_lines(
+    name: str,
+    listing: Listing,
+    records: dict[str, FileRecord],
+    leases: list[dict[str, Any]],
+) -> list[str]:
+    """Progress of an unfinished run: totals, then one line per instance."""
+    progress, _ = build_summary(name, listing, records, None)
+    sizes = {str(f.uri): f.info.size for f in listing.files if f.info is not None}
+    done_bytes = sum(
+        sizes.get(entry["Input"], 0) for entry in progress["Files"] if entry["Status"] == COMPLETED
+    )
+    total = listing.total_bytes
+    share = f" ({100 * done_bytes / total:.1f}%)" if total else ""
+    lines = [
+        f"{name}: InProgress (run {listing.run_id}, listed at {listing.created_at})",
+        f"  files: {progress['FilesCompleted']} of {progress['FilesTotal']} completed, "
+        f"{progress['FilesFailed']} failed, {len(leases)} being processed under lease",
+        f"  bytes: {done_bytes} of {total} input bytes completed{share}",
+    ]
+    per_instance: dict[str, list[str]] = defaultdict(list)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for record in records.values():
+        if record.RunId == listing.run_id:
+            tally = counts[record.Instance]
+            tally[0 if record.Status == COMPLETED else 1] += 1
+            tally[2] += record.InputBytes
+    for lease in leases:
+        label = str(lease.get("Instance", "?"))
+        counts.setdefault(label, [0, 0, 0])
+        per_instance[label].append(
+            f"{lease.get('Input')} (lease renewed {lease.get('Renewal')} times, "
+            f"last at {lease.get('RenewedAt')})"
+        )
+    if counts:
+        lines.append("  instances:")
+    for label in sorted(counts):
+        ok, failed, nbytes = counts[label]
+        lines.append(f"    {label}: {ok} completed, {failed} failed, {nbytes} bytes in this run")
+        lines.extend(f"      working on {text}" for text in per_instance[label])
+    earlier = sum(
+        1
+        for entry in progress["Files"]
+        if entry["Status"] == COMPLETED and entry.get("RunId") != listing.run_id
+    )
+    if earlier:
+        lines.append(f"  {earlier} file(s) were completed by an earlier run and are skipped")
+    if progress["FilesFailed"]:
+        first = next(e for e in progress["Files"] if e["Status"] == FAILED)
+        lines.append(f"  first failure: {first.get('FailureReason')}")
+    return lines
+
+
+def _run(command: str, work: Callable[[Stores], Awaitable[tuple[str, int]]], out: TextIO) -> int:
+    async def main() -> tuple[str, int]:
+        async with open_stores() as stores:
+            return await work(stores)
+
+    try:
+        text, code = asyncio.run(main())
+    except InputError as error:
+        print(f"bt-agent {command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageError as error:
+        print(f"bt-agent {command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(text, file=out, flush=True)
+    return code
+
+
+def run_status(job: JobSettings, out: TextIO) -> int:
+    """``bt-agent status``: print the summary or the progress to ``out``; the exit code."""
+    return _run("status", lambda stores: status_report(stores, job), out)
+
+
+def run_plan(job: JobSettings, count: int, out: TextIO) -> int:
+    """``bt-agent plan``: print which instance gets which file to ``out``; the exit code."""
+
+    async def work(stores: Stores) -> tuple[str, int]:
+        lines = await plan_lines(stores, job, count)
+        return "\n".join(lines), EXIT_OK if len(lines) > 1 else EXIT_FAILED
+
+    return _run("plan", work, out)
