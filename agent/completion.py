@@ -16,13 +16,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent._jobtypes import DataUri
+from agent.report import COMPLETED, FAILED, STOPPED
 from agent.state import (
-    COMPLETED,
-    FAILED,
     IN_PROGRESS,
     READS_IN_FLIGHT,
     STATE_FORMAT,
-    STOPPED,
     Listing,
     StateError,
     StateLayout,

@@ -56,9 +56,8 @@ from agent.lease import (
     check_conditional_writes,
 )
 from agent.plan import Identity, largest_first, static_plan
-from agent.report import FileResult
+from agent.report import COMPLETED, FileResult
 from agent.state import (
-    COMPLETED,
     Listing,
     StateLayout,
     file_id,
@@ -159,7 +158,9 @@ class Coordinator:
             return
         plan = static_plan(files, self.identity.count)
         share = plan.share(self.identity.index)
-        self.todo = [f for f in share.files if file_id(f.uri) not in self.final]
+        mine = {file_id(f.uri) for f in share.files}
+        # Listing order (key order, or manifest order): outputs appear as a user expects.
+        self.todo = [f for f in files if (fid := file_id(f.uri)) in mine and fid not in self.final]
         log.info(
             "%s: %d files, %d bytes planned (imbalance %.3f); %d already done",
             self.identity,

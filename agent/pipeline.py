@@ -26,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from agent.assemble import Assembler, ReorderBudget
+from agent.claim import Claim
 from agent.invoke import Body, ModelClient, ModelExitedError
 from agent.job import JobSettings
-from agent.report import COMPLETED, FAILED, STOPPED, FileResult, Progress
+from agent.lease import ClaimLost
+from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileResult, Progress
 from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
 from agent.storage import Stores
 from agent.storage._base import ObjectInfo, StorageError, Store
@@ -185,44 +187,66 @@ class Pipeline:
         self.files_open = asyncio.Semaphore(settings.files_open)
         self.fatal: str | None = None  # set when no further file can succeed
 
-    async def run(self, inputs: list[InputFile], results: list[FileResult]) -> None:
-        """Transform every input in order of ``inputs``; one ``FileResult`` each."""
-        async with asyncio.TaskGroup() as group:
-            for item in inputs:
-                out = output_uri(item.relative_key, self.job.output.uri)
-                result = FileResult(str(item.uri), str(out))
-                results.append(result)
-                await self.files_open.acquire()
-                await self.files_reading.acquire()
-                if self.fatal is not None:
-                    self.files_reading.release()
-                    self.files_open.release()
-                    result.finish(FAILED, f"{item.uri}: not started: {self.fatal}")
-                    self.progress.file_done(result)
-                    continue
-                group.create_task(self._file(item, result))
+    async def run(self, claims: AsyncIterable[Claim], results: list[FileResult]) -> None:
+        """Transform each file ``claims`` hands out (in its order); one ``FileResult`` each.
 
-    async def _file(self, item: InputFile, result: FileResult) -> None:
+        The next claim is asked for only when a file may start, so a lease is never won
+        long before its file can be worked on.
+        """
+        async with asyncio.TaskGroup() as group:
+            await self._room()
+            try:
+                async for claim in claims:
+                    item = claim.item
+                    result = FileResult(str(item.uri), str(claim.output or item.uri))
+                    results.append(result)
+                    if self.fatal is not None:
+                        result.finish(FAILED, f"{item.uri}: not started: {self.fatal}")
+                        self.progress.file_done(result)
+                        async with claim:
+                            await claim.record(result)
+                        continue
+                    group.create_task(self._file(claim, result))
+                    await self._room()
+            finally:
+                self.files_reading.release()  # the room taken for a claim that never came
+                self.files_open.release()
+
+    async def _room(self) -> None:
+        await self.files_open.acquire()
+        await self.files_reading.acquire()
+
+    async def _file(self, claim: Claim, result: FileResult) -> None:
+        item = claim.item
         reading = _Place(self.files_reading)
         try:
-            await self._transform_file(item, result, reading)
-            result.finish(COMPLETED)
+            async with claim:
+                try:
+                    await claim.run(self._transform_file(claim, result, reading))
+                    result.finish(COMPLETED)
+                except ClaimLost as lost:  # another instance has the file now: not a failure
+                    result.finish(LOST, str(lost))
+                except ModelExitedError as error:  # no later file can succeed: start none
+                    self.fatal = f"the model command {error.exit.describe()}"
+                    result.finish(FAILED, _message(item, error))
+                except Exception as error:  # one file's failure leaves the others running
+                    result.finish(FAILED, _message(item, error))
+                await claim.record(result)
         except asyncio.CancelledError:
             result.finish(STOPPED, f"{item.uri}: stopped before it finished")
             raise
-        except ModelExitedError as error:  # no later file can succeed: start none of them
-            self.fatal = f"the model command {error.exit.describe()}"
-            result.finish(FAILED, _message(item, error))
-        except Exception as error:  # any failure of one file leaves the others running
-            result.finish(FAILED, _message(item, error))
         finally:
             reading.release()
             self.files_open.release()
             self.progress.file_done(result)
 
-    async def _transform_file(self, item: InputFile, result: FileResult, reading: _Place) -> None:
+    async def _transform_file(self, claim: Claim, result: FileResult, reading: _Place) -> None:
+        item, out = claim.item, claim.output
         if item.info is None:
             raise FileFailed(item.missing_message())
+        if out is None:  # the coordinator found the output name unusable: say why
+            output_uri(item.relative_key, self.job.output.uri)
+            raise FileFailed(f"{item.uri}: its output name is refused")
         s = self.settings
         bound = s.max_payload_bytes
         if s.split_type == "None" and not s.gzip and 0 < bound < item.info.size:
@@ -233,13 +257,18 @@ class Pipeline:
                 item.info.size,
                 bound,
             )
-        out = output_uri(item.relative_key, self.job.output.uri)
         source = await self.stores.get(item.uri)
         sink = await self.stores.get(out)
-        async with sink.open_upload(out.key, kms_key_id=s.kms_key_id) as upload:
+        upload = sink.open_upload(
+            out.key,
+            kms_key_id=s.kms_key_id,
+            metadata=claim.metadata or None,
+            on_upload_id=claim.on_upload_id,
+        )
+        async with upload:
             assembler = Assembler(upload.write, s.assemble_with)
             await self._transform(item, item.info, source, assembler, result, reading)
-            result.output_etag = await upload.commit()
+            result.output_etag = await claim.commit(upload)
         result.output_bytes = assembler.bytes_written
 
     async def _transform(

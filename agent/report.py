@@ -18,6 +18,7 @@ from typing import Any, TextIO
 log = logging.getLogger("agent.run")
 
 COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
+LOST = "Lost"  # another instance took the file over (its lease lapsed): not a failure here
 
 
 def peak_rss_bytes() -> int:
@@ -95,6 +96,8 @@ class JobSummary:
     files: list[FileResult] = field(default_factory=list)
     execution_parameters: dict[str, Any] = field(default_factory=dict)
     transform_started: float | None = None  # the model answered: data began to flow
+    instance: str | None = None  # this instance's identity and where it came from
+    job_status: str | None = None  # the whole job's, when this instance wrote its summary
 
     def begin_transform(self) -> None:
         """The model is ready; throughput counts from here, not from start-up."""
@@ -114,6 +117,8 @@ class JobSummary:
         summary: dict[str, Any] = {
             "TransformJobName": self.name,
             "TransformJobStatus": self.status,
+            "Instance": self.instance,
+            "JobSummaryStatus": self.job_status,
             "TransformStartTime": self.started_at,
             "TransformEndTime": self.ended_at,
             "ExecutionParameters": self.execution_parameters,

@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
+from agent.completion import SettingsMismatch
+from agent.coordinator import Coordinator
 from agent.invoke import (
     ModelClient,
     ModelClientSettings,
@@ -28,12 +31,15 @@ from agent.invoke import (
     format_execution_parameters,
     resolve_execution_parameters,
 )
+from agent.job import JobSettings, settings_hash
+from agent.lease import ConditionalWritesUnsupported
 from agent.model_process import ModelCommandError, ModelProcess
 from agent.pipeline import Pipeline, PipelineSettings
+from agent.plan import Identity, IdentityError, resolve_identity, static_plan
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
 from agent.storage._base import InputError, StorageError
-from agent.storage.inputs import InputFile, list_inputs, output_uri
+from agent.storage.inputs import InputFile, output_uri
 
 if TYPE_CHECKING:
     from agent.cli import RunOptions
@@ -100,34 +106,36 @@ async def _wait(task: asyncio.Task[int]) -> int:
 
 async def _main(options: RunOptions, summary: JobSummary, received: list[signal.Signals]) -> int:
     job = options.settings
-    if options.instance_count not in (None, 1) or job.instance_count > 1:
-        log.warning(
-            "this build runs every file on this instance; multi-instance coordination "
-            "(InstanceCount=%d) is not built yet",
-            options.instance_count or job.instance_count,
+    try:
+        identity = resolve_identity(
+            os.environ,
+            flag_index=options.instance_index,
+            flag_count=options.instance_count,
+            job_count=job.instance_count,
         )
+    except IdentityError as error:
+        raise _Usage(str(error)) from error
+    log.info("%s", identity)
+    if identity.warning:
+        log.warning("%s", identity.warning)
+    summary.instance = str(identity)
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
-            inputs = await list_inputs(
-                stores,
-                job.input.data_type,
-                job.input.uri,
-                exclude=(job.output.uri, job.state_uri),
+            coordinator = await stack.enter_async_context(
+                await Coordinator.open(stores, job, identity, force=options.force)
             )
-        except InputError as error:
+        except (InputError, ConditionalWritesUnsupported) as error:
             raise _Usage(str(error)) from error
         except StorageError as error:
             summary.end(FAILED, str(error))
             log.error("%s", error)
             return EXIT_FAILED
+        inputs = coordinator.listing.files
         if not inputs:
             reason = f"no objects found under {job.input.uri}"
             summary.end(FAILED, reason)
             log.error("%s", reason)
             return EXIT_FAILED
-        total = sum(item.info.size for item in inputs if item.info is not None)
-        log.info("%d input files, %d bytes, under %s", len(inputs), total, job.input.uri)
-        progress = Progress(len(inputs), total)
         try:
             died = None
             if job.agent.model_command is not None:
@@ -139,25 +147,44 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
                 answer = await probe.execution_parameters()
             params, sources = resolve_execution_parameters(job, answer)
         except (ModelError, ModelCommandError) as error:
-            return _fail_all(summary, inputs, job, progress, str(error))
+            return _fail_all(summary, _share(inputs, job, identity), job, str(error))
         log.info("%s", format_execution_parameters(params, sources))
-        summary.begin_transform()
-        progress.begin()
         job = params.apply(job)
         summary.execution_parameters = {
             "MaxConcurrentTransforms": params.max_concurrent_transforms,
             "MaxPayloadInMB": params.max_payload_mb,
             "BatchStrategy": params.batch_strategy,
         }
+        try:
+            await coordinator.begin(settings_hash(job))
+        except SettingsMismatch as error:
+            raise _Usage(f"{error}; rerun with --force to redo them") from error
+        todo = coordinator.todo
+        total = sum(item.info.size for item in todo if item.info is not None)
+        log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
+        progress = Progress(len(todo), total)
+        summary.begin_transform()
         client = await stack.enter_async_context(
             ModelClient(job.agent.model_url, ModelClientSettings.from_job(job), died=died)
         )
         pipeline = Pipeline(PipelineSettings.from_job(job), job, stores, client, progress)
         try:
-            await pipeline.run(inputs, summary.files)
+            await pipeline.run(coordinator.files(), summary.files)
+        except asyncio.CancelledError:
+            reason = f"stopped by {received[0].name}" if received else "stopped"
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    coordinator.finish(
+                        stopped=reason, execution_parameters=summary.execution_parameters
+                    )
+                )
+            raise
         finally:
             progress.close()
-    failed = [f for f in summary.files if f.status != COMPLETED]
+        final = await coordinator.finish(execution_parameters=summary.execution_parameters)
+        if final is not None:
+            summary.job_status = str(final.get("TransformJobStatus"))
+    failed = [f for f in summary.files if f.status == FAILED]
     if failed:
         summary.end(
             FAILED, f"{len(failed)} of {len(summary.files)} files failed: {failed[0].error}"
@@ -167,19 +194,20 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     return EXIT_COMPLETED
 
 
-def _fail_all(
-    summary: JobSummary, inputs: list[InputFile], job: object, progress: Progress, reason: str
-) -> int:
-    """The model never became usable: every file fails at once with the reason."""
-    from agent.job import JobSettings
+def _share(inputs: Sequence[InputFile], job: JobSettings, identity: Identity) -> list[InputFile]:
+    """The files this instance would have done (all of them under Lease coordination)."""
+    if job.agent.coordination == "Lease":
+        return list(inputs)
+    return list(static_plan(inputs, identity.count).share(identity.index).files)
 
-    assert isinstance(job, JobSettings)
+
+def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, reason: str) -> int:
+    """The model never became usable: this instance's files fail at once with the reason."""
     log.error("%s", reason)
     for item in inputs:
         result = FileResult(str(item.uri), str(output_uri(item.relative_key, job.output.uri)))
         result.finish(FAILED, f"{item.uri}: not transformed: {reason}")
         summary.files.append(result)
-    progress.close()
     summary.end(FAILED, reason)
     return EXIT_FAILED
 

@@ -29,12 +29,13 @@ from typing import Any
 import orjson
 
 from agent._jobtypes import DataUri
+from agent.report import COMPLETED, FAILED
 from agent.storage._base import ObjectInfo, PreconditionFailed, StorageError, Store
 from agent.storage.inputs import InputFile
 
 log = logging.getLogger("agent.state")
 
-COMPLETED, FAILED, STOPPED, IN_PROGRESS = "Completed", "Failed", "Stopped", "InProgress"
+IN_PROGRESS = "InProgress"
 FINAL_STATUSES = (COMPLETED, FAILED)
 STATE_FORMAT = 1  # "Format" in every state object; bumped on an incompatible change
 READS_IN_FLIGHT = 32  # state objects fetched at once

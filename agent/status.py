@@ -22,9 +22,8 @@ from agent._jobtypes import JobSettings
 from agent.completion import FileRecord, RecordCache, build_summary
 from agent.lease import read_leases
 from agent.plan import format_plan, static_plan
+from agent.report import COMPLETED, FAILED
 from agent.state import (
-    COMPLETED,
-    FAILED,
     Listing,
     StateLayout,
     file_id,

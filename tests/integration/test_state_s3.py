@@ -222,7 +222,8 @@ async def test_status_and_plan_output(
         assert "expected imbalance 1.002" in lines[1]
         coordinator = await Coordinator.open(stores, job, Identity(0, 2, "test"))
         await coordinator.begin("h1")
-        assert await process(coordinator, fail="bad.csv") == ["big.csv", "bad.csv"]
+        # Instance 0's share (big.csv and bad.csv by size), in listing order.
+        assert await process(coordinator, fail="bad.csv") == ["bad.csv", "big.csv"]
         assert await coordinator.finish() is None  # instance 0 has not run: not final
         lines = await plan_lines(stores, job, 2)
         assert lines[0].startswith("job: plan over the listing snapshot of run ")
