@@ -34,6 +34,7 @@ setup(
         [
             ext("agent._crc32c_c", "_native/_crc32c_c.pyx"),
             ext("agent.split._splitters_c", "_native/_splitters_c.pyx"),
+            ext("agent.dataproc._dataproc_c", "_native/_dataproc_c.pyx"),
         ],
         compiler_directives=DIRECTIVES,
         include_path=["_native"],

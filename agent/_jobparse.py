@@ -60,6 +60,7 @@ from agent._jobtypes import (
     check_model_url,
     parse_data_uri,
 )
+from agent.dataproc.rules import check_processing, filter_problem, processing_notes
 
 
 def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
@@ -106,6 +107,7 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
     transform_output = _transform_output(check, top, here)
     instance_count = _instance_count(check, top)
     processing = _data_processing(check, top)
+    check_processing(check, processing, transform_input, transform_output)
     agent = _agent(check, top, here)
     if transform_input is not None and transform_output is not None:
         if transform_input.uri.same_place(transform_output.uri):
@@ -266,12 +268,9 @@ def _data_processing(check: Checker, top: dict[str, object]) -> DataProcessing:
     filters: dict[str, str] = {}
     for key in ("InputFilter", "OutputFilter"):
         value = check.string(fields, key, path, max_chars=FILTER_MAX_CHARS)
-        if value is not None and not value.startswith("$"):
-            check.problem(
-                child(path, key),
-                f"{quote(value)} is not allowed; a JSONPath filter starts with $ "
-                "(the whole record), as in $ or $[1:]",
-            )
+        reason = None if value is None else filter_problem(value)
+        if reason is not None:
+            check.problem(child(path, key), reason)
         filters[key] = value or "$"
     join_source = check.enum(fields, "JoinSource", path, JOIN_SOURCES)
     return DataProcessing(filters["InputFilter"], filters["OutputFilter"], join_source or "None")
@@ -396,4 +395,5 @@ def _warnings(settings: JobSettings) -> tuple[str, ...]:
             f"BatchStrategy {settings.batch_strategy} has no effect with SplitType None: "
             "each input object is sent whole, in one request"
         )
+    found.extend(processing_notes(settings.data_processing, settings.input, settings.output))
     return tuple(found)
