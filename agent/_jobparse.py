@@ -289,6 +289,9 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
             check.problem(child(path, "ModelUrl"), str(exc))
     startup = check.integer(fields, "ModelStartupTimeoutSeconds", path, minimum=1)
     buffer_mb = check.integer(fields, "ReorderBufferMB", path, minimum=1)
+    # Renewals come every TTL/6 and must fit before the holder's stop at TTL*3/4; below
+    # 2 s a slow PUT would cost a lease, above a day a dead instance's files would wait.
+    lease_ttl = check.integer(fields, "LeaseTTLSeconds", path, minimum=2, maximum=86_400)
     return AgentConfig(
         model_url=model_url,
         model_command=_model_command(check, fields, path),
@@ -296,6 +299,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         state_uri=_location(check, fields, "StateUri", path, cwd),
         coordination=check.enum(fields, "Coordination", path, COORDINATIONS) or "Static",
         reorder_buffer_mb=buffer_mb or default.reorder_buffer_mb,
+        lease_ttl_seconds=lease_ttl or default.lease_ttl_seconds,
     )
 
 

@@ -197,6 +197,7 @@ class AgentConfig:
     state_uri: DataUri | None = None  # None: JobSettings.state_uri gives the default
     coordination: Coordination = "Static"
     reorder_buffer_mb: int = 256  # cap on response bytes waiting for their turn, per instance
+    lease_ttl_seconds: int = 60  # Lease mode: a lease unrenewed this long may be taken over
 
     @property
     def reorder_buffer_bytes(self) -> int:

@@ -219,6 +219,7 @@ def describe(loaded: LoadedJob, source: str) -> list[str]:
         else ", expected to be running already"
     )
     env = sorted(job.environment)
+    lease = job.agent.coordination == "Lease"
     rows = [
         ("model", f"{job.model_name or '(no ModelName)'} at {job.agent.model_url}{started}"),
         (
@@ -252,8 +253,9 @@ def describe(loaded: LoadedJob, source: str) -> list[str]:
         ),
         (
             "instances",
-            f"{job.instance_count}, coordination {job.agent.coordination}, "
-            f"reorder buffer {job.agent.reorder_buffer_mb} MiB",
+            f"{job.instance_count}, coordination {job.agent.coordination}"
+            + (f" (lease TTL {job.agent.lease_ttl_seconds} s)" if lease else "")
+            + f", reorder buffer {job.agent.reorder_buffer_mb} MiB",
         ),
         ("state", str(job.state_uri)),
     ]

@@ -58,6 +58,19 @@ class LeaseSettings:
                 "so a holder renews at least once before it must stop"
             )
 
+    @classmethod
+    def for_ttl(cls, ttl_seconds: float) -> LeaseSettings:
+        """Timings scaled from one TTL (``Agent.LeaseTTLSeconds``) in the defaults' ratios:
+        renew every TTL/6, stop TTL/4 early, poll every TTL/12, a renewal attempt at most
+        TTL/6 (and never over 5 s). ``for_ttl(60)`` is the default."""
+        return cls(
+            ttl_seconds=ttl_seconds,
+            renew_seconds=ttl_seconds / 6,
+            margin_seconds=ttl_seconds / 4,
+            poll_seconds=ttl_seconds / 12,
+            request_timeout_seconds=min(5.0, ttl_seconds / 6),
+        )
+
 
 class ClaimLost(Exception):
     """This instance no longer owns a file: another one took it over or committed it first.

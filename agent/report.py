@@ -190,7 +190,10 @@ class Progress:
                 extra={"file": result.input_uri, "status": result.status},
             )
         else:
-            log.error("%s", result.error, extra={"file": result.input_uri, "status": result.status})
+            # A file another instance took over is no failure of this one (exit code 0).
+            level = logging.WARNING if result.status == LOST else logging.ERROR
+            extra = {"file": result.input_uri, "status": result.status}
+            log.log(level, "%s", result.error, extra=extra)
 
     def close(self) -> None:
         if self.tty:

@@ -32,7 +32,7 @@ from agent.invoke import (
     resolve_execution_parameters,
 )
 from agent.job import JobSettings, settings_hash
-from agent.lease import ConditionalWritesUnsupported
+from agent.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.model_process import ModelCommandError, ModelProcess
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity, IdentityError, resolve_identity, static_plan
@@ -122,7 +122,13 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
-                await Coordinator.open(stores, job, identity, force=options.force)
+                await Coordinator.open(
+                    stores,
+                    job,
+                    identity,
+                    lease_settings=LeaseSettings.for_ttl(job.agent.lease_ttl_seconds),
+                    force=options.force,
+                )
             )
         except (InputError, ConditionalWritesUnsupported) as error:
             raise _Usage(str(error)) from error
@@ -158,7 +164,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         try:
             await coordinator.begin(settings_hash(job))
         except SettingsMismatch as error:
-            raise _Usage(f"{error}; rerun with --force to redo them") from error
+            raise _Usage(str(error)) from error  # it says to rerun with --force
         todo = coordinator.todo
         total = sum(item.info.size for item in todo if item.info is not None)
         log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
