@@ -105,6 +105,9 @@ class Coordinator:
         self.final: set[str] = set()  # file ids settled in this run
         self.todo: list[InputFile] = []  # this instance's files, in order, after ``begin``
         self.held: dict[str, Claim] = {}  # claims yielded and not yet closed
+        # Static mode: the output keys that existed when this instance began, from one
+        # listing, so a fresh output costs no HEAD request (``None``: HEAD every output).
+        self.existing_outputs: set[str] | None = None
 
     @classmethod
     async def open(
@@ -170,11 +173,22 @@ class Coordinator:
             len(share.files) - len(self.todo),
         )
         if self.todo:
+            self.existing_outputs = await self._output_keys()
             aborted = await abort_orphans(
                 self.stores, self.layout, [file_id(f.uri) for f in self.todo]
             )
             if aborted:
                 log.info("aborted %d upload(s) left open by an earlier run", aborted)
+
+    async def _output_keys(self) -> set[str]:
+        """Every key under the output path now: one listing instead of a HEAD per file.
+
+        Only for Static mode, where no other instance writes this instance's outputs; under
+        leases another instance may commit any output at any time, so each claim HEADs it.
+        """
+        output = self.job.output.uri
+        store = await self.stores.get(output)
+        return {info.key for info in await store.list_objects(output.key)}
 
     async def files(self) -> AsyncIterator[Claim]:
         """The claims this instance should work on, one at a time as asked for."""
@@ -289,7 +303,9 @@ class Coordinator:
             metadata = output_metadata(
                 item.info.etag, self.settings_hash, self.job.transform_job_name
             )
-            head = await head_output(await self.stores.get(output), output.key)
+            head = None
+            if self.existing_outputs is None or output.key in self.existing_outputs:
+                head = await head_output(await self.stores.get(output), output.key)
             found = commit_rule(head, metadata)
             if found is None:
                 # Committed, but its record never written (the instance died in between).

@@ -73,7 +73,7 @@ class PipelineSettings:
             max_payload_bytes=(job.max_payload_mb if job.max_payload_mb is not None else 6) << 20,
             max_inflight=inflight,
             files_reading=max(2, inflight),
-            files_open=2 * max(2, inflight),
+            files_open=4 * max(2, inflight),
             reorder_buffer_bytes=job.agent.reorder_buffer_bytes,
             gzip=job.input.compression == "Gzip",
             assemble_with=job.output.assemble_with,
@@ -234,6 +234,7 @@ class Pipeline:
     async def _file(self, claim: Claim, result: FileResult) -> None:
         item = claim.item
         reading = _Place(self.files_reading)
+        open_ = _Place(self.files_open)
         try:
             async with claim:
                 try:
@@ -246,13 +247,17 @@ class Pipeline:
                     result.finish(FAILED, _message(item, error))
                 except Exception as error:  # one file's failure leaves the others running
                     result.finish(FAILED, _message(item, error))
+                # The output is settled and its buffers are gone: the completion record (a
+                # small PUT) need not keep another file from starting.
+                reading.release()
+                open_.release()
                 await claim.record(result)
         except asyncio.CancelledError:
             result.finish(STOPPED, f"{item.uri}: stopped before it finished")
             raise
         finally:
             reading.release()
-            self.files_open.release()
+            open_.release()
             self.progress.file_done(result)
 
     async def _transform_file(self, claim: Claim, result: FileResult, reading: _Place) -> None:

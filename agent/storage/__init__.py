@@ -102,6 +102,9 @@ def s3_config(settings: StorageSettings, *, custom_endpoint: bool) -> AioConfig:
         "read_timeout": settings.read_timeout_seconds,
         "retries": {"mode": "standard", "max_attempts": 3},
         "tcp_keepalive": True,
+        # Requests are built by this code, not by users: checking each against the
+        # service model costs CPU on every call (a hot path with many small files).
+        "parameter_validation": False,
         # Checksums only where S3 requires them: S3-compatible stores vary in their support
         # of the newer flexible checksums, and TLS already guards the bytes on the wire.
         "request_checksum_calculation": "when_required",

@@ -191,7 +191,9 @@ def test_s3_stopped_and_restarted_mid_read(
     # 16 MiB read-ahead full and loopback socket buffers of up to 32 MiB (tcp_rmem) filled.
     data = b"".join(b"%07d,%s\n" % (n, b"r" * (n % 90)) for n in range(1_500_000))
     put_objects(client, "restart", {"in/big.csv": data})
-    model.control(delay_ms=30)
+    # A slow model keeps the read paced by the pipeline, so however loaded the machine, the
+    # agent cannot have received the whole first range before S3 dies: it meets the outage.
+    model.control(delay_ms=300)
     job = transform_job(
         "s3-restart",
         "s3://restart/in/",
