@@ -1,4 +1,9 @@
-"""Completion records (``done/<file-id>.json``), the resume rule, and the job summary.
+"""Completion records (``done/``), the resume rule, and the job summary.
+
+Records are stored one per object (``done/<file-id>.json``, Lease mode, where another
+instance may need one file's record at once) or many per object
+(``done/batch-<holder>-<n>.json``, Static mode: one PUT for many small files instead of one
+each). Where a file has several records, the one finished last counts.
 
 A record is written once a file is final in a run: ``Completed`` only after its ``.out``
 was committed, or ``Failed``. A completed record settles its file in every later run while
@@ -94,24 +99,56 @@ async def write_record(store: Store, layout: StateLayout, record: FileRecord) ->
     await store.put_bytes(layout.done(file_id(record.Input)).key, record.to_json())
 
 
+async def write_records(
+    store: Store, layout: StateLayout, name: str, records: Iterable[FileRecord]
+) -> None:
+    """Write many files' records as one object ``done/batch-<name>.json``."""
+    entries = [asdict(record) for record in records]
+    document = {"Format": STATE_FORMAT, "Records": entries}
+    await store.put_bytes(layout.done(f"{BATCH_PREFIX}{name}").key, dumps(document))
+
+
+BATCH_PREFIX = "batch-"
+_Entries = list[tuple[str, FileRecord]]  # (file id, record) as one object holds them
+
+
+def _parse(key: str, data: bytes, where: DataUri) -> _Entries:
+    stem = _stem(key)
+    if not stem.startswith(BATCH_PREFIX):
+        return [(stem, FileRecord.from_json(data, where))]
+    document = loads(data, where)
+    try:
+        records = [FileRecord(**entry) for entry in document["Records"]]
+    except (KeyError, TypeError) as error:
+        raise StateError(f"{where} is not a batch of completion records ({error})") from None
+    return [(file_id(record.Input), record) for record in records]
+
+
 class RecordCache:
-    """Every completion record under the state prefix, re-read only where its ETag changed."""
+    """Every completion record under the state prefix, re-read only where an ETag changed."""
 
     def __init__(self, store: Store, layout: StateLayout) -> None:
         self.store = store
         self.layout = layout
-        self._seen: dict[str, tuple[str, FileRecord]] = {}  # file id -> (ETag, record)
+        self._objects: dict[str, tuple[str, _Entries]] = {}  # key -> (ETag, its records)
 
     @property
     def records(self) -> dict[str, FileRecord]:
-        return {fid: record for fid, (_, record) in self._seen.items()}
+        """One record per file id: the one finished last."""
+        merged: dict[str, FileRecord] = {}
+        for _, entries in self._objects.values():
+            for fid, record in entries:
+                known = merged.get(fid)
+                if known is None or record.FinishedAt >= known.FinishedAt:
+                    merged[fid] = record
+        return merged
 
     async def refresh(self) -> dict[str, FileRecord]:
         listed = await self.store.list_objects(self.layout.done_prefix.key)
-        current = {_stem(info.key): info for info in listed if info.key.endswith(".json")}
-        for fid in set(self._seen) - set(current):
-            del self._seen[fid]
-        stale = [i for f, i in current.items() if self._seen.get(f, ("",))[0] != i.etag]
+        current = {info.key: info for info in listed if info.key.endswith(".json")}
+        for key in set(self._objects) - set(current):
+            del self._objects[key]
+        stale = [i for k, i in current.items() if self._objects.get(k, ("",))[0] != i.etag]
         limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
         async def fetch(info: ObjectInfo) -> None:
@@ -121,23 +158,22 @@ class RecordCache:
                 return  # deleted since the listing
             where = DataUri(self.layout.root.scheme, self.layout.root.bucket, info.key)
             try:
-                self._seen[_stem(info.key)] = (found[1], FileRecord.from_json(found[0], where))
+                self._objects[info.key] = (found[1], _parse(info.key, found[0], where))
             except StateError as error:
-                log.warning("%s; the file counts as not done", error)
+                log.warning("%s; its files count as not done", error)
 
         await asyncio.gather(*(fetch(info) for info in stale))
         return self.records
 
     async def get(self, fid: str) -> FileRecord | None:
-        """One file's record, fresh from the store."""
+        """One file's own record (``done/<file-id>.json``), fresh from the store."""
         where = self.layout.done(fid)
         found = await self.store.get_bytes(where.key)
         if found is None:
-            self._seen.pop(fid, None)
-            return None
-        record = FileRecord.from_json(found[0], where)
-        self._seen[fid] = (found[1], record)
-        return record
+            self._objects.pop(where.key, None)
+            return self.records.get(fid)
+        self._objects[where.key] = (found[1], _parse(where.key, found[0], where))
+        return self.records.get(fid)
 
 
 def _stem(key: str) -> str:

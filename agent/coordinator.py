@@ -47,6 +47,7 @@ from agent.completion import (
     build_summary,
     completed,
     write_record,
+    write_records,
 )
 from agent.lease import (
     HeldLease,
@@ -67,10 +68,13 @@ from agent.state import (
     write_summary,
 )
 from agent.storage import Stores, list_inputs
-from agent.storage._base import Store
+from agent.storage._base import StorageError, Store
 from agent.storage.inputs import InputFile, OutputKeyError, output_uri
 
 log = logging.getLogger("agent.coordinate")
+
+RECORDS_PER_BATCH = 200  # Static mode: files per completion-record object, at most
+RECORDS_FLUSH_SECONDS = 1.0  # and how long a finished file's record may wait to be written
 
 
 class Coordinator:
@@ -108,6 +112,12 @@ class Coordinator:
         # Static mode: the output keys that existed when this instance began, from one
         # listing, so a fresh output costs no HEAD request (``None``: HEAD every output).
         self.existing_outputs: set[str] | None = None
+        # Static mode: records not yet written, written as one object every
+        # RECORDS_PER_BATCH files or RECORDS_FLUSH_SECONDS.
+        self._pending: list[FileRecord] = []
+        self._batches = 0
+        self._flushing = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -173,6 +183,7 @@ class Coordinator:
             len(share.files) - len(self.todo),
         )
         if self.todo:
+            self._flusher = asyncio.create_task(self._flush_every(RECORDS_FLUSH_SECONDS))
             self.existing_outputs = await self._output_keys()
             aborted = await abort_orphans(
                 self.stores, self.layout, [file_id(f.uri) for f in self.todo]
@@ -353,8 +364,39 @@ class Coordinator:
             FailureReason=result.error,
             FinishedAt=now_iso(),
         )
-        await write_record(self.state, self.layout, record)
         self.final.add(file_id(item.uri))
+        if self.lease_mode:  # another instance may look for this one record at any time
+            await write_record(self.state, self.layout, record)
+            return
+        self._pending.append(record)
+        if len(self._pending) >= RECORDS_PER_BATCH:
+            await self.flush_records()
+
+    async def flush_records(self) -> None:
+        """Write the records not yet written, as one batch object (Static mode).
+
+        A record lost with a crashed instance costs no work: its ``.out`` is committed with
+        matching metadata, so the next run records it without computing it again.
+        """
+        async with self._flushing:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            self._batches += 1
+            name = f"{self.holder.token}-{self._batches:06d}"
+            try:
+                await write_records(self.state, self.layout, name, batch)
+            except BaseException:
+                self._pending[:0] = batch  # tried again at the next flush
+                raise
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.flush_records()
+            except StorageError as error:
+                log.warning("completion records not written yet: %s", error)
 
     async def finish(
         self,
@@ -364,9 +406,12 @@ class Coordinator:
     ) -> dict[str, Any] | None:
         """Write the job summary if every file now has a final record; return it if written.
 
+        Records still pending are written first.
+
         ``stopped`` (the reason, on SIGTERM/SIGINT) writes a ``Stopped`` summary instead
         when the job is not final and no other instance holds a lease.
         """
+        await self.flush_records()
         records = await self.records.refresh()
         listing = await read_listing(self.state, self.layout) or self.listing
         summary, final = build_summary(
@@ -395,6 +440,12 @@ class Coordinator:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Release every claim the runner did not close (a stop mid-way)."""
+        """Release every claim the runner did not close (a stop mid-way); write records."""
         for claim in list(self.held.values()):
             await asyncio.shield(claim.close())
+        if self._flusher is not None:
+            self._flusher.cancel()
+        try:
+            await asyncio.shield(self.flush_records())
+        except StorageError as error:
+            log.warning("completion records not written: %s", error)

@@ -116,7 +116,11 @@ def leases(client: Any, bucket: str, job: Mapping[str, Any]) -> list[dict[str, A
 
 
 def completion_records(client: Any, bucket: str, job: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return read_json_objects(client, bucket, state_prefix(job) + "done/")
+    """Every completion record: one per object (Lease mode) or batched (Static mode)."""
+    found = []
+    for document in read_json_objects(client, bucket, state_prefix(job) + "done/"):
+        found.extend(document["Records"] if "Records" in document else [document])
+    return found
 
 
 def completed_inputs(client: Any, bucket: str, job: Mapping[str, Any]) -> set[str]:
