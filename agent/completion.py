@@ -104,7 +104,7 @@ async def write_records(
 ) -> None:
     """Write many files' records as one object ``done/batch-<name>.json``."""
     entries = [asdict(record) for record in records]
-    document = {"Format": STATE_FORMAT, "Records": entries}
+    document = {"Format": STATE_FORMAT, "Batch": entries}
     await store.put_bytes(layout.done(f"{BATCH_PREFIX}{name}").key, dumps(document))
 
 
@@ -118,7 +118,7 @@ def _parse(key: str, data: bytes, where: DataUri) -> _Entries:
         return [(stem, FileRecord.from_json(data, where))]
     document = loads(data, where)
     try:
-        records = [FileRecord(**entry) for entry in document["Records"]]
+        records = [FileRecord(**entry) for entry in document["Batch"]]
     except (KeyError, TypeError) as error:
         raise StateError(f"{where} is not a batch of completion records ({error})") from None
     return [(file_id(record.Input), record) for record in records]

@@ -119,7 +119,7 @@ def completion_records(client: Any, bucket: str, job: Mapping[str, Any]) -> list
     """Every completion record: one per object (Lease mode) or batched (Static mode)."""
     found = []
     for document in read_json_objects(client, bucket, state_prefix(job) + "done/"):
-        found.extend(document["Records"] if "Records" in document else [document])
+        found.extend(document["Batch"] if "Batch" in document else [document])
     return found
 
 
