@@ -52,6 +52,7 @@ class Claim:
         self._on_record = on_record
         self._on_close = on_close
         self.committed = False  # the output is ours: record it even if the lease goes now
+        self.output_etag: str | None = None  # set when a stop came while committing
 
     def check(self) -> None:
         """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
@@ -63,8 +64,18 @@ class Claim:
     async def commit(self, upload: Upload) -> str:
         """Commit ``upload`` under the claim's condition; ``ClaimLost`` if another won."""
         self.check()
+        committing = asyncio.ensure_future(upload.commit(**self.rule.kwargs))
         try:
-            etag = await upload.commit(**self.rule.kwargs)
+            etag = await asyncio.shield(committing)
+        except asyncio.CancelledError:
+            # A stop while S3 may already be writing the object: finish the commit, so
+            # the output is either not there or there with its record, never in between.
+            try:
+                self.output_etag = await committing
+            except Exception:
+                raise asyncio.CancelledError() from None
+            self.committed = True
+            raise
         except PreconditionFailed as error:
             if self.lease is not None:
                 self.lease.lose("another instance committed the output first")

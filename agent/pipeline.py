@@ -253,7 +253,12 @@ class Pipeline:
                 open_.release()
                 await claim.record(result)
         except asyncio.CancelledError:
-            result.finish(STOPPED, f"{item.uri}: stopped before it finished")
+            if claim.committed and result.status != COMPLETED:  # the stop met the commit
+                result.output_etag = claim.output_etag
+                result.finish(COMPLETED)
+                await asyncio.shield(claim.record(result))
+            else:
+                result.finish(STOPPED, f"{item.uri}: stopped before it finished")
             raise
         finally:
             reading.release()
