@@ -31,9 +31,12 @@ test: build
 test-py: build
 	BT_AGENT_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-## bench: splitter throughput against same-run baselines
+E2E_ARGS ?=
+
+## bench: splitter throughput, then the agent end to end against the ideal pipeline
 bench: build
 	$(PY) -m bench.split
+	$(PY) -m bench.e2e $(E2E_ARGS)
 
 ## lint: ruff (style, imports, bugbear) and mypy --strict on agent/
 lint: $(STAMP)

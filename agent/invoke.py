@@ -33,6 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload, Payload
+from multidict import CIMultiDict
 
 from agent import __version__
 from agent._execparams import (
@@ -184,7 +185,10 @@ class ModelClient:
         self.died = died
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(self.settings.max_inflight)
-        self._headers: dict[str, str] = {}
+        # Built once, as the multidict aiohttp would build from a dict on every request;
+        # the session has no default headers, which aiohttp would merge in each time.
+        self._get_headers = CIMultiDict({"User-Agent": USER_AGENT})
+        self._headers = self._get_headers.copy()
         if self.settings.content_type is not None:
             self._headers["Content-Type"] = self.settings.content_type
         if self.settings.accept is not None:
@@ -196,7 +200,6 @@ class ModelClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            headers={"User-Agent": USER_AGENT},
             skip_auto_headers=_SUPPRESSED_HEADERS,
             timeout=aiohttp.ClientTimeout(total=None),  # each call sets its own deadline
             read_bufsize=self.settings.read_buffer_bytes,
@@ -243,7 +246,9 @@ class ModelClient:
 
     async def _get(self, path: str, timeout_seconds: float) -> tuple[int, bytes]:
         async with asyncio.timeout(timeout_seconds):
-            async with self._open().get(self.url + path, allow_redirects=False) as response:
+            async with self._open().get(
+                self.url + path, headers=self._get_headers, allow_redirects=False
+            ) as response:
                 return response.status, await response.read()
 
     async def wait_ready(
@@ -324,6 +329,8 @@ class ModelClient:
         for attempt in range(1, attempts + 1):
             try:
                 async with self._slots:
+                    if self.died is None:  # no model command to race: one frame less
+                        return await self._attempt(body)
                     return await self._race(self._attempt(body), self.died)
             except _Died as death:
                 raise ModelExitedError(what, death.exit, attempt) from death.__cause__

@@ -142,26 +142,30 @@ class LocalStore:
             f"file://{obj.key} changed while it was being read (it was {obj.size} bytes, "
             f"version {obj.etag}); rerun the job once the file stays unchanged"
         )
+        chunk_bytes = self.settings.read_chunk_bytes
+        # Opening and the first read share one trip to the thread pool: a small file is
+        # read in one, where each trip costs about as much CPU as reading 100 KiB.
         try:
-            file = await asyncio.to_thread(open, obj.key, "rb", buffering=0)
+            file, data, version = await asyncio.to_thread(
+                _open_and_read, obj.key, start, min(chunk_bytes, end - start)
+            )
         except FileNotFoundError:
             raise ObjectChangedError(f"file://{obj.key} no longer exists") from None
         except OSError as error:
             raise _os_error(error, "read", obj.key) from error
         try:
-            file.seek(start)
-            chunk_bytes = self.settings.read_chunk_bytes
             position = start
-            while position < end:
+            while True:
+                if version != obj.etag or (not data and position < end):
+                    raise changed
+                position += len(data)
+                if data:
+                    yield data
+                if position >= end:
+                    return
                 data, version = await asyncio.to_thread(
                     _read_checked, file, min(chunk_bytes, end - position)
                 )
-                if version != obj.etag or not data:
-                    raise changed
-                position += len(data)
-                yield data
-            if start == end and file_etag(os.fstat(file.fileno())) != obj.etag:
-                raise changed
         except OSError as error:
             raise _os_error(error, "read", obj.key) from error
         finally:
@@ -227,12 +231,30 @@ class LocalStore:
 
 
 def _read_checked(file: BinaryIO, size: int) -> tuple[bytes, str]:
-    data = file.read(size)
+    data = file.read(size) if size > 0 else b""
     return data, file_etag(os.fstat(file.fileno()))
 
 
+def _open_and_read(path: str, start: int, size: int) -> tuple[BinaryIO, bytes, str]:
+    """The file opened at ``start``, its first ``size`` bytes and its version."""
+    file: BinaryIO = open(path, "rb", buffering=0)
+    try:
+        file.seek(start)
+        return (file, *_read_checked(file, size))
+    except BaseException:
+        file.close()
+        raise
+
+
 class LocalUpload(Upload):
-    """Writes ``.<name>.bt-agent-tmp-<hex>`` next to ``key``; commit renames it into place."""
+    """Writes ``.<name>.bt-agent-tmp-<hex>`` next to ``key``; commit renames it into place.
+
+    Like a small S3 output (one PutObject, no UploadId), an output that never reaches
+    ``_FLUSH_BYTES`` stays in memory until ``commit``, which creates, writes and renames
+    its file in one call in a thread, so ``on_upload_id`` is not called for it: a file of
+    many small outputs costs one trip to the thread pool each, not three, and no upload
+    record in the job's state.
+    """
 
     def __init__(
         self, key: str, settings: StorageSettings, on_upload_id: UploadIdCallback | None
@@ -253,10 +275,14 @@ class LocalUpload(Upload):
         except OSError as error:
             raise _os_error(error, action, self.key) from error
 
+    def _temp_name(self) -> str:
+        directory, name = os.path.split(self.key)
+        return os.path.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
+
     async def _open(self) -> BinaryIO:
         if self._file is None:
-            directory, name = os.path.split(self.key)
-            temp = os.path.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
+            directory = os.path.dirname(self.key)
+            temp = self._temp_name()
 
             def create() -> None:
                 os.makedirs(directory, exist_ok=True)
@@ -271,9 +297,12 @@ class LocalUpload(Upload):
 
     async def write(self, data: BytesLike) -> None:
         self._check_open()
-        file = await self._open()
         size = len(memoryview(data).cast("B"))
         self.bytes_written += size
+        if self._file is None and len(self._buffer) + size < _FLUSH_BYTES:
+            self._buffer += data  # small so far: nothing on disk yet
+            return
+        file = await self._open()
         if size >= _FLUSH_BYTES and not self._buffer:
             await self._thread(lambda: _write_all(file, data), "write")
             return
@@ -287,6 +316,8 @@ class LocalUpload(Upload):
 
     async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         self._check_open()
+        if self._file is None:
+            return await self._commit_small(if_none_match, if_match)
         file = await self._open()
         await self._flush(file)
         temp, key, fsync = self.upload_id, self.key, self.settings.fsync
@@ -302,6 +333,30 @@ class LocalUpload(Upload):
 
         await self._thread(publish, "write")
         self.committed = True
+        return version[0]
+
+    async def _commit_small(self, if_none_match: bool, if_match: str | None) -> str:
+        """Create, write and rename the whole (small) output in one call in a thread."""
+        data, temp, key, fsync = self._buffer, self._temp_name(), self.key, self.settings.fsync
+        version: list[str] = []
+
+        def publish() -> None:
+            os.makedirs(os.path.dirname(key), exist_ok=True)
+            try:
+                with open(temp, "xb", buffering=0) as file:
+                    _write_all(file, data)
+                    if fsync:
+                        os.fsync(file.fileno())
+                _rename_into_place(temp, key, if_none_match, if_match)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+            version.append(file_etag(os.stat(key)))
+
+        await self._thread(publish, "write")
+        self.committed = True
+        self._buffer = bytearray()
         return version[0]
 
     async def abort(self) -> None:

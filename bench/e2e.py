@@ -1,0 +1,236 @@
+"""End-to-end: is the agent ever the bottleneck? ``python -m bench.e2e [--scale 0.05 --runs 1]``.
+
+Starts SeaweedFS and two model servers (``bench.models``) on loopback, writes the inputs,
+and runs every scenario with the agent (``bt-agent --job``) and with the ideal pipeline
+(``bench.ideal``: the least work any agent must do), alternating, ``--runs`` times each;
+tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransforms``
+``--concurrency``, MaxPayloadInMB ``--payload-mb``):
+
+  a  Line + SingleRecord, 200-byte records (``--a-records``)      requests/s
+  b  Line + MultiRecord, 512 MiB of CSV, one short line per line   MB/s of input
+  c  TFRecord + MultiRecord, 512 MiB, one short line per request   MB/s of input
+  d  2,000 files of 10 KiB, Line + MultiRecord                     files/s (= requests/s)
+  e  2 GiB and 1 GiB of CSV echoed back (instant model only)       peak RSS, flat?
+
+Against the ``service`` model (2 ms + 20 ms per MiB, sleeping) the question is whether the
+agent keeps the model busy: throughput ratio agent/ideal ≥ 0.95 (a-c), ≥ 0.9 (d).
+Against the ``instant`` model it is CPU: the agent's CPU seconds (user + sys of its
+process, from ``wait4``) per GiB and per 1,000 requests ≤ 1.5 × the ideal's. CPU figures
+are net of each program's start-up CPU (imports, clients), measured per store on a
+one-line input and printed. Throughput uses each program's own seconds, counted after its
+imports. ``--local`` scenarios also run against the local file system (``file://`` in and
+out), which shows what SeaweedFS costs and whether it, not the agent, sets the pace.
+Every run is checked: one output per input, the requests the model saw, and the same
+output bytes from both programs. ``--agent-root`` runs another (built) source tree's
+agent, for before/after comparisons; ``--py-spy DIR`` profiles every run
+(``python -m bench.pyspy_top`` summarises the files). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import orjson
+
+from bench import e2e_setup as setup
+from bench.e2e_report import print_table
+from bench.e2e_run import BUCKET, PIPELINES, Bench, Row, Scenario, run_once
+
+MIB, GIB = 1 << 20, 1 << 30
+
+
+SCENARIOS = (
+    Scenario("a", "a", "Line + SingleRecord, 200-byte records", "Line", "SingleRecord",
+             "text/csv", "req/s", 0.95, ("service", "instant")),
+    Scenario("b", "b", "Line + MultiRecord, CSV, one short line per input line", "Line",
+             "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant")),
+    Scenario("c", "c", "TFRecord + MultiRecord, one short line per request", "TFRecord",
+             "MultiRecord", "application/x-tfrecord", "MB/s", 0.95, ("service", "instant")),
+    Scenario("d", "d", "small files of 10 KiB, Line + MultiRecord", "Line", "MultiRecord",
+             "text/plain", "files/s", 0.9, ("service", "instant")),
+    Scenario("e1", "e", "1x: CSV echoed back, memory ceiling", "Line", "MultiRecord",
+             "application/octet-stream", "MB/s", 0.0, ("instant",)),
+    Scenario("e2", "e", "2x: CSV echoed back, memory ceiling", "Line", "MultiRecord",
+             "application/octet-stream", "MB/s", 0.0, ("instant",)),
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def prepare(bench: Bench, scenario: Scenario, stores: set[str]) -> None:
+    """Write the scenario's inputs to S3 and (for local runs) to the file system."""
+    scale, a = bench.args.scale, bench.args
+    local = bench.root / "data" / scenario.name / "in"
+    if scenario.name == "d":
+        count = max(8, round(a.d_files * scale))
+        setup.upload_small_files(bench.s3, BUCKET, "d/in/", count, a.d_file_bytes)
+        if "local" in stores:
+            setup.write_small_files(local, count, a.d_file_bytes)
+        return
+    if scenario.name == "a":
+        data = setup.line_records(max(100, round(a.a_records * scale)), 200)
+    elif scenario.name == "c":
+        data = setup.tfrecord(int(a.mib * MIB * scale))
+    elif scenario.name in ("e1", "e2"):
+        data = setup.csv_data(int(a.e_gib * GIB * scale * (1 if scenario.name == "e1" else 2)))
+    else:
+        data = setup.csv_data(int(a.mib * MIB * scale))
+    data.upload(bench.s3, BUCKET, f"{scenario.name}/in/input.bin")
+    if "local" in stores:
+        data.write(local / "input.bin")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def measure_startup(bench: Bench, stores: set[str]) -> None:
+    """Each program's CPU on a one-line input: what it costs before any data flows."""
+    sc = Scenario("z", "z", "start-up", "Line", "MultiRecord", "text/csv", "", 0, ())
+    bench.s3.put_object(Bucket=BUCKET, Key="z/in/one.csv", Body=b"1,2,3\n")
+    (bench.root / "data" / "z" / "in").mkdir(parents=True, exist_ok=True)
+    (bench.root / "data" / "z" / "in" / "one.csv").write_bytes(b"1,2,3\n")
+    runs = max(1, min(bench.args.runs, 3))
+    for store in sorted(stores):
+        for pipeline in PIPELINES:
+            cpu = [
+                run_once(bench, sc, "instant", store, pipeline, i).cpu_seconds for i in range(runs)
+            ]
+            bench.startup_cpu[f"{pipeline}-{store}"] = statistics.median(cpu)
+
+
+def run_row(bench: Bench, sc: Scenario, model: str, store: str) -> Row:
+    row = Row(sc.name, model, store)
+    runs = bench.args.e_runs if sc.group == "e" else bench.args.runs
+    for run in range(runs):
+        order = PIPELINES if run % 2 == 0 else PIPELINES[::-1]
+        for pipeline in order:
+            measure = run_once(bench, sc, model, store, pipeline, run)
+            row.runs[pipeline].append(measure)
+            if bench.args.verbose:
+                print(f"  {sc.name} {model} {store} run {run} {pipeline}: {measure}", flush=True)
+        agent, ideal = row.runs["agent"][-1], row.runs["ideal"][-1]
+        if (agent.output_bytes, agent.requests) != (ideal.output_bytes, ideal.requests):
+            raise RuntimeError(
+                f"{sc.name} {model} {store} run {run}: the agent wrote {agent.output_bytes} "
+                f"bytes in {agent.requests} requests, the ideal pipeline {ideal.output_bytes} "
+                f"in {ideal.requests}: they did not do the same work"
+            )
+    return row
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
+    add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
+    add("--only", default="a,b,c,d,e", help="scenarios to run, e.g. a,b")
+    add("--models", default="service,instant", help="model servers to run against")
+    add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
+    add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")
+    add("--payload-mb", type=int, default=6, help="MaxPayloadInMB")
+    add("--a-records", type=int, default=50_000, help="records of scenario a")
+    add("--mib", type=int, default=512, help="MiB of input of scenarios b and c")
+    add("--d-files", type=int, default=2000, help="files of scenario d")
+    add("--d-file-bytes", type=int, default=10 * 1024, help="bytes per file of scenario d")
+    add("--e-gib", type=float, default=1.0, help="GiB of the smaller input of scenario e")
+    add("--e-runs", type=int, default=1, help="runs of scenario e (memory, not speed)")
+    add("--model-args", default="", help="extra flags for both model servers")
+    add("--timeout", type=float, default=3600.0, help="seconds one run may take")
+    add("--json", metavar="FILE", help="write every measurement to FILE")
+    add("--py-spy", metavar="DIR", help="profile every run with py-spy (CPU figures are off)")
+    add("--py-spy-args", default="", help="more py-spy flags, e.g. '--native'")
+    add("--agent-root", metavar="DIR", help="run the agent of another source tree (built)")
+    add("--agent-env", action="append", default=[], metavar="NAME=VALUE", help="for the agent")
+    add(
+        "--keep", metavar="DIR", help="work in DIR; keep its jobs, summaries, logs and local inputs"
+    )
+    add("-v", "--verbose", action="store_true", help="print every run")
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    wanted = set(args.only.split(","))
+    scenarios = [sc for sc in SCENARIOS if sc.group in wanted]
+    models = [m for m in args.models.split(",") if m]
+    local = set(filter(None, args.local.split(",")))
+    if args.py_spy:
+        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+    scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bt-bench-e2e-"))
+    for sub in ("jobs", "logs", "data", "out"):
+        (scratch / sub).mkdir(parents=True, exist_ok=True)
+    s3_server = setup.SeaweedFS(scratch / "seaweedfs")
+    servers: dict[str, setup.BenchModel] = {}
+    began = time.monotonic()
+    try:
+        s3_server.start()
+        for kind in sorted({*models, "instant"}):  # instant: start-up and scenario e
+            extra = shlex.split(args.model_args)
+            servers[kind] = setup.BenchModel(kind, scratch / f"model-{kind}.log", *extra)
+            servers[kind].start()
+        s3 = s3_server.sync_client()
+        s3.create_bucket(Bucket=BUCKET)
+        bench = Bench(args, scratch, s3, s3_server.env(), s3_server.pid, servers)
+        print(
+            f"bench.e2e: scale {args.scale:g}, {args.runs} runs, MaxConcurrentTransforms "
+            f"{args.concurrency}, MaxPayloadInMB {args.payload_mb}, {os.cpu_count()} CPUs, "
+            f"work dir {scratch}",
+            flush=True,
+        )
+        measure_startup(bench, {"s3", "local"} if local & wanted else {"s3"})
+        print(
+            "start-up CPU s (one-line input, subtracted below): "
+            + ", ".join(f"{p} {s:.2f}" for p, s in bench.startup_cpu.items()),
+            flush=True,
+        )
+        rows: list[Row] = []
+        for group in sorted({sc.group for sc in scenarios}):
+            members = [sc for sc in scenarios if sc.group == group]
+            group_rows: list[Row] = []
+            for sc in members:
+                stores = ["s3", "local"] if sc.group in local else ["s3"]
+                prepare(bench, sc, set(stores))
+                for model in (m for m in models if m in sc.models):
+                    for store in stores:
+                        group_rows.append(run_row(bench, sc, model, store))
+                setup.delete_prefix(s3, BUCKET, f"{sc.name}/in/")
+                if not args.keep:  # kept: the local-store jobs can be run again by hand
+                    shutil.rmtree(scratch / "data" / sc.name, ignore_errors=True)
+            print_table(members, group_rows, bench)
+            rows += group_rows
+        if args.json:
+            report = {
+                "args": vars(args),
+                "startup_cpu_seconds": bench.startup_cpu,
+                "rows": [asdict(row) for row in rows],
+            }
+            Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        print(f"bench.e2e done in {time.monotonic() - began:.0f} s")
+    finally:
+        for server in servers.values():
+            server.stop()
+        s3_server.stop()
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
