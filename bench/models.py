@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import socket
 import time
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from examples.model_server import serve_app
 
 MIB = 1 << 20
 MAX_BODY_BYTES = 1 << 30
@@ -145,21 +145,7 @@ class Model:
 
 async def serve(host: str, port: int, model: Model) -> None:
     """Serve until SIGTERM or SIGINT; print the bound address once listening."""
-    runner = web.AppRunner(model.app(), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    await web.SockSite(runner, sock, backlog=1024).start()
-    print(f"listening on http://{host}:{sock.getsockname()[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(model.app(), host, port, backlog=1024)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -249,12 +249,20 @@ class ModelServer:
 
 async def serve(host: str, port: int, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT; print the bound address once listening."""
-    runner = web.AppRunner(ModelServer(settings).app(), access_log=None, shutdown_timeout=1.0)
+    await serve_app(ModelServer(settings).app(), host, port)
+
+
+async def serve_app(app: web.Application, host: str, port: int, *, backlog: int = 128) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT; print ``listening on http://HOST:PORT`` once up.
+
+    ``port`` 0 lets the kernel choose; the line says which, for whoever started us.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, backlog=backlog).start()
     print(f"listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
