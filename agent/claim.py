@@ -89,6 +89,10 @@ class Claim:
 
     async def run(self, work: Awaitable[_T]) -> _T:
         """Await ``work``, cancelling it and raising ``ClaimLost`` if the claim is lost."""
+        if self.lease is None:
+            # Without a lease nothing sets ``lost`` but a refused commit, which raises
+            # ClaimLost inside ``work`` itself: no watcher (two futures a file) is needed.
+            return await work
         task = asyncio.ensure_future(work)
         waiter = asyncio.ensure_future(self.lost.wait())
         try:
@@ -101,8 +105,7 @@ class Claim:
         if not task.cancelled() and isinstance(task.exception(), ClaimLost):
             return task.result()  # raises it: refused at the commit, say
         if self.lost.is_set() and (task.cancelled() or task.exception() is not None):
-            reason = self.lease.reason if self.lease is not None else "displaced"
-            raise LeaseLost(f"{self.item.uri}: stopped, the lease was lost ({reason})")
+            raise LeaseLost(f"{self.item.uri}: stopped, the lease was lost ({self.lease.reason})")
         return task.result()
 
     async def record(self, result: FileResult) -> None:
