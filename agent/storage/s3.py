@@ -23,6 +23,9 @@ from botocore.exceptions import (
     IncompleteReadError,
     NoCredentialsError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
 from agent._compat import BytesLike
 from agent.storage._base import (
@@ -44,7 +47,8 @@ log = logging.getLogger("agent.storage")
 
 # Errors after which the same request may well succeed: the network, the server's mood.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    HTTPClientError,  # connection refused/reset/closed, read and connect timeouts
+    HTTPClientError,  # connection reset/closed, read timeouts
+    BotoConnectionError,  # connection refused (EndpointConnectionError), connect timeouts
     IncompleteReadError,  # the body ended before Content-Length
     aiohttp.ClientError,  # payload errors, server disconnects
     OSError,  # TimeoutError and ConnectionError included

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS
+from servers import SeaweedFS, free_port_block
 
 from agent._jobtypes import DataUri
 from agent.storage import (
@@ -193,6 +194,52 @@ async def test_read_resumes_when_seaweedfs_is_killed_and_restarted(
             received += await consumer
     assert bytes(received) == data
     assert any("retrying" in record.getMessage() for record in caplog.records)
+
+
+async def test_calls_wait_out_a_server_that_refuses_connections(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.storage")
+    async with open_stores(StorageSettings(part_size_bytes=5 * MIB, retry_seconds=90)) as stores:
+        store = await bucket_store(stores, bucket)
+        await s3_server.astop(grace_seconds=0)  # nothing listens: connections are refused
+        try:
+
+            async def upload() -> str:  # a multipart upload started while S3 is away
+                async with store.open_upload("out/late.bin") as pending:
+                    await pending.write(b"z" * (6 * MIB))
+                    return await pending.commit()
+
+            uploading = asyncio.create_task(upload())
+            expected = f"starting the upload of s3://{bucket}/out/late.bin: EndpointConnectionError"
+            for _ in range(300):  # botocore's own quick retries first, then ours
+                if any(r.getMessage().startswith(expected) for r in caplog.records):
+                    break
+                await asyncio.sleep(0.1)
+            assert not uploading.done()
+        finally:
+            await s3_server.astart()
+        etag = await uploading
+    got = await get(s3_server, bucket, "out/late.bin")
+    assert got is not None and got["ETag"] == etag and got["Data"] == b"z" * (6 * MIB)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(message.startswith(expected) for message in messages), messages
+
+
+async def test_refused_connections_give_up_after_retry_seconds(
+    s3_env: dict[str, str], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nobody = free_port_block(1) + 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{nobody}")
+    async with open_stores(StorageSettings(retry_seconds=3)) as stores:
+        store = await stores.get(s3(bucket, ""))
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=r"listing .* failed after .*EndpointConnection"):
+            await store.list_objects("in/")
+        assert time.monotonic() - started >= 3  # retried for retry_seconds, not given up at once
 
 
 async def test_object_replaced_mid_read_fails_with_its_key(
