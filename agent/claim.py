@@ -18,7 +18,6 @@ from agent._jobtypes import DataUri
 from agent.commit import CommitRule, UploadRecorder
 from agent.lease import ClaimLost, HeldLease, LeaseLost
 from agent.report import COMPLETED, FAILED, FileResult
-from agent.state import file_id
 from agent.storage._base import PreconditionFailed, Upload
 from agent.storage.inputs import InputFile
 
@@ -41,7 +40,7 @@ class Claim:
         on_close: Callable[[str], None],
     ) -> None:
         self.item = item
-        self.file_id = file_id(item.uri)
+        self.file_id = item.id
         self.output = output  # None: the output name is refused (the pipeline fails the file)
         self.metadata = metadata  # for open_upload(metadata=...)
         self.rule = rule

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from agent._jobtypes import DataUri
@@ -30,12 +30,11 @@ from agent.state import (
     StateError,
     StateLayout,
     dumps,
-    file_id,
     loads,
     now_iso,
 )
 from agent.storage._base import ObjectInfo, Store
-from agent.storage.inputs import InputFile
+from agent.storage.inputs import InputFile, file_id
 
 log = logging.getLogger("agent.state")
 
@@ -64,8 +63,12 @@ class FileRecord:
     FailureReason: str | None = None
     FinishedAt: str = ""
 
+    def as_dict(self) -> dict[str, Any]:
+        """The record as a flat dict (every field is a plain value: no deep copy needed)."""
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
     def to_json(self) -> bytes:
-        return dumps({"Format": STATE_FORMAT, **asdict(self)})
+        return dumps({"Format": STATE_FORMAT, **self.as_dict()})
 
     @classmethod
     def from_json(cls, data: bytes, where: DataUri) -> FileRecord:
@@ -77,9 +80,11 @@ class FileRecord:
             raise StateError(f"{where} is not a completion record ({error})") from None
 
     def summary_entry(self) -> dict[str, Any]:
-        entry = {k: v for k, v in asdict(self).items() if v is not None}
-        entry.pop("SettingsHash")
-        return entry
+        return {
+            name: value
+            for name in _RECORD_FIELDS
+            if name != "SettingsHash" and (value := getattr(self, name)) is not None
+        }
 
     def final_for(self, item: InputFile, settings_hash: str | None, run_id: str) -> bool:
         """Whether this record settles ``item`` in run ``run_id``.
@@ -94,6 +99,9 @@ class FileRecord:
         return self.Status == FAILED and self.RunId == run_id
 
 
+_RECORD_FIELDS = tuple(field.name for field in fields(FileRecord))
+
+
 async def write_record(store: Store, layout: StateLayout, record: FileRecord) -> None:
     """Write (or replace) a file's record; call only after its ``.out`` is committed."""
     await store.put_bytes(layout.done(file_id(record.Input)).key, record.to_json())
@@ -103,7 +111,7 @@ async def write_records(
     store: Store, layout: StateLayout, name: str, records: Iterable[FileRecord]
 ) -> None:
     """Write many files' records as one object ``done/batch-<name>.json``."""
-    entries = [asdict(record) for record in records]
+    entries = [record.as_dict() for record in records]
     document = {"Format": STATE_FORMAT, "Batch": entries}
     await store.put_bytes(layout.done(f"{BATCH_PREFIX}{name}").key, dumps(document))
 
@@ -195,7 +203,7 @@ def completed(
     done: set[str] = set()
     mismatched: list[FileRecord] = []
     for item in files:
-        record = records.get(fid := file_id(item.uri))
+        record = records.get(fid := item.id)
         if record is None or record.Status != COMPLETED:
             continue
         if record.final_for(item, settings_hash, ""):
@@ -232,7 +240,7 @@ def build_summary(
     entries: list[dict[str, Any]] = []
     finals: list[FileRecord] = []
     for item in listing.files:
-        record = records.get(file_id(item.uri))
+        record = records.get(item.id)
         if record is not None and record.final_for(item, settings_hash, listing.run_id):
             finals.append(record)
             entries.append(record.summary_entry())

@@ -61,7 +61,6 @@ from agent.report import COMPLETED, FileResult
 from agent.state import (
     Listing,
     StateLayout,
-    file_id,
     now_iso,
     open_listing,
     read_listing,
@@ -162,18 +161,18 @@ class Coordinator:
         self.final = done | {
             fid
             for item in files
-            if (record := records.get(fid := file_id(item.uri))) is not None
+            if (record := records.get(fid := item.id)) is not None
             and record.final_for(item, settings_hash, self.listing.run_id)
         }
         if self.lease_mode:
-            self.todo = [f for f in largest_first(files) if file_id(f.uri) not in self.final]
+            self.todo = [f for f in largest_first(files) if f.id not in self.final]
             log.info("%d of %d files to do, claimed by lease", len(self.todo), len(files))
             return
         plan = static_plan(files, self.identity.count)
         share = plan.share(self.identity.index)
-        mine = {file_id(f.uri) for f in share.files}
+        mine = {f.id for f in share.files}
         # Listing order (key order, or manifest order): outputs appear as a user expects.
-        self.todo = [f for f in files if (fid := file_id(f.uri)) in mine and fid not in self.final]
+        self.todo = [f for f in files if (fid := f.id) in mine and fid not in self.final]
         log.info(
             "%s: %d files, %d bytes planned (imbalance %.3f); %d already done",
             self.identity,
@@ -185,9 +184,7 @@ class Coordinator:
         if self.todo:
             self._flusher = asyncio.create_task(self._flush_every(RECORDS_FLUSH_SECONDS))
             self.existing_outputs = await self._output_keys()
-            aborted = await abort_orphans(
-                self.stores, self.layout, [file_id(f.uri) for f in self.todo]
-            )
+            aborted = await abort_orphans(self.stores, self.layout, [f.id for f in self.todo])
             if aborted:
                 log.info("aborted %d upload(s) left open by an earlier run", aborted)
 
@@ -232,7 +229,7 @@ class Coordinator:
             for _ in range(len(order)):
                 item = order[cursor]
                 cursor = (cursor + 1) % len(order)
-                fid = file_id(item.uri)
+                fid = item.id
                 now = time.monotonic()
                 if fid in self.final or fid in self.held or next_look.get(fid, 0.0) > now:
                     continue
@@ -249,9 +246,7 @@ class Coordinator:
                 continue
             await self._refresh_final()
             open_files = [
-                fid
-                for item in order
-                if (fid := file_id(item.uri)) not in self.final and fid not in self.held
+                fid for item in order if (fid := item.id) not in self.final and fid not in self.held
             ]
             if not open_files and not self.held:
                 return
@@ -263,7 +258,7 @@ class Coordinator:
     async def _refresh_final(self) -> None:
         records = await self.records.refresh()
         for item in self.todo:
-            record = records.get(fid := file_id(item.uri))
+            record = records.get(fid := item.id)
             if record is not None and record.final_for(
                 item, self.settings_hash, self.listing.run_id
             ):
@@ -271,7 +266,7 @@ class Coordinator:
 
     async def _prepare(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
         """A claim for ``item``, or ``None`` when it turns out to be settled already."""
-        fid = file_id(item.uri)
+        fid = item.id
         assert self.settings_hash is not None
         if lease is not None:
             record = await self.records.get(fid)
@@ -296,7 +291,7 @@ class Coordinator:
         return claim
 
     async def _claim(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
-        fid = file_id(item.uri)
+        fid = item.id
         assert self.settings_hash is not None
         if lease is not None:
             taken = await abort_orphans(
@@ -364,7 +359,7 @@ class Coordinator:
             FailureReason=result.error,
             FinishedAt=now_iso(),
         )
-        self.final.add(file_id(item.uri))
+        self.final.add(item.id)
         if self.lease_mode:  # another instance may look for this one record at any time
             await write_record(self.state, self.layout, record)
             return

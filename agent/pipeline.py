@@ -306,13 +306,69 @@ class Pipeline:
         result: FileResult,
         reading: _Place,
     ) -> None:
+        async with contextlib.aclosing(self._bodies(info, source, 0)) as bodies:
+            ahead: list[BodyLike] = []
+            body = await anext(bodies, None)
+            if body is not None and self._whole_file(body, info):
+                ahead.append(body)
+                if (body := await anext(bodies, None)) is None:  # the file's only body
+                    reading.release()
+                    await self._transform_alone(item, ahead[0], assembler, result)
+                    return
+            if body is not None:
+                ahead.append(body)
+            await self._transform_many(
+                item, info, source, ahead, bodies, assembler, result, reading
+            )
+
+    def _whole_file(self, body: BodyLike, info: ObjectInfo) -> bool:
+        """Whether ``body`` is a whole body that reaches the end of the (uncompressed) input."""
+        return body.first and body.last and body.end == info.size and not self.settings.gzip
+
+    async def _transform_alone(
+        self, item: InputFile, body: BodyLike, assembler: Assembler, result: FileResult
+    ) -> None:
+        """A file of one body (most small files): its request awaited here, with no writer
+        task, queue or task group, and its slot given back once the answer is written."""
+        await self.budget.wait_for_room()
+        await self.slots.acquire()
+        result.requests += 1
+        what = f"{item.uri} bytes [{body.start}, {body.end})"
+        try:
+            try:
+                data = await self.client.invoke(body.data, what=what)
+                processor = self.processor
+                if isinstance(body, Batch) and processor is not None and processor.processes_output:
+                    data = await self._join(processor, body, data, what)
+                await assembler.add(data)
+            finally:
+                self.slots.release()
+        finally:
+            result.records += body.records
+            self.progress.advance(body.records, body.end - result.input_bytes)
+            result.input_bytes = body.end
+
+    async def _transform_many(
+        self,
+        item: InputFile,
+        info: ObjectInfo,
+        source: Store,
+        ahead: list[BodyLike],
+        rest: AsyncIterator[BodyLike],
+        assembler: Assembler,
+        result: FileResult,
+        reading: _Place,
+    ) -> None:
         order: asyncio.Queue[asyncio.Task[_Answer] | None] = asyncio.Queue()
         line = _Line()
         try:
-            async with asyncio.TaskGroup() as group:
+            async with (
+                contextlib.aclosing(_chain(ahead, rest)) as chained,
+                asyncio.TaskGroup() as group,
+            ):
                 group.create_task(self._write(order, assembler))
                 streamed: _StreamedBody | None = None
-                async for body in self._bodies(info, source, 0):
+                async for body in chained:
                     payload: Body
                     if body.first:
                         await self.budget.wait_for_room()
@@ -446,6 +502,16 @@ class Pipeline:
                     yield bytes(part.data)
                 if part.last:
                     return
+
+
+async def _chain(
+    ahead: list[BodyLike], rest: AsyncIterator[BodyLike]
+) -> AsyncGenerator[BodyLike, None]:
+    """The bodies already taken from ``rest``, then ``rest``."""
+    for body in ahead:
+        yield body
+    async for body in rest:
+        yield body
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -49,11 +49,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def file_id(uri: DataUri | str) -> str:
-    """The name of a file's state objects: a digest of its input URI (keys may hold anything)."""
-    return hashlib.sha256(str(uri).encode()).hexdigest()[:40]
-
-
 @dataclass(frozen=True, slots=True)
 class StateLayout:
     """Where each state object lives under the state prefix ``root``."""

@@ -26,7 +26,6 @@ from agent.report import COMPLETED, FAILED
 from agent.state import (
     Listing,
     StateLayout,
-    file_id,
     read_listing,
     read_summary,
 )
@@ -63,7 +62,7 @@ async def plan_lines(stores: Stores, job: JobSettings, count: int) -> list[str]:
     done = frozenset(
         str(item.uri)
         for item in listing.files
-        if (record := records.get(file_id(item.uri))) is not None
+        if (record := records.get(item.id)) is not None
         and record.Status == COMPLETED
         and record.final_for(item, None, listing.run_id)
     )

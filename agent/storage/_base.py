@@ -50,6 +50,10 @@ class StorageSettings:
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0  # per socket read, not per object
     fsync: bool = False  # local uploads: fsync the file before renaming it into place
+    # Local reads and small outputs of at most this many bytes run on the event loop: for
+    # them a trip to a worker thread (and the GIL hand-offs it takes) costs more than the
+    # file calls themselves. 0: every local file call runs in a thread.
+    local_inline_bytes: int = 64 * 1024
     max_small_object_bytes: int = 256 * MIB  # get_bytes refuses (and manifests) above this
 
     def __post_init__(self) -> None:
@@ -186,14 +190,19 @@ class ChunkReader:
     async for chunk in chunks: ...`` so the task and its connection are released even
     when the consumer stops early; an error of the store is raised by ``__anext__``
     after the bytes that preceded it.
+
+    ``ahead_chunks=0`` reads nothing ahead: no task, the producer is iterated as the
+    consumer asks (for reads that are done at once, such as small local files).
     """
 
     def __init__(
         self, produce: Callable[[], AsyncGenerator[bytes, None]], ahead_chunks: int
     ) -> None:
         self._produce = produce
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=ahead_chunks)
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max(0, ahead_chunks))
         self._task: asyncio.Task[None] | None = None
+        self._direct = ahead_chunks == 0
+        self._producer: AsyncGenerator[bytes, None] | None = None
         self._done = False
 
     async def _fill(self) -> None:
@@ -220,6 +229,14 @@ class ChunkReader:
     async def __anext__(self) -> bytes:
         if self._done:
             raise StopAsyncIteration
+        if self._direct:
+            if self._producer is None:
+                self._producer = self._produce()
+            try:
+                return await anext(self._producer)
+            except BaseException:
+                self._done = True
+                raise
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._fill())
         item = await self._queue.get()
@@ -233,6 +250,9 @@ class ChunkReader:
     async def aclose(self) -> None:
         """Stop reading ahead and release the connection; safe to call twice."""
         self._done = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.aclose()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

@@ -9,10 +9,11 @@ pieces of the listing rule, so the runner and the tests share one definition.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
     from agent.storage import Stores
 
 MAX_LISTED_PROBLEMS = 10
+
+
+def file_id(uri: DataUri | str) -> str:
+    """The name of a file's state objects: a digest of its input URI (keys may hold anything)."""
+    return hashlib.sha256(str(uri).encode()).hexdigest()[:40]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,10 @@ class InputFile:
     relative_key: str  # the output is <S3OutputPath>/<relative_key>.out
     info: ObjectInfo | None
     manifest_index: int | None = None  # the entry's index in the manifest's JSON array
+    id: str = field(init=False, repr=False, compare=False)  # file_id(uri), computed once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", file_id(self.uri))
 
     @property
     def missing(self) -> bool:

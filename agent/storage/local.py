@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -44,6 +45,12 @@ _FLUSH_BYTES = 1 << 20  # small writes are gathered into one write call of this 
 def file_etag(info: os.stat_result) -> str:
     """A local file's version: its size and modification time in nanoseconds."""
     return f"{info.st_size}-{info.st_mtime_ns}"
+
+
+# Temporary names: random per process, then a serial (one random draw per process, not per
+# file; "xb" refuses a name that exists in any case).
+_TEMP_TAG = secrets.token_hex(4)
+_TEMP_SERIAL = itertools.count()
 
 
 def _is_temp(name: str) -> bool:
@@ -135,20 +142,20 @@ class LocalStore:
 
     def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
         stop = obj.size if end is None else end
-        return ChunkReader(lambda: self._produce(obj, start, stop), self.settings.read_ahead_chunks)
+        inline = stop - start <= self.settings.local_inline_bytes
+        ahead = 0 if inline else self.settings.read_ahead_chunks  # read at once: no task
+        return ChunkReader(lambda: self._produce(obj, start, stop), ahead)
 
     async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
-        changed = ObjectChangedError(
-            f"file://{obj.key} changed while it was being read (it was {obj.size} bytes, "
-            f"version {obj.etag}); rerun the job once the file stays unchanged"
-        )
         chunk_bytes = self.settings.read_chunk_bytes
-        # Opening and the first read share one trip to the thread pool: a small file is
-        # read in one, where each trip costs about as much CPU as reading 100 KiB.
+        # Opening and the first read share one call, on the event loop for a small file
+        # (``local_inline_bytes``), else in one trip to a worker thread.
+        first = min(chunk_bytes, end - start)
         try:
-            file, data, version = await asyncio.to_thread(
-                _open_and_read, obj.key, start, min(chunk_bytes, end - start)
-            )
+            if end - start <= self.settings.local_inline_bytes:
+                file, data, version = _open_and_read(obj.key, start, first)
+            else:
+                file, data, version = await asyncio.to_thread(_open_and_read, obj.key, start, first)
         except FileNotFoundError:
             raise ObjectChangedError(f"file://{obj.key} no longer exists") from None
         except OSError as error:
@@ -157,7 +164,11 @@ class LocalStore:
             position = start
             while True:
                 if version != obj.etag or (not data and position < end):
-                    raise changed
+                    raise ObjectChangedError(
+                        f"file://{obj.key} changed while it was being read (it was "
+                        f"{obj.size} bytes, version {obj.etag}); rerun the job once the file "
+                        "stays unchanged"
+                    )
                 position += len(data)
                 if data:
                     yield data
@@ -277,7 +288,8 @@ class LocalUpload(Upload):
 
     def _temp_name(self) -> str:
         directory, name = os.path.split(self.key)
-        return os.path.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
+        serial = f"{_TEMP_TAG}{next(_TEMP_SERIAL):x}"
+        return os.path.join(directory, f".{name}{TEMP_MARKER}{serial}")
 
     async def _open(self) -> BinaryIO:
         if self._file is None:
@@ -341,9 +353,13 @@ class LocalUpload(Upload):
         version: list[str] = []
 
         def publish() -> None:
-            os.makedirs(os.path.dirname(key), exist_ok=True)
             try:
-                with open(temp, "xb", buffering=0) as file:
+                file = open(temp, "xb", buffering=0)
+            except FileNotFoundError:  # the first output in its directory
+                os.makedirs(os.path.dirname(key), exist_ok=True)
+                file = open(temp, "xb", buffering=0)
+            try:
+                with file:
                     _write_all(file, data)
                     if fsync:
                         os.fsync(file.fileno())
@@ -354,7 +370,13 @@ class LocalUpload(Upload):
                 raise
             version.append(file_etag(os.stat(key)))
 
-        await self._thread(publish, "write")
+        if len(data) <= self.settings.local_inline_bytes and not fsync:
+            try:
+                publish()
+            except OSError as error:
+                raise _os_error(error, "write", key) from error
+        else:
+            await self._thread(publish, "write")
         self.committed = True
         self._buffer = bytearray()
         return version[0]

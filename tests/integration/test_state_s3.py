@@ -24,9 +24,10 @@ from agent.coordinator import Coordinator
 from agent.lease import ClaimLost, check_conditional_writes
 from agent.plan import Identity
 from agent.report import COMPLETED, FAILED, FileResult
-from agent.state import StateLayout, file_id
+from agent.state import StateLayout
 from agent.status import plan_lines, run_status, status_report
 from agent.storage import StorageSettings, Stores, open_stores
+from agent.storage.inputs import file_id
 
 pytestmark = pytest.mark.integration
 

@@ -45,7 +45,6 @@ from agent.state import (
     Listing,
     StateError,
     StateLayout,
-    file_id,
     loads,
     open_listing,
     write_summary,
@@ -53,6 +52,7 @@ from agent.state import (
 from agent.status import progress_lines
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
 from agent.storage._base import StorageError
+from agent.storage.inputs import file_id
 
 FAST = LeaseSettings(
     ttl_seconds=0.6, renew_seconds=0.1, margin_seconds=0.2, poll_seconds=0.05,

@@ -37,6 +37,13 @@ from agent.storage import (
 )
 
 SMALL = StorageSettings(read_chunk_bytes=1000, read_ahead_bytes=3000)
+# Small files are read and written on the event loop (``local_inline_bytes``); the same
+# tests run with every file call in a worker thread.
+ON_THE_LOOP_OR_THREADS = pytest.mark.parametrize(
+    "settings",
+    [SMALL, StorageSettings(read_chunk_bytes=1000, read_ahead_bytes=3000, local_inline_bytes=0)],
+    ids=["inline", "threads"],
+)
 
 
 def local(path: Path | str) -> DataUri:
@@ -192,10 +199,13 @@ async def test_list_inputs_excludes_output_and_state_under_the_input(tmp_path: P
 # ----------------------------------------------------------------------------- reads
 
 
-async def test_read_streams_bounded_chunks_and_ranges(tmp_path: Path) -> None:
+@ON_THE_LOOP_OR_THREADS
+async def test_read_streams_bounded_chunks_and_ranges(
+    tmp_path: Path, settings: StorageSettings
+) -> None:
     data = os.urandom(10_500)
     path = write(tmp_path / "x.bin", data)
-    store = LocalStore(SMALL)
+    store = LocalStore(settings)
     (obj,) = await store.list_objects(str(path))
     async with store.read(obj) as chunks:
         sizes = [len(chunk) async for chunk in chunks]
@@ -205,9 +215,10 @@ async def test_read_streams_bounded_chunks_and_ranges(tmp_path: Path) -> None:
     assert await read_all(store, obj, 10_500) == b""
 
 
-async def test_read_stops_early_without_leaking(tmp_path: Path) -> None:
+@ON_THE_LOOP_OR_THREADS
+async def test_read_stops_early_without_leaking(tmp_path: Path, settings: StorageSettings) -> None:
     path = write(tmp_path / "x.bin", os.urandom(50_000))
-    store = LocalStore(SMALL)
+    store = LocalStore(settings)
     obj = await store.head(str(path))
     assert obj is not None
     async with store.read(obj) as chunks:
@@ -216,9 +227,12 @@ async def test_read_stops_early_without_leaking(tmp_path: Path) -> None:
     await asyncio.sleep(0)  # an unclosed file would warn (warnings are errors here)
 
 
-async def test_read_fails_when_the_file_changes_or_vanishes(tmp_path: Path) -> None:
+@ON_THE_LOOP_OR_THREADS
+async def test_read_fails_when_the_file_changes_or_vanishes(
+    tmp_path: Path, settings: StorageSettings
+) -> None:
     path = write(tmp_path / "x.bin", os.urandom(20_000))
-    store = LocalStore(SMALL)
+    store = LocalStore(settings)
     obj = await store.head(str(path))
     assert obj is not None
     with pytest.raises(ObjectChangedError, match="changed while it was being read"):
@@ -233,14 +247,17 @@ async def test_read_fails_when_the_file_changes_or_vanishes(tmp_path: Path) -> N
 # ----------------------------------------------------------------------------- uploads
 
 
-async def test_upload_writes_a_temp_file_and_renames_it_on_commit(tmp_path: Path) -> None:
+@ON_THE_LOOP_OR_THREADS
+async def test_upload_writes_a_temp_file_and_renames_it_on_commit(
+    tmp_path: Path, settings: StorageSettings
+) -> None:
     target = tmp_path / "out" / "deep" / "x.csv.out"
     seen: list[str] = []
 
     async def record(upload_id: str) -> None:
         seen.append(upload_id)
 
-    store = LocalStore(SMALL)
+    store = LocalStore(settings)
     async with store.open_upload(str(target), on_upload_id=record) as upload:
         await upload.write(b"abc")
         await upload.write(memoryview(b"x" * (2 << 20)))
@@ -253,8 +270,25 @@ async def test_upload_writes_a_temp_file_and_renames_it_on_commit(tmp_path: Path
     assert os.listdir(target.parent) == ["x.csv.out"]
 
 
-async def test_upload_is_aborted_on_error_or_without_commit(tmp_path: Path) -> None:
-    store = LocalStore(SMALL)
+@ON_THE_LOOP_OR_THREADS
+async def test_small_output_creates_its_directories(
+    tmp_path: Path, settings: StorageSettings
+) -> None:
+    store = LocalStore(settings)
+    key = tmp_path / "new" / "deep" / "x.csv.out"
+    etag = await store.put_bytes(str(key), b"1\n")
+    assert key.read_bytes() == b"1\n" and os.listdir(key.parent) == ["x.csv.out"]
+    assert etag == f"2-{key.stat().st_mtime_ns}"
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StorageError, match=f"cannot write file://{tmp_path}/file/x.out: "):
+        await store.put_bytes(str(tmp_path / "file" / "x.out"), b"1\n")
+
+
+@ON_THE_LOOP_OR_THREADS
+async def test_upload_is_aborted_on_error_or_without_commit(
+    tmp_path: Path, settings: StorageSettings
+) -> None:
+    store = LocalStore(settings)
     target = tmp_path / "x.out"
     with pytest.raises(RuntimeError):
         async with store.open_upload(str(target)) as upload:
@@ -266,8 +300,9 @@ async def test_upload_is_aborted_on_error_or_without_commit(tmp_path: Path) -> N
     assert upload.aborted
 
 
-async def test_conditional_commits(tmp_path: Path) -> None:
-    store = LocalStore(SMALL)
+@ON_THE_LOOP_OR_THREADS
+async def test_conditional_commits(tmp_path: Path, settings: StorageSettings) -> None:
+    store = LocalStore(settings)
     key = str(tmp_path / "x.out")
     first = await store.put_bytes(key, b"one", if_none_match=True)
     with pytest.raises(PreconditionFailed, match="already exists"):
