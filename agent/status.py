@@ -92,7 +92,9 @@ async def status_report(stores: Stores, job: JobSettings) -> tuple[str, int]:
         )
     records = await RecordCache(state, layout).refresh()
     leases = await read_leases(state, layout)
-    return "\n".join(progress_lines(job.transform_job_name, listing, records, leases)), EXIT_OK
+    lease_mode = job.agent.coordination == "Lease"
+    lines = progress_lines(job.transform_job_name, listing, records, leases, lease_mode=lease_mode)
+    return "\n".join(lines), EXIT_OK
 
 
 def progress_lines(
@@ -100,6 +102,8 @@ def progress_lines(
     listing: Listing,
     records: dict[str, FileRecord],
     leases: list[dict[str, Any]],
+    *,
+    lease_mode: bool = False,
 ) -> list[str]:
     """Progress of an unfinished run: totals, then one line per instance."""
     progress, _ = build_summary(name, listing, records, None)
@@ -109,10 +113,13 @@ def progress_lines(
     )
     total = listing.total_bytes
     share = f" ({100 * done_bytes / total:.1f}%)" if total else ""
+    completed, failed = progress["FilesCompleted"], progress["FilesFailed"]
+    rest = (
+        f"{len(leases)} being processed under lease" if lease_mode or leases else "the rest to do"
+    )
     lines = [
         f"{name}: InProgress (run {listing.run_id}, listed at {listing.created_at})",
-        f"  files: {progress['FilesCompleted']} of {progress['FilesTotal']} completed, "
-        f"{progress['FilesFailed']} failed, {len(leases)} being processed under lease",
+        f"  files: {completed} of {progress['FilesTotal']} completed, {failed} failed, {rest}",
         f"  bytes: {done_bytes} of {total} input bytes completed{share}",
     ]
     per_instance: dict[str, list[str]] = defaultdict(list)

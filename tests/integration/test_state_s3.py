@@ -233,7 +233,7 @@ async def test_status_and_plan_output(
     assert await asyncio.to_thread(run_status, job, out) == 0  # as `bt-agent status` does
     progress = out.getvalue()
     print(progress)  # shown with -s: the progress of a run under way
-    assert "files: 1 of 4 completed, 1 failed, 0 being processed under lease" in progress
+    assert "files: 1 of 4 completed, 1 failed, the rest to do" in progress
     assert "bytes: 300 of 601 input bytes completed (49.9%)" in progress
     assert "(instance 0 of 2): 1 completed, 1 failed, 301 bytes in this run" in progress
     assert "first failure: s3://" in progress and "the model said no" in progress
