@@ -169,8 +169,10 @@ def _command(
     argv = make(bench, sc, model, store, tag)
     if bench.args.py_spy:
         profile = Path(bench.args.py_spy) / f"{tag}.txt"
-        spy = ["py-spy", "record", "-r", "200", "-f", "raw", "-o", str(profile)]
-        argv = [*spy, *shlex.split(bench.args.py_spy_args), "--", *argv]
+        extra = shlex.split(bench.args.py_spy_args)
+        rate = [] if {"-r", "--rate"} & set(extra) else ["-r", "200"]  # a rate given wins
+        spy = ["py-spy", "record", *rate, "-f", "raw", "-o", str(profile)]
+        argv = [*spy, *extra, "--", *argv]
     env = {**os.environ, **bench.s3_env}
     cwd = setup.ROOT
     if pipeline == "agent":

@@ -64,10 +64,6 @@ class StorageSettings:
         if self.max_parts_in_flight < 1 or self.head_in_flight < 1:
             raise ValueError("max_parts_in_flight and head_in_flight must be at least 1")
 
-    @property
-    def read_ahead_chunks(self) -> int:
-        return max(1, self.read_ahead_bytes // self.read_chunk_bytes)
-
 
 def part_size(settings: StorageSettings, part_number: int) -> int:
     """The size of part ``part_number`` (1-based) of a streamed multipart upload.
@@ -185,43 +181,52 @@ _END = object()
 class ChunkReader:
     """An object's bytes as an async iterator, read ahead by a background task.
 
-    The task fills a queue of at most ``settings.read_ahead_chunks`` chunks, so memory is
-    bounded whatever the object's size. Use it as ``async with store.read(obj) as chunks:
-    async for chunk in chunks: ...`` so the task and its connection are released even
-    when the consumer stops early; an error of the store is raised by ``__anext__``
-    after the bytes that preceded it.
+    The task reads while fewer than ``ahead_bytes`` wait for the consumer, so memory is
+    bounded (by ``ahead_bytes`` plus one chunk) whatever the object's size, and chunks
+    are handed on as the store gives them, without joining. Use it as ``async with
+    store.read(obj) as chunks: async for chunk in chunks: ...`` so the task and its
+    connection are released even when the consumer stops early; an error of the store is
+    raised by ``__anext__`` after the bytes that preceded it.
 
-    ``ahead_chunks=0`` reads nothing ahead: no task, the producer is iterated as the
+    ``ahead_bytes=0`` reads nothing ahead: no task, the producer is iterated as the
     consumer asks (for reads that are done at once, such as small local files).
     """
 
     def __init__(
-        self, produce: Callable[[], AsyncGenerator[bytes, None]], ahead_chunks: int
+        self, produce: Callable[[], AsyncGenerator[bytes, None]], ahead_bytes: int
     ) -> None:
         self._produce = produce
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max(0, ahead_chunks))
+        self._ahead = ahead_bytes
+        self._queue: asyncio.Queue[object] = asyncio.Queue()  # bounded in bytes, by ``_held``
+        self._held = 0  # bytes in the queue
+        self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._direct = ahead_chunks == 0
+        self._direct = ahead_bytes <= 0
         self._producer: AsyncGenerator[bytes, None] | None = None
         self._done = False
 
     async def _fill(self) -> None:
         producer = self._produce()
+        queue = self._queue
         try:
             async with contextlib.aclosing(producer):
                 async for chunk in producer:
-                    await self._queue.put(chunk)
+                    queue.put_nowait(chunk)
+                    self._held += len(chunk)
+                    while self._held >= self._ahead:
+                        self._room.clear()
+                        await self._room.wait()
         except Exception as error:  # handed to the consumer, raised in order
-            await self._queue.put(error)
+            queue.put_nowait(error)
         except asyncio.CancelledError:
             # Cancelled by someone other than ``aclose`` (loop shutdown): a consumer may be
-            # waiting in ``get``; make room and wake it rather than leave it hanging.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(StorageError("the read was cancelled"))
+            # waiting in ``get``; drop what was read and wake it rather than leave it hanging.
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(StorageError("the read was cancelled"))
             raise
         else:
-            await self._queue.put(_END)
+            queue.put_nowait(_END)
 
     def __aiter__(self) -> Self:
         return self
@@ -241,6 +246,9 @@ class ChunkReader:
             self._task = asyncio.get_running_loop().create_task(self._fill())
         item = await self._queue.get()
         if isinstance(item, bytes):
+            self._held -= len(item)
+            if self._held < self._ahead:
+                self._room.set()
             return item
         self._done = True
         if isinstance(item, BaseException):

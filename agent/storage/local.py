@@ -143,7 +143,7 @@ class LocalStore:
     def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
         stop = obj.size if end is None else end
         inline = stop - start <= self.settings.local_inline_bytes
-        ahead = 0 if inline else self.settings.read_ahead_chunks  # read at once: no task
+        ahead = 0 if inline else self.settings.read_ahead_bytes  # read at once: no task
         return ChunkReader(lambda: self._produce(obj, start, stop), ahead)
 
     async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:

@@ -161,7 +161,7 @@ class S3Store:
 
     def read(self, obj: ObjectInfo, start: int = 0, end: int | None = None) -> ChunkReader:
         stop = obj.size if end is None else end
-        return ChunkReader(lambda: self._produce(obj, start, stop), self.settings.read_ahead_chunks)
+        return ChunkReader(lambda: self._produce(obj, start, stop), self.settings.read_ahead_bytes)
 
     def _changed(self, obj: ObjectInfo, position: int, how: str) -> ObjectChangedError:
         return ObjectChangedError(
@@ -189,20 +189,6 @@ class S3Store:
             raise self._changed(obj, start, "changed")
         return response["Body"]
 
-    async def _read_chunk(self, body: Any, size: int) -> tuple[list[bytes], BaseException | None]:
-        """Up to ``size`` bytes as pieces, and the transient error that cut them short."""
-        pieces: list[bytes] = []
-        while size > 0:
-            try:
-                piece = await body.read(size)
-            except TRANSIENT_ERRORS as error:
-                return pieces, error
-            if not piece:
-                return pieces, _ShortRead("the connection ended before the requested range")
-            pieces.append(piece)
-            size -= len(piece)
-        return pieces, None
-
     async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
         position = start
         backoff = Backoff(self.settings, "")
@@ -220,19 +206,24 @@ class S3Store:
                 await backoff.wait(error)
                 continue
             try:
+                # Each piece is handed on as it arrives (at most ``chunk_bytes``): joining
+                # pieces into bigger chunks would copy every byte once more.
                 while position < stop:
-                    pieces, broken = await self._read_chunk(body, min(chunk_bytes, stop - position))
-                    if pieces:
-                        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                        position += len(data)
-                        backoff.progress()
-                        yield data
-                    if broken is not None:
-                        backoff.what = (
-                            f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
-                        )
-                        await backoff.wait(broken)
-                        break  # resume from ``position`` with a new ranged GET
+                    broken: BaseException
+                    try:
+                        piece = await body.read(min(chunk_bytes, stop - position))
+                    except TRANSIENT_ERRORS as error:
+                        broken = error
+                    else:
+                        if piece:
+                            position += len(piece)
+                            backoff.progress()
+                            yield piece
+                            continue
+                        broken = _ShortRead("the connection ended before the requested range")
+                    backoff.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
+                    await backoff.wait(broken)
+                    break  # resume from ``position`` with a new ranged GET
             finally:
                 body.close()
 

@@ -149,7 +149,8 @@ async def test_streaming_read_in_small_chunks_and_ranges(
         async with store.read(empty) as chunks:
             assert await read_all(chunks) == b""
         async with store.read(obj) as chunks:  # a consumer that stops early releases all
-            assert await anext(chunks) == data[: 256 * 1024]
+            first = await anext(chunks)
+            assert 0 < len(first) <= 256 * 1024 and data.startswith(first)
 
 
 async def test_errors_name_the_location(s3_env: dict[str, str], bucket: str) -> None:

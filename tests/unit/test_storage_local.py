@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import os
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -15,6 +15,7 @@ import pytest
 from agent._jobtypes import DataUri
 from agent.storage import (
     MAX_PARTS,
+    ChunkReader,
     Gunzip,
     GzipError,
     InputError,
@@ -147,7 +148,40 @@ def test_part_size_doubles_every_thousand_parts_and_fits_ten_thousand() -> None:
 def test_settings_refuse_values_s3_or_the_reader_cannot_use(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="must be"):
         StorageSettings(**bad)
-    assert StorageSettings(read_chunk_bytes=4, read_ahead_bytes=3).read_ahead_chunks == 1
+
+
+async def test_chunk_reader_reads_ahead_a_bounded_number_of_bytes() -> None:
+    produced = consumed = most_ahead = 0
+
+    async def produce() -> AsyncGenerator[bytes, None]:
+        nonlocal produced
+        for size in [700, 1000, 300, 2500, 10, 1000] * 20:
+            produced += size
+            yield b"x" * size
+
+    async with ChunkReader(produce, 3000) as chunks:
+        async for chunk in chunks:
+            await asyncio.sleep(0.001)  # a slow consumer: the reader gets ahead, up to its bound
+            consumed += len(chunk)
+            most_ahead = max(most_ahead, produced - consumed)
+    assert consumed == produced == 5510 * 20
+    assert 3000 <= most_ahead < 3000 + 2500  # the bound, plus at most one chunk
+
+
+async def test_chunk_reader_without_read_ahead_runs_no_task() -> None:
+    async def produce() -> AsyncGenerator[bytes, None]:
+        yield b"ab"
+        raise StorageError("broken after two bytes")
+
+    tasks = len(asyncio.all_tasks())
+    reader = ChunkReader(produce, 0)
+    assert await anext(reader) == b"ab"
+    assert len(asyncio.all_tasks()) == tasks
+    with pytest.raises(StorageError, match="broken after two bytes"):
+        await anext(reader)
+    with pytest.raises(StopAsyncIteration):
+        await anext(reader)
+    await reader.aclose()
 
 
 # ----------------------------------------------------------------------------- listing
