@@ -22,7 +22,13 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import HOST, SeaweedFS, ServerProcess, wait_until  # noqa: E402  (the test harness)
+from servers import (  # noqa: E402  (the test harness)
+    HOST,
+    SeaweedFS,
+    ServerProcess,
+    listening_port,
+    wait_until,
+)
 
 from bench.split import tfrecord_data  # noqa: E402
 
@@ -65,13 +71,8 @@ class BenchModel:
 
     def _listening(self) -> bool:
         assert self.process is not None
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("listening on http://"):
-                self.port = int(line.rsplit(":", 1)[1])
-                return True
-        if not self.process.running():
-            raise self.process.failure("exited before listening")
-        return False
+        self.port = listening_port(self.process, self.log_path)
+        return self.port is not None
 
     def stop(self) -> None:
         if self.process is not None:

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processes import HOST, REPO_ROOT, ServerError, ServerProcess, http_status, wait_until
+from processes import (
+    HOST,
+    REPO_ROOT,
+    ServerError,
+    ServerProcess,
+    http_status,
+    listening_port,
+    wait_until,
+)
 
 
 class ModelServer:
@@ -61,13 +69,8 @@ class ModelServer:
 
     def _listening(self) -> bool:
         assert self.process is not None
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("listening on http://"):
-                self.port = int(line.rsplit(":", 1)[1])
-                return True
-        if not self.process.running():
-            raise self.process.failure("exited before listening")
-        return False
+        self.port = listening_port(self.process, self.log_path)
+        return self.port is not None
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         if self.process is not None:

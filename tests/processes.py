@@ -227,6 +227,19 @@ class ServerProcess:
                 raise self.failure(f"process group {self.pid} survived SIGKILL")
 
 
+def listening_port(process: ServerProcess, log_path: Path) -> int | None:
+    """The port a server printed as ``listening on http://HOST:PORT`` in its log, if it has yet.
+
+    Raises the process's failure if it exited before printing it.
+    """
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("listening on http://"):
+            return int(line.rsplit(":", 1)[1])
+    if not process.running():
+        raise process.failure("exited before listening")
+    return None
+
+
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
