@@ -144,15 +144,17 @@ class LocalStore:
         stop = obj.size if end is None else end
         inline = stop - start <= self.settings.local_inline_bytes
         ahead = 0 if inline else self.settings.read_ahead_bytes  # read at once: no task
-        return ChunkReader(lambda: self._produce(obj, start, stop), ahead)
+        return ChunkReader(lambda: self._produce(obj, start, stop, inline), ahead)
 
-    async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
+    async def _produce(
+        self, obj: ObjectInfo, start: int, end: int, inline: bool
+    ) -> AsyncGenerator[bytes, None]:
         chunk_bytes = self.settings.read_chunk_bytes
         # Opening and the first read share one call, on the event loop for a small file
-        # (``local_inline_bytes``), else in one trip to a worker thread.
+        # (``inline``: ``local_inline_bytes``), else in one trip to a worker thread.
         first = min(chunk_bytes, end - start)
         try:
-            if end - start <= self.settings.local_inline_bytes:
+            if inline:
                 file, data, version = _open_and_read(obj.key, start, first)
             else:
                 file, data, version = await asyncio.to_thread(_open_and_read, obj.key, start, first)
