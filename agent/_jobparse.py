@@ -22,6 +22,7 @@ from agent._jobschema import (
     INPUT,
     JOB_NAME,
     KMS_KEY,
+    MAX_RESPONSE_MB,
     MISSING_HINTS,
     MODEL_NAME,
     NAME_RULE,
@@ -36,6 +37,7 @@ from agent._jobschema import (
     JobError,
     Problem,
     child,
+    control_character,
     quote,
     type_name,
 )
@@ -281,7 +283,12 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     fields = _section(check, top, "Agent", AGENT)
     default = AgentConfig()
     model_url = default.model_url
-    url = check.string(fields, "ModelUrl", path, max_chars=2048, min_chars=1)
+    url, raw = None, fields.get("ModelUrl")
+    if isinstance(raw, str) and len(raw) > 2048:  # said without quoting: it may hold a secret
+        message = f"the URL is {len(raw)} characters long; use at most 2048 characters"
+        check.problem(child(path, "ModelUrl"), message)
+    else:
+        url = check.string(fields, "ModelUrl", path, max_chars=2048, min_chars=1)
     if url is not None:
         try:
             model_url = check_model_url(url)
@@ -292,6 +299,8 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     # Renewals come every TTL/6 and must fit before the holder's stop at TTL*3/4; below
     # 2 s a slow PUT would cost a lease, above a day a dead instance's files would wait.
     lease_ttl = check.integer(fields, "LeaseTTLSeconds", path, minimum=2, maximum=86_400)
+    # Memory for answers is up to MaxConcurrentTransforms × MaxResponseMB per instance.
+    response_mb = check.integer(fields, "MaxResponseMB", path, minimum=1, maximum=MAX_RESPONSE_MB)
     return AgentConfig(
         model_url=model_url,
         model_command=_model_command(check, fields, path),
@@ -300,6 +309,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         coordination=check.enum(fields, "Coordination", path, COORDINATIONS) or "Static",
         reorder_buffer_mb=buffer_mb or default.reorder_buffer_mb,
         lease_ttl_seconds=lease_ttl or default.lease_ttl_seconds,
+        max_response_mb=response_mb,
     )
 
 
@@ -320,6 +330,9 @@ def _model_command(check: Checker, fields: dict[str, object], path: str) -> tupl
         elif "\x00" in item or (index == 0 and not item):
             problem = "an empty program name" if not item else "a NUL character"
             check.problem(child(where, index), f"cannot run a command with {problem}")
+            ok = False
+        elif index == 0 and (control := control_character(item)) is not None:
+            check.problem(child(where, index), f"the program name {control}")  # it is logged
             ok = False
     return tuple(value) if ok else None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,6 +25,9 @@ from typing import TypeVar
 _S = TypeVar("_S", bound=str)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL_CATEGORIES = frozenset(("Cc", "Zl", "Zp"))
 
 URI_FORMS = "use s3://bucket/prefix, file:///absolute/path or a local path"
 
@@ -300,7 +304,7 @@ RESOURCES_IGNORED = ("InstanceType", "VolumeKmsKeyId", "TransformAmiVersion")
 PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
-    "ReorderBufferMB", "LeaseTTLSeconds",
+    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {
@@ -342,3 +346,19 @@ NAME_RULE = "use 1 to 63 letters, digits and hyphens, starting and ending with a
 ENV_MAX_ENTRIES = 16
 ENV_VALUE_MAX_CHARS = 10240
 FILTER_MAX_CHARS = 63
+MAX_RESPONSE_MB = 16_384  # Agent.MaxResponseMB: 1 MiB to 16 GiB per answer
+
+
+def control_character(text: str) -> str | None:
+    """Where ``text`` holds a control character (or a line break), said without quoting it.
+
+    Such a character would split or forge a log line; the message names its code point
+    and position only, so it is safe whatever the rest of the text holds.
+    """
+    for index, char in enumerate(text):
+        if unicodedata.category(char) in _CONTROL_CATEGORIES:
+            what = (
+                "a NUL character" if char == "\x00" else f"the control character U+{ord(char):04X}"
+            )
+            return f"holds {what} at character {index + 1}; remove it"
+    return None

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent._jobschema import URI_FORMS, quote
+from agent._jobschema import URI_FORMS, control_character, quote
 
 BatchStrategy = Literal["MultiRecord", "SingleRecord"]
 S3DataType = Literal["S3Prefix", "ManifestFile"]
@@ -34,6 +34,7 @@ COORDINATIONS: tuple[Coordination, ...] = ("Static", "Lease")
 
 MIB = 1 << 20
 DEFAULT_MODEL_URL = "http://127.0.0.1:8080"
+DEFAULT_MIN_RESPONSE_MB = 64  # the least default cap on one model answer
 
 URI_MAX_CHARS = 1024  # SageMaker's limit on S3Uri and S3OutputPath
 # Lenient on purpose: S3-compatible stores and legacy AWS buckets allow more than today's
@@ -89,6 +90,8 @@ def parse_data_uri(text: str, cwd: str) -> DataUri:
         raise ValueError(f"{quote(text)} has leading or trailing spaces; remove them")
     if len(text) > URI_MAX_CHARS:
         raise ValueError(f"the location is {len(text)} characters long; at most {URI_MAX_CHARS}")
+    if (where := control_character(text)) is not None:
+        raise ValueError(f"the location {where}")
     scheme, sep, rest = text.partition("://")
     if not sep:
         return DataUri("file", "", _local_path(text, cwd))
@@ -124,24 +127,29 @@ def _local_path(path: str, cwd: str) -> str:
 def check_model_url(text: str) -> str:
     """Check a model server URL, ``http(s)://host[:port][/path]``; return it without a final ``/``.
 
-    Raises ``ValueError`` with a sentence saying what is wrong.
+    Raises ``ValueError`` with a sentence saying what is wrong. The sentence never repeats
+    credentials, a query or a fragment (they may hold secrets), nor a control character.
     """
+    if (where := control_character(text)) is not None:
+        raise ValueError(f"the URL {where}")
     parts = urllib.parse.urlsplit(text)
     if "@" in parts.netloc:
-        # Checked first so the message below never repeats a password.
+        # Checked first so the messages below never repeat a password.
         raise ValueError("credentials in the URL are not supported (they would end up in logs)")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(
+            "the URL has a query or fragment (not repeated here: it may hold a secret); "
+            "give only scheme, host, port and path, as in http://127.0.0.1:8080"
+        )
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        shown = "the URL" if "@" in text else quote(text)  # "@": perhaps a password
         raise ValueError(
-            f"{quote(text)} is not an http:// or https:// URL with a host and a valid port, "
+            f"{shown} is not an http:// or https:// URL with a host and a valid port, "
             "as in http://127.0.0.1:8080"
-        )
-    if parts.query or parts.fragment:
-        raise ValueError(
-            f"{quote(text)} has a query or fragment; give only scheme, host, port, path"
         )
     return text.rstrip("/")
 
@@ -197,6 +205,8 @@ class AgentConfig:
     state_uri: DataUri | None = None  # None: JobSettings.state_uri gives the default
     coordination: Coordination = "Static"
     reorder_buffer_mb: int = 256  # cap on response bytes waiting for their turn, per instance
+    # Cap on one /invocations answer in MiB; None: JobSettings.max_response_bytes decides.
+    max_response_mb: int | None = None
     lease_ttl_seconds: int = 60  # Lease mode: a lease unrenewed this long may be taken over
 
     @property
@@ -226,6 +236,16 @@ class JobSettings:
     def max_payload_bytes(self) -> int | None:
         """The request-body bound in bytes; 0 means unbounded, ``None`` not yet resolved."""
         return None if self.max_payload_mb is None else self.max_payload_mb * MIB
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The cap on one ``/invocations`` answer: ``Agent.MaxResponseMB`` MiB when set, else
+        ``max(64, 4 × MaxPayloadInMB)`` MiB, with MaxPayloadInMB 0 (no bound) counted as 100
+        (SageMaker's largest bound) and an unresolved one as the default 6."""
+        if self.agent.max_response_mb is not None:
+            return self.agent.max_response_mb * MIB
+        payload_mb = 6 if self.max_payload_mb is None else self.max_payload_mb or 100
+        return max(DEFAULT_MIN_RESPONSE_MB, 4 * payload_mb) * MIB
 
     @property
     def state_uri(self) -> DataUri:

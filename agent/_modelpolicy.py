@@ -56,6 +56,30 @@ class ModelExitedError(InvocationError):
         self.exit = exit
 
 
+class ResponseTooLargeError(InvocationError):
+    """An answer was over ``Agent.MaxResponseMB``: failed at once, since a retry would get
+    the same answer again. Reading stopped at the cap (or before any byte of the body when
+    its Content-Length said so), so it cost at most the cap in memory."""
+
+    def __init__(self, what: str, *, size: int, cap_bytes: int, declared: bool, attempts: int):
+        if declared:
+            seen = f"its Content-Length is {size} bytes"
+        else:
+            seen = f"at least {size} bytes arrived, and reading stopped there"
+        message = (
+            f"{what}: the model's answer is larger than the {_mib(cap_bytes)} cap on one answer "
+            f"({cap_bytes} bytes; {seen}); not retried, as the same request would get the same "
+            "answer. Raise Agent.MaxResponseMB (each request in flight may hold that much "
+            "memory), or send smaller batches with a lower MaxPayloadInMB"
+        )
+        super().__init__(message, what=what, attempts=attempts)
+        self.size, self.cap_bytes, self.declared = size, cap_bytes, declared
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
+
+
 class StatusError(Exception):
     """One attempt got a non-2xx answer (an ``InvocationError`` chains it)."""
 
@@ -142,6 +166,7 @@ class ModelClientSettings:
     keepalive_seconds: float = 15.0  # an idle connection is closed after this
     error_body_bytes: int = 1024  # how much of a failed answer goes into the message
     read_buffer_bytes: int = 1 << 20  # aiohttp's read buffer per response
+    max_response_bytes: int = 64 << 20  # cap on one /invocations answer's body
 
     @classmethod
     def from_job(cls, settings: JobSettings, **overrides: Any) -> ModelClientSettings:
@@ -153,5 +178,6 @@ class ModelClientSettings:
             "accept": settings.output.accept,
             "invocations_timeout_seconds": float(config.invocations_timeout_seconds),
             "invocations_max_retries": config.invocations_max_retries,
+            "max_response_bytes": settings.max_response_bytes,
         }
         return replace(cls(**values), **overrides)

@@ -243,7 +243,12 @@ def describe(loaded: LoadedJob, source: str) -> list[str]:
         (
             "requests",
             f"timeout {job.model_client.invocations_timeout_seconds} s, "
-            f"up to {job.model_client.invocations_max_retries} retries",
+            f"up to {job.model_client.invocations_max_retries} retries, answers up to "
+            + (
+                f"{job.agent.max_response_mb} MiB"
+                if job.agent.max_response_mb is not None
+                else "max(64, 4 × MaxPayloadInMB) MiB"
+            ),
         ),
         ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
         (

@@ -5,9 +5,14 @@ connections alive and a semaphore of that size bounds the requests in flight, sh
 every file of the job (SPEC §4). Only the headers the job sets are sent (aiohttp's
 ``Accept``, ``Accept-Encoding`` and ``Content-Type`` are suppressed); the ``User-Agent`` is
 ``bt-agent/<version>``. ``InvocationsTimeoutInSeconds`` bounds each attempt as a whole;
-``RETRYABLE_ERRORS`` lists what earns another. Responses are read whole: each answers one
-bounded body, and the reorder buffer caps how many wait. With ``died`` (``ModelProcess.died``)
-every wait races the model command's exit, so a dead model fails at once, not by timeout.
+``RETRYABLE_ERRORS`` lists what earns another. Every body read from the model is bounded:
+an ``/invocations`` answer by ``max_response_bytes`` (``Agent.MaxResponseMB``; checked
+against Content-Length before reading and counted as it arrives, so at most the cap is
+read), ``/execution-parameters`` by ``EXECUTION_PARAMETERS_MAX_BYTES`` (a longer answer
+counts as absent), and a ``/ping`` body is never read (its status is the answer). An answer
+is held in one buffer, with no second whole copy; the reorder buffer caps how many wait.
+With ``died`` (``ModelProcess.died``) every wait races the model command's exit, so a dead
+model fails at once, not by timeout.
 
 The runner's sequence (execution parameters are known only once the model answers)::
 
@@ -51,6 +56,7 @@ from agent._modelpolicy import (
     ModelError,
     ModelExitedError,
     ModelNotReadyError,
+    ResponseTooLargeError,
     RetryableStatusError,
     StatusError,
     backoff_seconds,
@@ -72,6 +78,7 @@ __all__ = [
     "ModelExitedError",
     "ModelNotReadyError",
     "ResolvedParams",
+    "ResponseTooLargeError",
     "RetryableStatusError",
     "Source",
     "StatusError",
@@ -84,6 +91,10 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"bt-agent/{__version__}"
 # aiohttp adds these unless told not to; SPEC §4 sends only what the job sets.
 _SUPPRESSED_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
+
+# /execution-parameters answers a few fields; a longer body is taken as absent, unread.
+EXECUTION_PARAMETERS_MAX_BYTES = 64 << 10
+_READ_BYTES = 1 << 20  # the most one read of an answer's body asks for
 
 BodySource: TypeAlias = Callable[[], AsyncIterator[bytes]]
 Body: TypeAlias = bytes | bytearray | memoryview | BodySource
@@ -244,12 +255,19 @@ class ModelClient:
             raise _Died(died.result()) from task.exception()  # the error came from the exit
         return task.result()
 
-    async def _get(self, path: str, timeout_seconds: float) -> tuple[int, bytes]:
+    async def _get(
+        self, path: str, timeout_seconds: float, *, body_cap: int = 0
+    ) -> tuple[int, bytearray]:
+        """``GET path``: the status and, for a 200, the body, read only when ``body_cap`` > 0
+        and up to it (``_TooLarge`` above it). An unread body is never waited for: leaving
+        the response closes the connection when the body has not fully arrived."""
         async with asyncio.timeout(timeout_seconds):
             async with self._open().get(
                 self.url + path, headers=self._get_headers, allow_redirects=False
             ) as response:
-                return response.status, await response.read()
+                if response.status != 200 or body_cap <= 0:
+                    return response.status, bytearray()
+                return response.status, await _read_capped(response, body_cap)
 
     async def wait_ready(
         self, timeout_seconds: float, *, died: asyncio.Future[ModelExit] | None = None
@@ -296,14 +314,24 @@ class ModelClient:
     async def execution_parameters(self) -> dict[str, object] | None:
         """The model's ``GET /execution-parameters`` object; ``None`` when it has none.
 
-        A non-200 answer, an error or a body that is not a JSON object counts as absent.
+        A non-200 answer, an error, a body over ``EXECUTION_PARAMETERS_MAX_BYTES`` or one
+        that is not a JSON object counts as absent.
         """
         timeout = self.settings.execution_parameters_timeout_seconds
+        cap = EXECUTION_PARAMETERS_MAX_BYTES
+        get = self._get("/execution-parameters", timeout, body_cap=cap)
         try:
-            status, body = await self._race(self._get("/execution-parameters", timeout), self.died)
+            status, body = await self._race(get, self.died)
         except _Died as death:
             how = death.exit.describe("while asked for /execution-parameters")
             raise ModelNotReadyError(f"the model command {how}", exit=death.exit) from None
+        except _TooLarge as large:
+            log.warning(
+                "GET /execution-parameters answered more than %d KiB (%s); taken as absent",
+                cap >> 10,
+                large.describe(),
+            )
+            return None
         except (aiohttp.ClientError, TimeoutError) as error:
             reason = describe_error(error, timeout)
             log.warning("GET /execution-parameters failed (%s); taken as absent", reason)
@@ -311,13 +339,15 @@ class ModelClient:
         if status != 200:
             log.info("GET /execution-parameters answered %d: the model sets none", status)
             return None
-        answer = parse_execution_parameters(body)
+        answer = parse_execution_parameters(bytes(body))
         if answer is None:
             log.warning("GET /execution-parameters did not answer a JSON object; taken as absent")
         return answer
 
-    async def invoke(self, body: Body, *, what: str) -> bytes:
+    async def invoke(self, body: Body, *, what: str) -> bytearray:
         """POST ``body`` to ``/invocations``; the answer's body, or ``InvocationError``.
+
+        An answer over ``max_response_bytes`` raises ``ResponseTooLargeError`` at once.
 
         ``body`` is bytes-like, or (for MaxPayloadInMB = 0) a callable opening the body's
         stream from its source, called again for each attempt. ``what`` names the batch in
@@ -336,6 +366,14 @@ class ModelClient:
                 raise ModelExitedError(what, death.exit, attempt) from death.__cause__
             except _SourceFailed as failed:
                 raise failed.error from None  # its own message and traceback tell it all
+            except _TooLarge as large:  # the same request would get the same answer
+                raise ResponseTooLargeError(
+                    what,
+                    size=large.size,
+                    cap_bytes=large.cap,
+                    declared=large.declared,
+                    attempts=attempt,
+                ) from None
             except RETRYABLE_ERRORS as error:
                 if attempt == attempts:
                     timeout = s.invocations_timeout_seconds
@@ -361,7 +399,7 @@ class ModelClient:
                 raise ModelExitedError(what, death.exit, attempt) from cause
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _attempt(self, body: Body) -> bytes:
+    async def _attempt(self, body: Body) -> bytearray:
         s = self.settings
         streamed: _StreamedBody | None = None
         data: Payload
@@ -379,7 +417,7 @@ class ModelClient:
                     allow_redirects=False,
                 ) as response:
                     if 200 <= response.status < 300:
-                        return await response.read()
+                        return await _read_capped(response, s.max_response_bytes)
                     excerpt = await _excerpt(response, s.error_body_bytes)
                     retry = response.status >= 500 or response.status == 429
                     kind = RetryableStatusError if retry else StatusError
@@ -391,6 +429,56 @@ class ModelClient:
         finally:
             if streamed is not None:
                 await streamed.close()
+
+
+class _TooLarge(Exception):
+    """An answer's body is over ``cap`` bytes: ``size`` is its Content-Length when
+    ``declared``, else the bytes read when reading stopped (``cap`` + 1)."""
+
+    def __init__(self, size: int, cap: int, *, declared: bool) -> None:
+        super().__init__(self.describe_size(size, cap, declared))
+        self.size, self.cap, self.declared = size, cap, declared
+
+    @staticmethod
+    def describe_size(size: int, cap: int, declared: bool) -> str:
+        if declared:
+            return f"Content-Length {size} bytes, over the {cap}-byte cap"
+        return f"{size} bytes arrived, over the {cap}-byte cap; reading stopped there"
+
+    def describe(self) -> str:
+        return str(self)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytearray:
+    """The body of ``response``, at most ``cap`` bytes, in one buffer and no other copy.
+
+    A Content-Length over ``cap`` fails before any byte is read (unless the body is
+    compressed: its length then says nothing of the size decoded). Otherwise the body is
+    counted as it arrives and reading stops at ``cap`` + 1 bytes; leaving the response
+    then closes its connection, so the rest is never read.
+    """
+    length = response.content_length
+    encoded = "Content-Encoding" in response.headers
+    if length is not None and not encoded:
+        if length > cap:
+            raise _TooLarge(length, cap, declared=True)
+        data = bytearray(length)  # filled in place: no growth, no copy
+    else:
+        data = bytearray()
+    filled = 0
+    content = response.content
+    while chunk := await content.read(min(_READ_BYTES, cap + 1 - filled)):
+        end = filled + len(chunk)
+        if end > cap:
+            raise _TooLarge(end, cap, declared=False)
+        if end <= len(data):
+            data[filled:end] = chunk
+        else:
+            del data[filled:]
+            data += chunk
+        filled = end
+    del data[filled:]  # a body shorter than announced raises in aiohttp; just in case
+    return data
 
 
 async def _excerpt(response: aiohttp.ClientResponse, limit: int) -> str:

@@ -30,6 +30,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent._compat import BytesLike
 from agent.assemble import Assembler, ReorderBudget
 from agent.claim import Claim
 from agent.dataproc import Batch, RecordBatcher, RecordProcessor, make_processor
@@ -159,7 +160,7 @@ class _Line:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    data: bytes
+    data: BytesLike  # the model's answer as read (one buffer), or the joined output
     early: bool  # finished before a request ahead of it: holds budget, not a slot
 
 
@@ -336,7 +337,7 @@ class Pipeline:
         what = f"{item.uri} bytes [{body.start}, {body.end})"
         try:
             try:
-                data = await self.client.invoke(body.data, what=what)
+                data: BytesLike = await self.client.invoke(body.data, what=what)
                 processor = self.processor
                 if isinstance(body, Batch) and processor is not None and processor.processes_output:
                     data = await self._join(processor, body, data, what)
@@ -406,7 +407,7 @@ class Pipeline:
     async def _request(
         self, payload: Body, what: str, line: _Line, seq: int, batch: Batch | None = None
     ) -> _Answer:
-        data = await self.client.invoke(payload, what=what)
+        data: BytesLike = await self.client.invoke(payload, what=what)
         if batch is not None and self.processor is not None and self.processor.processes_output:
             data = await self._join(self.processor, batch, data, what)
         early = not line.finish(seq)
@@ -416,7 +417,7 @@ class Pipeline:
         return _Answer(data, early)
 
     @staticmethod
-    async def _join(processor: RecordProcessor, batch: Batch, data: bytes, what: str) -> bytes:
+    async def _join(processor: RecordProcessor, batch: Batch, data: BytesLike, what: str) -> bytes:
         """JoinSource and OutputFilter over one answer; big answers off the event loop."""
         join = functools.partial(
             processor.assemble, batch.inputs, data, what=what, start=batch.start
