@@ -86,12 +86,12 @@ def parse_data_uri(text: str, cwd: str) -> DataUri:
     """
     if not text:
         raise ValueError(f"the location is empty; {URI_FORMS}")
+    if (where := control_character(text)) is not None:
+        raise ValueError(f"the location {where}")
     if text != text.strip():
         raise ValueError(f"{quote(text)} has leading or trailing spaces; remove them")
     if len(text) > URI_MAX_CHARS:
         raise ValueError(f"the location is {len(text)} characters long; at most {URI_MAX_CHARS}")
-    if (where := control_character(text)) is not None:
-        raise ValueError(f"the location {where}")
     scheme, sep, rest = text.partition("://")
     if not sep:
         return DataUri("file", "", _local_path(text, cwd))
