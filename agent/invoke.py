@@ -329,7 +329,7 @@ class ModelClient:
             log.warning(
                 "GET /execution-parameters answered more than %d KiB (%s); taken as absent",
                 cap >> 10,
-                large.describe(),
+                large,
             )
             return None
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -436,17 +436,12 @@ class _TooLarge(Exception):
     ``declared``, else the bytes read when reading stopped (``cap`` + 1)."""
 
     def __init__(self, size: int, cap: int, *, declared: bool) -> None:
-        super().__init__(self.describe_size(size, cap, declared))
-        self.size, self.cap, self.declared = size, cap, declared
-
-    @staticmethod
-    def describe_size(size: int, cap: int, declared: bool) -> str:
         if declared:
-            return f"Content-Length {size} bytes, over the {cap}-byte cap"
-        return f"{size} bytes arrived, over the {cap}-byte cap; reading stopped there"
-
-    def describe(self) -> str:
-        return str(self)
+            text = f"Content-Length {size} bytes, over the {cap}-byte cap"
+        else:
+            text = f"{size} bytes arrived, over the {cap}-byte cap; reading stopped there"
+        super().__init__(text)
+        self.size, self.cap, self.declared = size, cap, declared
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytearray:
