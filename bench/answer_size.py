@@ -14,6 +14,10 @@ the first failure reason. The cases:
 * ``ping503``: ``/ping`` answers 503 with an endless chunked body (the start must time out).
 * ``params``: ``/execution-parameters`` answers 200 with an 8 GiB body (Content-Length).
 * ``params-chunked``: the same, endless and chunked.
+* ``chunked-x4``: four files at MaxConcurrentTransforms 4, each answered as in ``chunked``
+  (memory is concurrency × cap, not a function of the answers' size).
+* ``within-cap``: ``MaxResponseMB`` 1024 and a 1 GiB answer, which is written whole (the
+  answer is held once, not joined into a second copy).
 
 ``--agent-root DIR`` runs the agent of another checkout (for a before/after comparison);
 ``--gib`` scales the answers of the first two cases. Nothing is asserted; time is printed.
@@ -300,7 +304,31 @@ def _cases(gib: float) -> dict[str, tuple[dict[str, Answer], str]]:
             },
             "/execution-parameters answers an endless chunked body",
         ),
+        "chunked-x4": (
+            {
+                "/ping": ok,
+                "/execution-parameters": none,
+                "/invocations": Answer(size=big, chunked=True),
+            },
+            f"4 files, MaxConcurrentTransforms 4, each answered by a {gib:g} GiB chunked answer",
+        ),
+        "within-cap": (
+            {
+                "/ping": ok,
+                "/execution-parameters": none,
+                "/invocations": Answer(size=GIB, chunked=True),
+            },
+            "MaxResponseMB 1024 and a 1 GiB chunked answer: written whole, held once",
+        ),
     }  # fmt: skip
+
+
+# What a case changes in the job: how many input files, and top-level or Agent fields.
+_SHAPES: dict[str, tuple[int, dict[str, Any]]] = {
+    "ping503": (1, {"agent": {"ModelStartupTimeoutSeconds": 5}}),
+    "chunked-x4": (4, {"MaxConcurrentTransforms": 4}),
+    "within-cap": (1, {"agent": {"MaxResponseMB": 1024}}),
+}
 
 
 def measure(
@@ -308,8 +336,9 @@ def measure(
 ) -> tuple[Run, HostileModel]:
     input_dir = directory / case / "in"
     input_dir.mkdir(parents=True)
-    (input_dir / "x.csv").write_bytes(b"1,2,3\n" * 10)
-    agent = {"ModelStartupTimeoutSeconds": 5} if case == "ping503" else {}
+    files, fields = _SHAPES.get(case, (1, {}))
+    for number in range(files):
+        (input_dir / f"x{number}.csv").write_bytes(b"1,2,3\n" * 10)
     with HostileModel(answers) as model:
         job = job_document(
             f"answer-size-{case}",
@@ -317,7 +346,7 @@ def measure(
             directory / case / "out",
             model.url,
             MaxPayloadInMB=6,
-            agent=agent,
+            **dict(fields),
         )
         run = run_agent(job, directory / case, agent_root=agent_root)
     return run, model
