@@ -208,3 +208,23 @@ def test_max_response_mb_misplaced_says_where_it_belongs() -> None:
     job["MaxResponseMB"] = 64
     found = problems(job)
     assert "$.Agent" in found["$.MaxResponseMB"]
+
+
+def test_the_example_job_sets_max_response_mb() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "job.json"
+    raw = orjson.loads(example.read_bytes())
+    assert raw["Agent"]["MaxResponseMB"] == 64
+    assert settings(raw).agent.max_response_mb == 64
+
+
+@pytest.mark.parametrize(
+    ("agent", "shown"),
+    [({}, "answers up to max(64, 4 × MaxPayloadInMB) MiB"), ({"MaxResponseMB": 8}, "up to 8 MiB")],
+)
+def test_validate_shows_the_answer_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], agent: dict[str, Any], shown: str
+) -> None:
+    path = tmp_path / "job.json"
+    path.write_bytes(orjson.dumps(document(**agent)))
+    assert main(["validate", "--job", str(path)]) == 0
+    assert shown in capsys.readouterr().out
