@@ -6,13 +6,12 @@ the credentials in the agent's own environment (``secrets_of``). From then on:
 * the log formatters of ``agent.log`` pass every line through ``scrub`` (``scrub_json`` on
   the serialised JSON line too), and ``RedactingFilter`` does the same on Python's
   last-resort handler (libraries' warnings);
-* the summary written to stdout or ``--summary`` is scrubbed as a whole, every string of
-  it (``scrub_document``): it is read by people, not by the agent;
-* ``agent.state.dumps`` passes every state object through ``scrub_state``, which rewrites
-  the free-text fields (``FailureReason`` and any key ending in ``Reason``, ``Error`` or
-  ``Message``) and nothing else: URIs, keys, ETags and run ids name data the agent reads
-  back, and changing them would break resume. Free text is where foreign text (a model's
-  output, an answer's excerpt, an error message) ends up.
+* ``agent.state.dumps`` passes every state object, and the runner the summary it writes to
+  stdout or ``--summary``, through ``scrub_state``, which rewrites the free-text fields
+  (``FailureReason`` and any key ending in ``Reason``, ``Error`` or ``Message``) and nothing
+  else: URIs, keys, ETags and run ids name data that the agent (or a program reading the
+  summary) looks up, and changing them would break resume. Free text is where foreign text
+  (a model's output, an answer's excerpt, an error message) ends up.
 
 Each secret is replaced by ``[redacted]`` where it appears as is, as JSON escapes it (with
 or without ``ensure_ascii``) and as ``repr`` shows it; in serialised JSON only the escaped
@@ -41,7 +40,6 @@ __all__ = [
     "is_credential_name",
     "install",
     "scrub",
-    "scrub_document",
     "scrub_json",
     "scrub_state",
     "secrets_of",
@@ -51,8 +49,9 @@ MASK = "[redacted]"
 MIN_SECRET_CHARS = 6
 
 # The agent's own variables whose values are credentials, whatever their name says...
+# (AWS_ACCESS_KEY_ID names a key, as AWS's own error messages do, and is no secret by
+# itself: it is never passed to the model, but not redacted.)
 CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_SECURITY_TOKEN",
@@ -60,7 +59,7 @@ CREDENTIAL_VARIABLES = (
 )
 # ...and any whose name says it holds one (GITHUB_TOKEN, DB_PASSWORD, HF_API_KEY, ...).
 _SECRET_NAME = re.compile(
-    r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE_?KEY|API_?KEY|ACCESS_?KEY|AUTH",
+    r"SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE_?KEY|API_?KEY",
     re.IGNORECASE,
 )
 _TEXT_KEY = re.compile(r"(?:Reason|Error|Message)\Z")
@@ -116,10 +115,6 @@ class Redactor:
         """``document`` with its free-text fields scrubbed (a copy where anything changed)."""
         return self._walk(document, text=False) if self.active else document
 
-    def document(self, document: Any) -> Any:
-        """``document`` with every string scrubbed, keys included (a copy)."""
-        return self._walk(document, text=True) if self.active else document
-
     def _walk(self, value: Any, *, text: bool) -> Any:
         if isinstance(value, str):
             return self.text(value) if text else value
@@ -174,11 +169,6 @@ def scrub(text: str) -> str:
 def scrub_json(text: str) -> str:
     """Serialised JSON without the installed secrets."""
     return _current.json_text(text)
-
-
-def scrub_document(document: Any) -> Any:
-    """A JSON-ready document (the summary) with every string scrubbed."""
-    return _current.document(document)
 
 
 def scrub_state(document: Mapping[str, Any]) -> Mapping[str, Any]:

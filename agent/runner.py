@@ -36,7 +36,7 @@ from agent.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.model_process import ModelCommandError, ModelProcess, ensure_port_free
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity, IdentityError, resolve_identity, static_plan
-from agent.redact import Redactor, install, scrub_document, secrets_of
+from agent.redact import Redactor, install, scrub_state, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
 from agent.storage._base import InputError, StorageError
@@ -230,7 +230,7 @@ def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, re
 
 def _write_summary(summary: JobSummary, path: str | None) -> None:
     """The summary at ``--summary``, or on stdout: without it, or if it cannot be written."""
-    document = scrub_document(summary.as_json())  # read by people: every string scrubbed
+    document = scrub_state(summary.as_json())  # secrets out of its free text (agent.redact)
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
     if path is not None:
         try:
