@@ -5,7 +5,8 @@ the credentials in the agent's own environment (``secrets_of``). From then on:
 
 * the log formatters of ``agent.log`` pass every line through ``scrub`` (``scrub_json`` on
   the serialised JSON line too), and ``RedactingFilter`` does the same on Python's
-  last-resort handler (libraries' warnings);
+  last-resort handler (libraries' warnings), as ``sys.excepthook`` does on a traceback
+  nothing caught;
 * ``agent.state.dumps`` passes every state object, and the runner the summary it writes to
   stdout or ``--summary``, through ``scrub_state``, which rewrites the free-text fields
   (``FailureReason`` and any key ending in ``Reason``, ``Error`` or ``Message``) and nothing
@@ -25,7 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
+import traceback
 from collections.abc import Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -151,10 +155,16 @@ def install(redactor: Redactor) -> None:
     """Make ``redactor`` the one every writer of this process uses (a run calls it first)."""
     global _current
     _current = redactor
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _excepthook  # a traceback nothing caught, on its way to stderr
     if logging.lastResort is not None and not any(
         isinstance(f, RedactingFilter) for f in logging.lastResort.filters
     ):
         logging.lastResort.addFilter(RedactingFilter())
+
+
+def _excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(_current.text("".join(traceback.format_exception(kind, error, tb))))
 
 
 def current() -> Redactor:
