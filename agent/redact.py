@@ -69,13 +69,17 @@ _SECRET_NAME = re.compile(
 _TEXT_KEY = re.compile(r"(?:Reason|Error|Message)\Z")
 
 
+def _json_escaped(text: str) -> set[str]:
+    return {
+        orjson.dumps(text).decode()[1:-1],  # non-ASCII kept as UTF-8
+        json.dumps(text, ensure_ascii=True)[1:-1],  # non-ASCII as \\uXXXX escapes
+    }
+
+
 def _forms(secret: str) -> tuple[set[str], set[str]]:
     """The ways ``secret`` can appear in text the agent writes, and inside JSON strings."""
-    in_json = {
-        orjson.dumps(secret).decode()[1:-1],  # non-ASCII kept as UTF-8
-        json.dumps(secret, ensure_ascii=True)[1:-1],  # non-ASCII as \\uXXXX escapes
-    }
-    in_text = {secret, repr(secret)[1:-1], *in_json}  # repr: a message quoting it with !r
+    in_text = {secret, repr(secret)[1:-1], *_json_escaped(secret)}  # repr: quoted with !r
+    in_json = {escaped for form in in_text for escaped in _json_escaped(form)}
     return in_text, in_json
 
 

@@ -165,6 +165,12 @@ def test_state_objects_lose_secrets_in_free_text_only(redactor: Redactor) -> Non
     assert stored["Input"] == record["Input"]
     assert SECRET not in stored["FailureReason"] and MASK in stored["FailureReason"]
     assert "ss\\\\w" not in stored["Files"][0]["FailureReason"]
+    for quoted in (repr(AWKWARD), json.dumps(AWKWARD), repr({"k": AWKWARD})):
+        reason = orjson.loads(dumps({"Format": 1, "FailureReason": f"said {quoted}"}))[
+            "FailureReason"
+        ]
+        # every form of AWKWARD spells "wörd" (or "w\u00f6rd"): none may be left
+        assert "wörd" not in reason and "w\\u00f6rd" not in reason and MASK in reason, reason
     untouched = {"Format": 1, "Files": [{"Key": "a"}] * 3}
     assert scrub_state(untouched) is untouched  # nothing to hide: not walked, not copied
 
