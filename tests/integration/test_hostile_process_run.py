@@ -164,7 +164,8 @@ def test_a_port_already_taken_fails_the_job_and_sends_it_nothing(
 
 # Prints the variables a careless server would (at start-up and again when it dies), dumps
 # its whole environment to a file for the test, answers /ping, then dies on the first
-# request, so the output tail reaches the failure of every file, the records and the summary.
+# request, so the output tail reaches the failure of every file, the records and the summary;
+# with --exit it exits right after printing, before /ping answers.
 PRINTS_ITS_ENVIRONMENT = textwrap.dedent(
     """
     import http.server, json, os, sys
@@ -178,6 +179,8 @@ PRINTS_ITS_ENVIRONMENT = textwrap.dedent(
         print("as a dict:", shown, flush=True)
         print("API_TOKEN=" + os.environ.get("API_TOKEN", ""), flush=True)
     show()
+    if "--exit" in sys.argv:
+        sys.exit(1)
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200 if self.path == "/ping" else 404)
@@ -204,9 +207,17 @@ def leaks(data: bytes, secrets: list[str]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize(
+    ("log_format", "when"),
+    [("text", "mid-job"), ("json", "mid-job"), ("text", "at-start-up")],
+)
 def test_secrets_stay_out_of_the_log_the_summary_and_the_state(
-    s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str, tmp_path: Path, log_format: str
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    tmp_path: Path,
+    log_format: str,
+    when: str,
 ) -> None:
     client = s3_server.sync_client()
     put_objects(client, bucket, {"in/a.csv": b"1,2\n", "in/b.csv": b"3,4\n"})
@@ -220,6 +231,8 @@ def test_secrets_stay_out_of_the_log_the_summary_and_the_state(
         split_type="Line",
         agent={"ModelCommand": [sys.executable, "-c", PRINTS_ITS_ENVIRONMENT, str(port)]},
     )
+    if when == "at-start-up":  # it prints and exits before /ping ever answers
+        job["Agent"]["ModelCommand"].append("--exit")
     job["Environment"] = {
         "API_TOKEN": SECRET,
         "DB_PASSWORD": AWKWARD,
@@ -240,8 +253,9 @@ def test_secrets_stay_out_of_the_log_the_summary_and_the_state(
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="out/")
     for page in pages:
         state_keys.extend(item["Key"] for item in page.get("Contents", []))
-    assert any(key.endswith("summary.json") for key in state_keys), state_keys
-    assert any("/done/" in key for key in state_keys), state_keys
+    if when == "mid-job":  # the files failed in the pipeline: records and a job summary
+        assert any(key.endswith("summary.json") for key in state_keys), state_keys
+        assert any("/done/" in key for key in state_keys), state_keys
     for key in state_keys:
         body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert leaks(body, secrets) == [], (key, body[:2000])
