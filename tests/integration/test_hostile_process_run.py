@@ -77,9 +77,36 @@ SERVER_WITH_WORKER = textwrap.dedent(
 )
 
 
-def test_a_sigkilled_agent_takes_the_whole_model_group_with_it(tmp_path: Path) -> None:
+# The same, deaf to SIGTERM (and its worker too: an ignored signal stays ignored across
+# exec): only SIGKILL, after the grace period, ends it.
+STUBBORN_SERVER_WITH_WORKER = textwrap.dedent(
+    """
+    import http.server, signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print("worker", worker.pid, flush=True)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/ping" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        def do_POST(self):
+            time.sleep(600)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [SERVER_WITH_WORKER, STUBBORN_SERVER_WITH_WORKER],
+    ids=["polite", "ignores-sigterm"],
+)
+def test_a_sigkilled_agent_takes_the_whole_model_group_with_it(tmp_path: Path, server: str) -> None:
     port = free_port()
-    command = [sys.executable, "-c", SERVER_WITH_WORKER, str(port)]
+    command = [sys.executable, "-c", server, str(port)]
     job = local_job(tmp_path, "sigkill-orphans", port, ModelCommand=command)
     agent = start_agent(job, tmp_path)
     groups: list[int] = []
