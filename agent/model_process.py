@@ -355,7 +355,11 @@ class ModelProcess:
             if answer.startswith("error "):
                 reason = answer.split(" ", 2)[-1]
             else:
-                reason = f"its supervisor (pid {process.pid}) ended first, {output or 'silently'}"
+                reason = (
+                    f"its supervisor (pid {process.pid}) did not report the start within "
+                    f"{_STATUS_TIMEOUT_SECONDS:g} s or ended first; its output: "
+                    f"{output or '(none)'}"
+                )
             raise ModelCommandError(
                 f"cannot start Agent.ModelCommand {self.argv[0]!r}: {reason}; give an "
                 "executable on PATH or an absolute path, as an argv list (no shell)"
