@@ -38,6 +38,7 @@ from agent._jobschema import (
     Problem,
     child,
     control_character,
+    lone_surrogates,
     quote,
     type_name,
 )
@@ -73,6 +74,9 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
             f"found {type_name(document)}"
         )
         raise JobError([Problem("$", message)])
+    unencodable = lone_surrogates(document)
+    if unencodable:  # before any reader: none of them can use such a string
+        raise JobError(unencodable)
     check = Checker(MISSING_HINTS)
     here = os.getcwd() if cwd is None else cwd
     top = check.obj(

@@ -22,6 +22,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import orjson
+
 _S = TypeVar("_S", bound=str)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -362,3 +364,59 @@ def control_character(text: str) -> str | None:
             )
             return f"holds {what} at character {index + 1}; remove it"
     return None
+
+
+# ---------------------------------------------------------------------- encodable text
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_RULE = (
+    "half of a UTF-16 pair, which no S3 key, path, command or environment variable can hold; "
+    "write the character itself, or both halves of its pair"
+)
+
+
+def lone_surrogates(document: object) -> list[Problem]:
+    """A problem for every string of ``document``, key or value, that is not Unicode text.
+
+    JSON's ``\\uXXXX`` escapes can spell half of a UTF-16 pair on its own (``"\\ud800"``);
+    such a string cannot be encoded as UTF-8, so it would fail wherever it is used. The
+    messages name the JSON path and the position, never the value (it may be a secret).
+    """
+    try:
+        orjson.dumps(document)
+        return []  # every string encodes (the usual case, checked at C speed)
+    except orjson.JSONEncodeError:
+        pass  # a surrogate, or what orjson does not write (a huge integer, deep nesting): look
+    problems: list[Problem] = []
+    stack: list[tuple[str, object]] = [("$", document)]
+    while stack:  # not recursive: a deeply nested document is no error of its own
+        path, value = stack.pop()
+        if isinstance(value, str):
+            found = _SURROGATE.search(value)
+            if found is not None:
+                code = f"\\u{ord(found.group()):04x}"
+                problems.append(
+                    Problem(
+                        path,
+                        f"the value holds an unpaired surrogate {code} at character "
+                        f"{found.start()} ({_SURROGATE_RULE})",
+                    )
+                )
+        elif isinstance(value, dict):
+            items: list[tuple[str, object]] = []
+            for key, item in value.items():
+                found = _SURROGATE.search(key) if isinstance(key, str) else None
+                if found is not None:
+                    code = f"\\u{ord(found.group()):04x}"
+                    problems.append(
+                        Problem(
+                            child(path, key),
+                            f"the key holds an unpaired surrogate {code} at character "
+                            f"{found.start()} ({_SURROGATE_RULE})",
+                        )
+                    )
+                items.append((child(path, key), item))
+            stack.extend(reversed(items))
+        elif isinstance(value, list):
+            stack.extend(reversed([(child(path, i), item) for i, item in enumerate(value)]))
+    return problems

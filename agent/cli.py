@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ def _run(namespace: argparse.Namespace) -> int:
             f"numbered 0 to {count - 1}; set --instance-count or TransformResources.InstanceCount"
         )
         return EXIT_USAGE
+    problem = summary_path_problem(namespace.summary)
+    if problem is not None:
+        _error(f"--summary {namespace.summary}: {problem}")
+        return EXIT_USAGE
     _log_notes(loaded)
     options = RunOptions(
         settings=settings,
@@ -100,6 +105,32 @@ def _run(namespace: argparse.Namespace) -> int:
         log_format=namespace.log_format,
     )
     return _start(options)
+
+
+def summary_path_problem(path: str | None) -> str | None:
+    """Why the summary could not be written at ``path``, checked before any data is touched.
+
+    The file need not exist, but its directory must, and one or the other must be writable.
+    """
+    if path is None:
+        return None
+    if not path:
+        return "the path is empty; give a file name"
+    if os.path.isdir(path):
+        return "is a directory; give a file name, as in --summary out/summary.json"
+    if os.path.lexists(path) and not os.path.exists(path):
+        directory = os.path.dirname(os.path.realpath(path)) or "."  # a link to a new file
+    elif os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return "the file exists and is not writable by this user"
+        return None
+    else:
+        directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        return f"its directory {directory} does not exist; create it first"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"its directory {directory} is not writable by this user"
+    return None
 
 
 def _start(options: RunOptions) -> int:

@@ -17,6 +17,8 @@ from typing import Literal, TextIO
 
 import orjson
 
+from agent.redact import scrub, scrub_json
+
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
@@ -48,7 +50,7 @@ class TextFormatter(logging.Formatter):
             line += " " + " ".join(f"{key}={value}" for key, value in extras.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return scrub(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,12 +61,16 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub(record.getMessage()),
         }
-        entry.update(_extras(record))
+        entry.update(
+            (key, scrub(value) if isinstance(value, str) else value)
+            for key, value in _extras(record).items()
+        )
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+            entry["exception"] = scrub(self.formatException(record.exc_info))
+        # Values of other types are written with str(): scrub the JSON text too.
+        return scrub_json(orjson.dumps(entry, default=str).decode())
 
 
 def setup_logging(

@@ -1,15 +1,19 @@
 """``Agent.ModelCommand``: the model server the agent starts, watches and stops itself.
 
 ``ModelProcess`` is an async context manager. On entry it starts the command (an argv list,
-no shell) in a session and process group of its own, with the agent's environment, the
-job's ``Environment`` and the ``SAGEMAKER_*`` variables of SPEC §4 (``model_environment``).
-Its stdout and stderr go into one bounded buffer whose tail ends up in error messages; none
-of it reaches the agent's log except at debug level. ``died`` resolves to a ``ModelExit``
-when the command exits by itself, so waiting for ``/ping`` and every in-flight request can
-fail at once instead of timing out. On exit, whatever the outcome (cancellation included),
-the whole group gets SIGTERM, then SIGKILL after ``grace_seconds``, and is reaped.
+no shell) in a session and process group of its own, under a small supervisor
+(``agent/_supervise.py``) that ends the whole group if the agent dies, even by SIGKILL. The
+command gets a few of the agent's variables (``PASSED_VARIABLES``, ``PASSED_PREFIXES``: no
+credentials), the job's ``Environment`` and the ``SAGEMAKER_*`` execution variables
+(``model_environment``). Its stdout and stderr go into one bounded buffer whose tail ends up
+in error messages; none of it reaches the agent's log except at debug level. ``died``
+resolves to a ``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and
+every in-flight request can fail at once instead of timing out. On exit, whatever the
+outcome (cancellation included), the whole group gets SIGTERM, then SIGKILL after
+``grace_seconds``, and is reaped.
 
-The variables are the job's, never logged: ``Environment`` values may be secrets.
+The variables are the job's, never logged: ``Environment`` values may be secrets, and the
+output tail is redacted wherever it is written (``agent.redact``).
 """
 
 from __future__ import annotations
@@ -19,17 +23,24 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from agent.job import JobSettings
+from agent.redact import is_credential_name
 
 __all__ = [
     "EXECUTION_VARIABLES",
     "ModelCommandError",
     "ModelExit",
+    "PASSED_PREFIXES",
+    "PASSED_VARIABLES",
     "ModelProcess",
+    "ensure_port_free",
     "model_environment",
 ]
 
@@ -42,10 +53,55 @@ EXECUTION_VARIABLES = (
     "SAGEMAKER_MAX_PAYLOAD_IN_MB",
     "SAGEMAKER_BATCH_STRATEGY",
 )
+# The agent's own variables the model gets: what a program needs to run, find its files and
+# its accelerators. Anything else it needs goes in the job's Environment.
+PASSED_VARIABLES = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
+PASSED_PREFIXES = (
+    "LC_",
+    "CUDA_",
+    "NVIDIA_",
+    "HIP_",
+    "ROCR_",
+    "NEURON_RT_",
+    "SAGEMAKER_",
+    "SM_",
+)
 _STRATEGY_VALUES = {"MultiRecord": "MULTI_RECORD", "SingleRecord": "SINGLE_RECORD"}
 _READ_CHUNK_BYTES = 1 << 16
 _EOF_WAIT_SECONDS = 0.5  # after the exit, how long a grandchild may keep the pipe open
 _KILL_WAIT_SECONDS = 5.0  # how long the kernel may take to end a SIGKILLed group
+
+
+SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
+_STATUS_TIMEOUT_SECONDS = 60.0  # for the supervisor to start (the interpreter's start-up)
+
+
+async def _read_status(fd: int) -> str:
+    """What the supervisor wrote on its status pipe, once it closed it ("" if nothing)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        data = await asyncio.wait_for(reader.read(), _STATUS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        data = b""
+    finally:
+        transport.close()
+    return data.decode("utf-8", "replace")
 
 
 class ModelCommandError(RuntimeError):
@@ -82,11 +138,20 @@ class ModelExit:
 def model_environment(
     settings: JobSettings, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The model command's environment: ``base`` (default ``os.environ``), the job's
-    ``Environment``, ``SAGEMAKER_BATCH=true``, and the execution variables the job sets."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()}
-    for name in EXECUTION_VARIABLES:
-        env.pop(name, None)
+    """The model command's environment, and nothing else of the agent's.
+
+    From ``base`` (default ``os.environ``), the agent's own environment: only the variables
+    of ``PASSED_VARIABLES`` and those starting with one of ``PASSED_PREFIXES``, none whose
+    name says it holds a credential. Then the job's ``Environment``, ``SAGEMAKER_BATCH=true``,
+    and the execution variables the job sets.
+    """
+    env = {
+        name: value
+        for name, value in (os.environ if base is None else base).items()
+        if (name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES))
+        and name not in EXECUTION_VARIABLES
+        and not is_credential_name(name)
+    }
     env.update(settings.environment)
     env["SAGEMAKER_BATCH"] = "true"
     if settings.max_concurrent_transforms is not None:
@@ -96,6 +161,35 @@ def model_environment(
     if settings.batch_strategy is not None:
         env["SAGEMAKER_BATCH_STRATEGY"] = _STRATEGY_VALUES[settings.batch_strategy]
     return env
+
+
+async def ensure_port_free(model_url: str, timeout_seconds: float = 2.0) -> None:
+    """Raise ``ModelCommandError`` if something already accepts connections at ``model_url``.
+
+    Before the agent starts its own model server: a server left over from an earlier run
+    (or any other program) on that port would answer in its place. Only a TCP connection
+    is opened and closed; nothing is sent.
+    """
+    parts = urlsplit(model_url)
+    host = parts.hostname or "127.0.0.1"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return  # not a usable port: the model client reports it
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_seconds)
+    except (OSError, TimeoutError):
+        return  # refused (nothing listens), unreachable or silent: the port is free to us
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    raise ModelCommandError(
+        f"another process is already listening on {where}, the address of Agent.ModelUrl, "
+        "before Agent.ModelCommand was started (perhaps a model server left over from an "
+        "earlier run); nothing was sent to it. Stop that process (`ss -ltnp` shows which "
+        "one holds the port) or give the job another port in Agent.ModelUrl and the command"
+    )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -177,6 +271,7 @@ class ModelProcess:
         self._signalled = False  # the group has been sent a signal
         self._stopped = False  # stop() has run to its end: the group is gone
         self._died: asyncio.Future[ModelExit] | None = None
+        self.model_pid: int | None = None  # the command's own pid, under the supervisor
 
     @classmethod
     def from_settings(cls, settings: JobSettings, *, grace_seconds: float = 10.0) -> ModelProcess:
@@ -188,7 +283,7 @@ class ModelProcess:
 
     @property
     def pid(self) -> int:
-        """The command's pid, which is also its process group id."""
+        """The supervisor's pid, which is also the process group id of the command."""
         if self._process is None:
             raise ModelCommandError("the model command has not been started")
         return self._process.pid
@@ -216,10 +311,19 @@ class ModelProcess:
         await self.stop()
 
     async def start(self) -> None:
-        """Start the command; raise ``ModelCommandError`` if it cannot be executed."""
+        """Start the command under its supervisor; ``ModelCommandError`` if it cannot run."""
+        if not sys.executable:
+            raise ModelCommandError(
+                "cannot start Agent.ModelCommand: this Python does not know its own "
+                "interpreter (sys.executable is empty), which runs the model's supervisor"
+            )
         loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
         try:
+            supervisor = [sys.executable, "-I", SUPERVISOR, str(os.getpid())]
+            supervisor += [repr(self.grace_seconds), str(write_fd), "--"]
             self._process = await asyncio.create_subprocess_exec(
+                *supervisor,
                 *self.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -227,25 +331,66 @@ class ModelProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,  # its own group: stop() reaches its children too
+                pass_fds=(write_fd,),
             )
         except OSError as error:
+            os.close(read_fd)
             reason = error.strerror or str(error)
+            raise ModelCommandError(
+                f"cannot start Agent.ModelCommand {self.argv[0]!r}: {reason}"
+            ) from error
+        finally:
+            os.close(write_fd)
+        process = self._process
+        try:
+            answer = await _read_status(read_fd)
+        except BaseException:
+            self._signal_group(signal.SIGKILL)  # cancelled while it started: it must not stay
+            raise
+        if not answer.startswith("ok "):
+            self._signal_group(signal.SIGKILL)
+            await process.wait()
+            assert process.stdout is not None
+            output = (await process.stdout.read(8192)).decode("utf-8", "replace").strip()
+            if answer.startswith("error "):
+                reason = answer.split(" ", 2)[-1]
+            else:
+                reason = (
+                    f"its supervisor (pid {process.pid}) did not report the start within "
+                    f"{_STATUS_TIMEOUT_SECONDS:g} s or ended first; its output: "
+                    f"{output or '(none)'}"
+                )
             raise ModelCommandError(
                 f"cannot start Agent.ModelCommand {self.argv[0]!r}: {reason}; give an "
                 "executable on PATH or an absolute path, as an argv list (no shell)"
-            ) from error
+            )
+        self.model_pid = int(answer.split()[1])
         self._died = loop.create_future()
-        log.info("started the model command %s as pid %d", self.argv[0], self._process.pid)
-        self._pump = asyncio.create_task(self._read_output(self._process))
-        self._watch = asyncio.create_task(self._wait_exit(self._process, self._pump))
+        log.info(
+            "started the model command %s as pid %d (its process group; the command itself "
+            "is pid %d)",
+            self.argv[0],
+            process.pid,
+            self.model_pid,
+        )
+        self._pump = asyncio.create_task(self._read_output(process))
+        self._watch = asyncio.create_task(self._wait_exit(process, self._pump))
 
     async def _read_output(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         debug = log.isEnabledFor(logging.DEBUG)
+        partial = bytearray()  # debug lines are logged whole, so redaction sees each secret
         while chunk := await process.stdout.read(_READ_CHUNK_BYTES):
             self._tail.add(chunk)
             if debug:
-                log.debug("model output: %s", chunk.decode("utf-8", "replace").rstrip())
+                partial += chunk
+                end = partial.rfind(b"\n") + 1
+                if end == 0 and len(partial) < _READ_CHUNK_BYTES:
+                    continue
+                text, partial = bytes(partial[: end or None]), partial[end or len(partial) :]
+                log.debug("model output: %s", text.decode("utf-8", "replace").rstrip())
+        if partial:
+            log.debug("model output: %s", partial.decode("utf-8", "replace").rstrip())
 
     async def _wait_exit(
         self, process: asyncio.subprocess.Process, pump: asyncio.Task[None]

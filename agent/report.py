@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from agent.redact import scrub
+
 log = logging.getLogger("agent.run")
 
 COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
@@ -175,7 +177,7 @@ class Progress:
         if self.tty:
             self._draw()
             if result.status != COMPLETED:
-                self.stream.write(f"\r\x1b[K{result.input_uri}: {result.error}\n")
+                self.stream.write(scrub(f"\r\x1b[K{result.input_uri}: {result.error}\n"))
             return
         if result.status == COMPLETED:
             log.info(

@@ -33,9 +33,10 @@ from agent.invoke import (
 )
 from agent.job import JobSettings, settings_hash
 from agent.lease import ConditionalWritesUnsupported, LeaseSettings
-from agent.model_process import ModelCommandError, ModelProcess
+from agent.model_process import ModelCommandError, ModelProcess, ensure_port_free
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity, IdentityError, resolve_identity, static_plan
+from agent.redact import Redactor, install, scrub_state, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
 from agent.storage._base import InputError, StorageError
@@ -56,6 +57,8 @@ class _Usage(Exception):
 
 def run(options: RunOptions) -> int:
     """Run the job on this instance; return the exit code of SPEC §7."""
+    # From here on every log line, summary and state object is free of the job's secrets.
+    install(Redactor(secrets_of(options.settings.environment, os.environ)))
     summary = JobSummary(options.settings.transform_job_name)
     received: list[signal.Signals] = []
     try:
@@ -119,6 +122,13 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     if identity.warning:
         log.warning("%s", identity.warning)
     summary.instance = str(identity)
+    if job.agent.model_command is not None:
+        try:
+            await ensure_port_free(job.agent.model_url)
+        except ModelCommandError as error:
+            summary.end(FAILED, str(error))
+            log.error("%s", error)
+            return EXIT_FAILED
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
@@ -219,10 +229,20 @@ def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, re
 
 
 def _write_summary(summary: JobSummary, path: str | None) -> None:
-    data = orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2) + b"\n"
-    if path is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        return
-    Path(path).write_bytes(data)
-    log.info("summary written to %s", path)
+    """The summary at ``--summary``, or on stdout: without it, or if it cannot be written."""
+    document = scrub_state(summary.as_json())  # secrets out of its free text (agent.redact)
+    data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    if path is not None:
+        try:
+            Path(path).write_bytes(data)
+        except OSError as error:
+            log.error(
+                "cannot write the summary to --summary %s (%s); it follows on stdout instead",
+                path,
+                error.strerror or error,
+            )
+        else:
+            log.info("summary written to %s", path)
+            return
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()

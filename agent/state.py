@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from agent._jobtypes import DataUri
+from agent.redact import scrub_state
 from agent.report import COMPLETED, FAILED
 from agent.storage._base import ObjectInfo, PreconditionFailed, StorageError, Store
 from agent.storage.inputs import InputFile
@@ -93,6 +94,7 @@ class StateLayout:
 
 
 def dumps(document: Mapping[str, Any]) -> bytes:
+    document = scrub_state(document)  # secrets out of free-text fields (agent.redact)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
 
