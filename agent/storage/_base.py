@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -25,7 +25,7 @@ GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
 PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
-TEMP_MARKER = ".bt-agent-tmp-"  # in the names of local temporary files: .<name>.bt-agent-tmp-<hex>
+TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local.TEMP_NAME_PATTERN)
 
 log = logging.getLogger("agent.storage")
 
@@ -378,6 +378,8 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    async def open_uploads(self, keys: Collection[str]) -> list[PendingUpload]:
+        """The uploads of ``keys`` begun and neither completed nor aborted, whoever began them."""
+        ...
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None: ...

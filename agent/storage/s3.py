@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import aiohttp
@@ -307,6 +308,20 @@ class S3Store:
             params.update(
                 KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"]
             )
+
+    async def open_uploads(self, keys: Collection[str]) -> list[PendingUpload]:
+        """The open multipart uploads of ``keys``, from one listing of their common prefix.
+
+        A single key is listed by itself; many by the prefix they share (the output
+        prefix, typically), so the cost is one request per thousand open uploads there.
+        """
+        if not keys:
+            return []
+        wanted = set(keys)
+        prefix = os.path.commonprefix(sorted(wanted))
+        return [
+            upload for upload in await self.list_multipart_uploads(prefix) if upload.key in wanted
+        ]
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -13,9 +15,12 @@ from agent._jobschema import JobError
 from agent._jobtypes import DataUri
 from agent.cli import main
 from agent.plan import IdentityError, format_plan, resolve_identity, static_plan
-from agent.storage import InputFile, ObjectInfo
+from agent.storage import InputFile, ObjectInfo, StorageError, StorageSettings
+from agent.storage._base import PendingUpload
+from agent.storage.local import LocalStore
 
 HUGE = 100_000_000
+MIB = 1 << 20
 
 
 def item(key: str, size: int) -> InputFile:
@@ -106,3 +111,86 @@ def test_a_plan_over_far_more_instances_than_files_grows_with_the_files_only() -
     assert lines[0].startswith("3 files, 600 bytes over 1000000 instance(s)")
     assert lines[-1] == "instances 3 to 999999: 0 files, 0 bytes each"
     assert len(lines) == 8
+
+
+# ----------------------------------------------------------------------------- defect 13a
+
+NAME_244 = "n" * 240 + ".csv"  # 244 characters; its output name, 248, still fits in 255
+
+
+@pytest.mark.parametrize("size", [10, 3 * MIB], ids=["small", "streamed"])
+async def test_an_output_whose_name_fits_is_written_whatever_its_length(
+    tmp_path: Path, size: int
+) -> None:
+    store = LocalStore(StorageSettings())
+    key = str(tmp_path / "out" / f"{NAME_244}.out")
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    recorded: list[str | None] = []
+
+    async def record(upload_id: str | None) -> None:
+        recorded.append(upload_id)
+
+    async with store.open_upload(key, on_upload_id=record) as upload:
+        for start in range(0, size, MIB):
+            await upload.write(data[start : start + MIB])
+        if size > MIB:  # a temporary file exists now: short, and found by its key
+            (temp,) = recorded
+            assert temp is not None and len(os.path.basename(temp)) < 64
+            assert Path(temp).exists()
+            assert await store.list_objects(str(tmp_path / "out")) == []
+            assert await store.open_uploads([key]) == [PendingUpload(key, temp)]
+            assert await store.open_uploads([key + "x"]) == []
+        await upload.commit(if_none_match=True)
+    assert Path(key).read_bytes() == data
+    assert os.listdir(tmp_path / "out") == [f"{NAME_244}.out"]
+
+
+async def test_leftover_temporary_files_of_long_names_are_found_and_aborted(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(StorageSettings())
+    key = str(tmp_path / "out" / f"{NAME_244}.out")
+    other = str(tmp_path / "out" / "other.csv.out")
+    upload = store.open_upload(key)
+    await upload.write(b"y" * (2 * MIB))  # a temporary file on disk, as a killed run leaves it
+    leftover = upload.upload_id
+    assert leftover is not None and Path(leftover).exists()
+    legacy = tmp_path / "out" / ".other.csv.out.bt-agent-tmp-00aa11bb22cc"  # the earlier form
+    legacy.write_bytes(b"z")
+    found = await store.open_uploads([key, other])
+    expected = [PendingUpload(key, leftover), PendingUpload(other, str(legacy))]
+    assert found == sorted(expected, key=lambda pending: pending.key)
+    with pytest.raises(StorageError, match="is not a temporary file of"):
+        await store.abort_multipart_upload(other, leftover)
+    for pending in found:
+        await store.abort_multipart_upload(pending.key, pending.upload_id)
+    assert os.listdir(tmp_path / "out") == []
+    await upload.abort()
+
+
+# ----------------------------------------------------------------------------- defect 13b
+
+
+async def test_symlink_loops_in_an_input_directory_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "in"
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "a.csv").write_bytes(b"1\n")
+    (root / "deep" / "er" / "b.csv").write_bytes(b"2\n")
+    (root / "deep" / "self").symlink_to("self")
+    (root / "deep" / "er" / "ping").symlink_to("pong")
+    (root / "deep" / "er" / "pong").symlink_to("ping")
+    (root / "gone").symlink_to("nowhere")
+    (root / "alias.csv").symlink_to("a.csv")
+    store = LocalStore(StorageSettings())
+    with caplog.at_level(logging.WARNING, logger="agent.storage"):
+        found = await store.list_objects(str(root))
+    assert [info.key for info in found] == [
+        str(root / name) for name in ("a.csv", "alias.csv", "deep/er/b.csv")
+    ]
+    warned = "\n".join(record.getMessage() for record in caplog.records)
+    for name in ("deep/self", "deep/er/ping", "deep/er/pong"):
+        assert f"skipping file://{root / name}: a loop of symbolic links" in warned, warned
+    assert f"skipping file://{root / 'gone'}: a dangling symbolic link" in warned, warned
+    assert len(caplog.records) == 4
