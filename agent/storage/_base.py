@@ -282,7 +282,10 @@ class ChunkReader:
 # ----------------------------------------------------------------------------- uploads
 
 
-UploadIdCallback = Callable[[str], Awaitable[None]]
+# Told of an upload's id before anything is sent under it. ``None`` first when the id is
+# S3's to give: a multipart upload is about to be begun (a stop or a crash during that
+# call leaves an upload whose id nobody heard of, so the intent is recorded first).
+UploadIdCallback = Callable[[str | None], Awaitable[None]]
 
 
 class Upload(ABC):

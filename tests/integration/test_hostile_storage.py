@@ -30,10 +30,17 @@ from runjob import (
     output_keys,
     put_objects,
     request_bodies,
+    run_agent,
     start_agent,
     transform_job,
 )
 from servers import HOST, ModelServer, SeaweedFS, wait_until
+
+from agent._jobtypes import DataUri
+from agent.commit import UploadRecorder, abort_orphans
+from agent.state import StateLayout
+from agent.storage import open_stores
+from agent.storage.inputs import file_id
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +72,7 @@ class HoldingProxy:
         self.hold = hold
         self.arrived = threading.Event()
         self.release = threading.Event()
+        self.forwarded = threading.Event()  # the held request was sent on and answered
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -107,6 +115,13 @@ class HoldingProxy:
         if not self.arrived.is_set() and self.hold(request):
             self.arrived.set()
             await asyncio.to_thread(self.release.wait, 120)
+            try:
+                return await self._forward(request, body)
+            finally:
+                self.forwarded.set()
+        return await self._forward(request, body)
+
+    async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_HOP}
         assert self._session is not None
         async with self._session.request(
@@ -209,3 +224,107 @@ def test_sigterm_during_the_commit_records_the_true_output_size(
     assert (record["OutputBytes"], record["OutputETag"]) == (len(expected), etag), record
     assert (record["Records"], record["Requests"]) == (entry["Records"], entry["Requests"])
     assert open_uploads(client, bucket) == []
+
+
+# ----------------------------------------------------------------------------- defect 7
+
+
+def test_sigterm_during_create_multipart_upload_leaves_no_upload_open(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    model: ModelServer,
+    holding_proxy: Callable[..., HoldingProxy],
+    tmp_path: Path,
+) -> None:
+    client = s3_server.sync_client()
+    put_objects(client, bucket, {"in/big.csv": big_csv(400_000)})
+    proxy = holding_proxy(_is_create)
+    job = transform_job(
+        "stop-at-create",
+        f"s3://{bucket}/in/",
+        f"s3://{bucket}/out/",
+        model_url=model.url,
+        split_type="Line",
+        max_payload_mb=6,
+        max_concurrent=2,
+    )
+
+    agent = start_agent(job, tmp_path, env={"AWS_ENDPOINT_URL_S3": proxy.url})
+    try:
+        assert wait_until(proxy.arrived.is_set, 60.0), agent.log()  # CreateMultipartUpload sent
+        agent.signal(signal.SIGTERM)
+        assert wait_until(lambda: "SIGTERM received" in agent.log(), 30.0), agent.log()
+        proxy.release.set()  # S3 makes the upload now, after the stop
+        run = agent.wait(60.0)
+        assert proxy.forwarded.wait(30.0)
+    finally:
+        agent.kill()
+
+    assert (run.returncode, run.status) == (143, "Stopped"), run.explain()
+    assert run.file(f"s3://{bucket}/in/big.csv")["Status"] == "Stopped"
+    assert output_keys(client, bucket, "out/") == []
+    assert open_uploads(client, bucket) == [], run.explain()  # the upload S3 made was aborted
+
+
+@pytest.mark.parametrize("coordination", ["Static", "Lease"])
+def test_an_upload_left_open_without_a_record_is_aborted_when_the_file_is_done(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    model: ModelServer,
+    tmp_path: Path,
+    coordination: str,
+) -> None:
+    client = s3_server.sync_client()
+    rows = b"".join(b"%d,row\n" % n for n in range(100))
+    put_objects(client, bucket, {"in/a.csv": rows, "in/b.csv": rows})
+    # What an agent killed during CreateMultipartUpload leaves: an open upload with a part,
+    # and no record of it anywhere.
+    created = client.create_multipart_upload(Bucket=bucket, Key="out/a.csv.out")
+    client.upload_part(
+        Bucket=bucket, Key="out/a.csv.out", UploadId=created["UploadId"], PartNumber=1, Body=b"x"
+    )
+    unrelated = client.create_multipart_upload(Bucket=bucket, Key="elsewhere/a.csv.out")
+    job = transform_job(
+        f"leftover-{coordination}",
+        f"s3://{bucket}/in/",
+        f"s3://{bucket}/out/",
+        model_url=model.url,
+        split_type="Line",
+        assemble_with="Line",
+        agent={"Coordination": coordination},
+    )
+
+    run = run_agent(job, tmp_path)
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    assert get_objects(client, bucket, ["out/a.csv.out", "out/b.csv.out"]) == {
+        "out/a.csv.out": rows,
+        "out/b.csv.out": rows,
+    }
+    assert open_uploads(client, bucket) == ["elsewhere/a.csv.out"]  # not one of the job's
+    assert f"aborted the upload {created['UploadId']}" in run.log, run.log
+    client.abort_multipart_upload(
+        Bucket=bucket, Key="elsewhere/a.csv.out", UploadId=unrelated["UploadId"]
+    )
+
+
+async def test_an_upload_recorded_before_its_create_call_is_found_by_its_key(
+    s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str
+) -> None:
+    layout = StateLayout(DataUri("s3", bucket, "state/"))
+    output = DataUri("s3", bucket, "out/a.out")
+    fid = file_id(f"s3://{bucket}/in/a")
+    async with open_stores() as stores:
+        state = await stores.get(layout.root)
+        recorder = UploadRecorder(state, layout, fid, output, holder="dead")
+        await recorder.record(None)  # about to call CreateMultipartUpload...
+        s3 = await stores.s3_client()
+        await s3.create_multipart_upload(Bucket=bucket, Key=output.key)  # ...killed: no id
+        other = await s3.create_multipart_upload(Bucket=bucket, Key="out/a.out2")
+        assert await abort_orphans(stores, layout, [fid], keep_holder="alive") == 1
+        listed = await s3.list_multipart_uploads(Bucket=bucket)
+        assert [u["Key"] for u in listed.get("Uploads", [])] == ["out/a.out2"]
+        assert await state.list_objects("state/uploads/") == []
+        await s3.abort_multipart_upload(Bucket=bucket, Key="out/a.out2", UploadId=other["UploadId"])
