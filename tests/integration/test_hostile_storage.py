@@ -328,3 +328,39 @@ async def test_an_upload_recorded_before_its_create_call_is_found_by_its_key(
         assert [u["Key"] for u in listed.get("Uploads", [])] == ["out/a.out2"]
         assert await state.list_objects("state/uploads/") == []
         await s3.abort_multipart_upload(Bucket=bucket, Key="out/a.out2", UploadId=other["UploadId"])
+
+
+# ----------------------------------------------------------------------------- defect 13a, 13b
+
+
+def test_a_local_job_with_a_244_character_name_and_a_symlink_loop_completes(
+    model: ModelServer, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    long_name = "n" * 240 + ".csv"  # its output name, 248 characters, fits in 255
+    big = big_csv(60_000)  # ~3 MiB: the output goes through a temporary file on disk
+    (inputs / long_name).write_bytes(big)
+    (inputs / "sub" / "small.csv").write_bytes(b"1,a\n2,b\n")
+    (inputs / "sub" / "loop").symlink_to("loop")
+    job = transform_job(
+        "local-hostile-names",
+        str(inputs),
+        str(tmp_path / "out"),
+        model_url=model.url,
+        split_type="Line",
+        assemble_with="Line",
+        max_payload_mb=1,
+    )
+
+    run = run_agent(job, tmp_path)
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    assert (tmp_path / "out" / f"{long_name}.out").read_bytes() == echo_output(big, 1)
+    assert (tmp_path / "out" / "sub" / "small.csv.out").read_bytes() == b"1,a\n2,b\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "_bt-agent",
+        f"{long_name}.out",
+        "sub",
+    ]
+    assert f"skipping file://{inputs}/sub/loop: a loop of symbolic links" in run.log, run.log
