@@ -238,16 +238,19 @@ class LeftoverUploads:
         self.found = found
 
     @classmethod
-    async def find(cls, stores: Stores, outputs: Iterable[DataUri]) -> LeftoverUploads:
-        """One listing per bucket (of the outputs' common prefix) finds them all."""
-        groups: dict[tuple[str, str], dict[str, DataUri]] = {}
-        for output in outputs:
-            groups.setdefault((output.scheme, output.bucket), {})[output.key] = output
+    async def find(
+        cls, stores: Stores, prefix: DataUri, outputs: Iterable[DataUri]
+    ) -> LeftoverUploads:
+        """The open uploads of ``outputs`` (all under ``prefix``), from one listing of it.
+
+        ``outputs`` is read only when something is open under ``prefix`` (it may be a
+        generator over every file): memory follows what is open, not the file count.
+        """
+        store = await stores.get(prefix)
+        keys = (o.key for o in outputs if (o.scheme, o.bucket) == (prefix.scheme, prefix.bucket))
         found: dict[DataUri, list[PendingUpload]] = {}
-        for keys in groups.values():
-            store = await stores.get(next(iter(keys.values())))
-            for upload in await store.open_uploads(keys.keys()):
-                found.setdefault(keys[upload.key], []).append(upload)
+        for upload in await store.open_uploads(keys, under=prefix.key):
+            found.setdefault(DataUri(prefix.scheme, prefix.bucket, upload.key), []).append(upload)
         return cls(stores, found)
 
     async def abort(self, outputs: Iterable[DataUri] | None = None) -> int:

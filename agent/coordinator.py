@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -171,7 +171,9 @@ class Coordinator:
         if self.lease_mode:
             self.todo = [f for f in largest_first(files) if f.id not in self.final]
             log.info("%d of %d files to do, claimed by lease", len(self.todo), len(files))
-            self.leftovers = await LeftoverUploads.find(self.stores, self._outputs(self.todo))
+            self.leftovers = await LeftoverUploads.find(
+                self.stores, self.job.output.uri, self._outputs(self.todo)
+            )
             return
         plan = static_plan(files, self.identity.count)
         share = plan.share(self.identity.index)
@@ -190,20 +192,20 @@ class Coordinator:
             self._flusher = asyncio.create_task(self._flush_every(RECORDS_FLUSH_SECONDS))
             self.existing_outputs = await self._output_keys()
             aborted = await abort_orphans(self.stores, self.layout, [f.id for f in self.todo])
-            leftovers = await LeftoverUploads.find(self.stores, self._outputs(self.todo))
+            leftovers = await LeftoverUploads.find(
+                self.stores, self.job.output.uri, self._outputs(self.todo)
+            )
             aborted += await leftovers.abort()
             if aborted:
                 log.info("aborted %d upload(s) left open by an earlier run", aborted)
 
-    def _outputs(self, files: list[InputFile]) -> list[DataUri]:
-        """The outputs of ``files`` (those whose output name is usable)."""
-        outputs = []
+    def _outputs(self, files: list[InputFile]) -> Iterator[DataUri]:
+        """The outputs of ``files`` (those whose output name is usable), one at a time."""
         for item in files:
             try:
-                outputs.append(output_uri(item.relative_key, self.job.output.uri))
+                yield output_uri(item.relative_key, self.job.output.uri)
             except OutputKeyError:
                 continue
-        return outputs
 
     async def _output_keys(self) -> set[str]:
         """Every key under the output path now: one listing instead of a HEAD per file.

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -381,8 +381,15 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def open_uploads(self, keys: Collection[str]) -> list[PendingUpload]:
-        """The uploads of ``keys`` begun and neither completed nor aborted, whoever began them."""
+    async def open_uploads(
+        self, keys: Iterable[str], *, under: str | None = None
+    ) -> list[PendingUpload]:
+        """The uploads of ``keys`` begun and neither completed nor aborted, whoever began them.
+
+        ``under``, a prefix every key shares, is looked at first, once: when nothing is open
+        there, ``keys`` is not even read (it may be a generator over many files), and memory
+        follows what is open, not how many keys there are.
+        """
         ...
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None: ...

@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import AsyncGenerator, Callable, Collection, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import BinaryIO, TypeVar
 
 from agent._compat import BytesLike
@@ -162,7 +162,30 @@ def _skipped(path: str, error: OSError) -> None:
     log.warning("skipping file://%s: %s (it points to %s)", path, why, target)
 
 
-def _open_temps(keys: Collection[str]) -> list[PendingUpload]:
+def _open_temps_under(under: str, keys: Iterable[str]) -> list[PendingUpload]:
+    """The temporary files anywhere below ``under`` that are uploads of ``keys``.
+
+    One walk finds the temporary files; ``keys`` is read only if there are any, and only
+    the names in directories that hold some are hashed.
+    """
+    base = os.path.normpath(under)
+    if not os.path.isdir(base):  # outputs go below a directory: none, none open either
+        return []
+    temps: dict[str, list[str]] = {}
+    for dirpath, _, filenames in os.walk(base):
+        if names := [name for name in filenames if is_temp_name(name)]:
+            temps[dirpath] = names
+    found: list[PendingUpload] = []
+    for key in keys if temps else ():
+        directory, name = os.path.split(key)
+        for temp in temps.get(directory, ()):
+            if _temp_is_for(temp, name):
+                found.append(PendingUpload(key, os.path.join(directory, temp)))
+    found.sort(key=lambda upload: (upload.key, upload.upload_id))
+    return found
+
+
+def _open_temps(keys: Iterable[str]) -> list[PendingUpload]:
     """The temporary files in the directories of ``keys`` that are uploads of those keys."""
     by_directory: dict[str, dict[str, str]] = {}
     for key in keys:
@@ -308,12 +331,18 @@ class LocalStore:
 
         await self._run("delete", key, remove)
 
-    async def open_uploads(self, keys: Collection[str]) -> list[PendingUpload]:
-        """Temporary files left for ``keys``: one directory listing per directory of them."""
-        if not keys:
+    async def open_uploads(
+        self, keys: Iterable[str], *, under: str | None = None
+    ) -> list[PendingUpload]:
+        """Temporary files left for ``keys``: one walk of ``under``, else one directory
+        listing per directory of the keys."""
+        if under is not None:
+            return await self._run("list", under, lambda: _open_temps_under(under, keys))
+        wanted = list(keys)
+        if not wanted:
             return []
-        where = os.path.commonpath([os.path.dirname(key) for key in keys])
-        return await self._run("list", where, lambda: _open_temps(keys))
+        where = os.path.commonpath([os.path.dirname(key) for key in wanted])
+        return await self._run("list", where, lambda: _open_temps(wanted))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         directory, name = os.path.split(upload_id)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,27 @@ async def test_symlink_loops_in_an_input_directory_are_skipped_with_a_warning(
         assert f"skipping file://{root / name}: a loop of symbolic links" in warned, warned
     assert f"skipping file://{root / 'gone'}: a dangling symbolic link" in warned, warned
     assert len(caplog.records) == 4
+
+
+async def test_leftovers_under_a_prefix_are_found_without_reading_the_keys_if_none(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(StorageSettings())
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    read: list[str] = []
+
+    def keys() -> Iterator[str]:
+        for name in ("a/x.out", "a/y.out", "z.out"):
+            read.append(name)
+            yield str(out / name)
+
+    assert await store.open_uploads(keys(), under=str(out)) == []
+    assert read == []  # nothing open: not one key was computed
+    assert await store.open_uploads(keys(), under=str(tmp_path / "nowhere")) == []
+    upload = store.open_upload(str(out / "a" / "y.out"))
+    await upload.write(b"y" * (2 * MIB))
+    assert upload.upload_id is not None
+    found = await store.open_uploads(keys(), under=str(out))
+    assert found == [PendingUpload(str(out / "a" / "y.out"), upload.upload_id)]
+    await upload.abort()

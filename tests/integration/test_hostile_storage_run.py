@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -343,6 +344,10 @@ def test_a_local_job_with_a_244_character_name_and_a_symlink_loop_completes(
     (inputs / long_name).write_bytes(big)
     (inputs / "sub" / "small.csv").write_bytes(b"1,a\n2,b\n")
     (inputs / "sub" / "loop").symlink_to("loop")
+    # What a run killed while writing leaves (here in the earlier temporary-name form).
+    leftover = tmp_path / "out" / "sub" / ".small.csv.out.bt-agent-tmp-0123abcd"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"partial")
     job = transform_job(
         "local-hostile-names",
         str(inputs),
@@ -364,3 +369,4 @@ def test_a_local_job_with_a_244_character_name_and_a_symlink_loop_completes(
         "sub",
     ]
     assert f"skipping file://{inputs}/sub/loop: a loop of symbolic links" in run.log, run.log
+    assert os.listdir(tmp_path / "out" / "sub") == ["small.csv.out"]  # the leftover is gone
