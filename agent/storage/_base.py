@@ -293,7 +293,8 @@ class Upload(ABC):
 
     An async context manager: leaving it without a successful :meth:`commit` (an error,
     a cancellation, or simply forgetting) aborts the upload, so no partial object is ever
-    seen. ``upload_id`` is set once a multipart upload (or a local temporary file) exists.
+    seen. ``upload_id`` is set once a multipart upload exists (for a local upload, the
+    temporary file's path, just before the file is created).
     """
 
     def __init__(self, key: str) -> None:
