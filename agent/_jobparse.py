@@ -22,6 +22,7 @@ from agent._jobschema import (
     INPUT,
     JOB_NAME,
     KMS_KEY,
+    MAX_INSTANCE_COUNT,
     MAX_RESPONSE_MB,
     MISSING_HINTS,
     MODEL_NAME,
@@ -264,7 +265,9 @@ def _transform_output(check: Checker, top: dict[str, object], cwd: str) -> Trans
 
 def _instance_count(check: Checker, top: dict[str, object]) -> int:
     fields = _section(check, top, "TransformResources", RESOURCES, RESOURCES_IGNORED)
-    count = check.integer(fields, "InstanceCount", "$.TransformResources", minimum=1)
+    count = check.integer(
+        fields, "InstanceCount", "$.TransformResources", minimum=1, maximum=MAX_INSTANCE_COUNT
+    )
     return 1 if count is None else count
 
 

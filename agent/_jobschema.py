@@ -302,6 +302,9 @@ CLIENT = ("InvocationsTimeoutInSeconds", "InvocationsMaxRetries")
 INPUT = ("DataSource", "ContentType", "CompressionType", "SplitType")
 OUTPUT = ("S3OutputPath", "Accept", "AssembleWith", "KmsKeyId")
 RESOURCES = ("InstanceCount",)
+# SageMaker's own limit on a transform job's InstanceCount; also the most instances
+# --instance-count or an orchestrator's array size may name.
+MAX_INSTANCE_COUNT = 100
 RESOURCES_IGNORED = ("InstanceType", "VolumeKmsKeyId", "TransformAmiVersion")
 PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (

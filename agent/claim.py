@@ -51,7 +51,7 @@ class Claim:
         self._on_record = on_record
         self._on_close = on_close
         self.committed = False  # the output is ours: record it even if the lease goes now
-        self.output_etag: str | None = None  # set when a stop came while committing
+        self.output_etag: str | None = None  # once committed (also when a stop met the commit)
 
     def check(self) -> None:
         """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
@@ -84,6 +84,7 @@ class Claim:
                 f"committed {self.output} first"
             ) from error
         self.committed = True
+        self.output_etag = etag
         return etag
 
     async def run(self, work: Awaitable[_T]) -> _T:

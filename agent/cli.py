@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent import __version__
+from agent._jobschema import MAX_INSTANCE_COUNT
 from agent.job import JobError, JobSettings, LoadedJob, load_job, with_overrides
 from agent.log import LOG_FORMATS, LogFormat, setup_logging
 
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--instance-index", type=_bounded_int(0), metavar="N", help="this instance")
     run.add_argument(
         "--instance-count",
-        type=_bounded_int(1),
+        type=_bounded_int(1, MAX_INSTANCE_COUNT),
         metavar="N",
         help="how many instances share the job (overrides TransformResources.InstanceCount)",
     )
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "plan":
             sub.add_argument(
                 "--instance-count",
-                type=_bounded_int(1),
+                type=_bounded_int(1, MAX_INSTANCE_COUNT),
                 metavar="N",
                 help="plan for N instances (overrides TransformResources.InstanceCount)",
             )

@@ -8,9 +8,13 @@ ETag when a stale output (other input version or settings) is to be replaced, or
 commit at all when the output is already the right one. Deciding *before* processing is
 what makes a late writer fail: whoever committed first changed what the condition names.
 
-Each multipart UploadId is recorded under ``uploads/<file-id>/`` when the upload starts
-and the record deleted when it ends, so :func:`abort_orphans` can abort what a killed or
-displaced instance left behind (a lifecycle rule on the bucket catches the rest).
+Each multipart upload is recorded under ``uploads/<file-id>/`` before it begins (by its
+key: CreateMultipartUpload has not answered yet), then with its UploadId, and the record
+deleted when it ends, so :func:`abort_orphans` can abort what a killed or displaced
+instance left behind. An upload with no record at all (a run of an earlier version, a
+record that could not be written) is found by its key: :class:`LeftoverUploads` lists
+the open uploads of this instance's outputs when it begins (a lifecycle rule on the
+bucket catches the rest).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import orjson
 from agent._jobtypes import DataUri
 from agent.state import STATE_FORMAT, StateLayout, dumps, now_iso
 from agent.storage import S3Store, Stores
-from agent.storage._base import ObjectNotFoundError, StorageError, Store
+from agent.storage._base import ObjectNotFoundError, PendingUpload, StorageError, Store
 
 log = logging.getLogger("agent.state")
 
@@ -114,10 +118,12 @@ def commit_rule(existing: OutputHead | None, metadata: Mapping[str, str]) -> Com
 
 @dataclass
 class UploadRecorder:
-    """Records each UploadId of one file's output; ``forget`` removes them once it ended.
+    """Records each upload of one file's output; ``forget`` removes them once it ended.
 
-    Pass :meth:`record` as ``open_upload(..., on_upload_id=...)``: it is awaited before the
-    first part is sent, so a crash afterwards always leaves a record.
+    Pass :meth:`record` as ``open_upload(..., on_upload_id=...)``: it is awaited before
+    CreateMultipartUpload is sent (``None``: the upload is about to begin, the record names
+    its key) and again with the UploadId before the first part is sent, in the same
+    record. So a crash at any moment leaves a record.
     """
 
     store: Store  # the state prefix's store
@@ -126,9 +132,13 @@ class UploadRecorder:
     output: DataUri
     holder: str
     written: list[DataUri] = field(default_factory=list)
+    _beginning: DataUri | None = None  # the record of an upload whose UploadId is to come
 
-    async def record(self, upload_id: str) -> None:
-        where = self.layout.upload(self.fid, upload_id)
+    async def record(self, upload_id: str | None) -> None:
+        where = self._beginning
+        if where is None:
+            where = self.layout.upload(self.fid, f"{self.holder}/{len(self.written)}")
+        self._beginning = where if upload_id is None else None
         document = {
             "Format": STATE_FORMAT,
             "Scheme": self.output.scheme,
@@ -139,7 +149,8 @@ class UploadRecorder:
             "StartedAt": now_iso(),
         }
         await self.store.put_bytes(where.key, dumps(document))
-        self.written.append(where)
+        if where not in self.written:
+            self.written.append(where)
 
     async def forget(self) -> None:
         """Delete this file's records: its uploads were committed or aborted."""
@@ -149,6 +160,7 @@ class UploadRecorder:
             except StorageError as error:
                 log.warning("could not delete %s (%s); a later run will clean it", where, error)
         self.written.clear()
+        self._beginning = None
 
 
 async def abort_orphans(
@@ -185,7 +197,9 @@ async def abort_orphans(
         try:
             record = orjson.loads(loaded[0])
             output = DataUri(record["Scheme"], record["Bucket"], record["Key"])
-            upload_id, holder = str(record["UploadId"]), record.get("Holder")
+            upload_id, holder = record["UploadId"], record.get("Holder")
+            if upload_id is not None and not isinstance(upload_id, str):
+                raise TypeError("UploadId")
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("%s is not an upload record; deleting it", state.uri(info.key))
         else:
@@ -193,11 +207,71 @@ async def abort_orphans(
                 continue
             target = await stores.get(output)
             try:
-                await target.abort_multipart_upload(output.key, upload_id)
+                if upload_id is None:  # it was about to begin: whatever is open under the key
+                    pending = await target.open_uploads([output.key])
+                else:
+                    pending = [PendingUpload(output.key, upload_id)]
+                for upload in pending:
+                    await target.abort_multipart_upload(upload.key, upload.upload_id)
+                    log.info(
+                        "aborted the upload %s of %s left by %s", upload.upload_id, output, holder
+                    )
+                    aborted += 1
             except StorageError as error:
-                log.warning("could not abort the orphaned upload %s: %s", upload_id, error)
+                log.warning("could not abort an orphaned upload of %s: %s", output, error)
                 continue
-            log.info("aborted the upload %s of %s left by %s", upload_id, output, holder)
-            aborted += 1
         await state.delete(info.key)
     return aborted
+
+
+class LeftoverUploads:
+    """The uploads of some outputs that were open when this instance began, by output.
+
+    Found by key, so no record is needed (a run of an earlier version, a record that
+    could not be written, a stop that gave up waiting for CreateMultipartUpload). Abort
+    them only for files this instance owns: in Static mode its share, all at once; under
+    leases each file's when this instance claims it (whoever began them lost the file).
+    """
+
+    def __init__(self, stores: Stores, found: dict[DataUri, list[PendingUpload]]) -> None:
+        self.stores = stores
+        self.found = found
+
+    @classmethod
+    async def find(
+        cls, stores: Stores, prefix: DataUri, outputs: Iterable[DataUri]
+    ) -> LeftoverUploads:
+        """The open uploads of ``outputs`` (all under ``prefix``), from one listing of it.
+
+        ``outputs`` is read only when something is open under ``prefix`` (it may be a
+        generator over every file): memory follows what is open, not the file count.
+        """
+        store = await stores.get(prefix)
+        keys = (o.key for o in outputs if (o.scheme, o.bucket) == (prefix.scheme, prefix.bucket))
+        found: dict[DataUri, list[PendingUpload]] = {}
+        for upload in await store.open_uploads(keys, under=prefix.key):
+            found.setdefault(DataUri(prefix.scheme, prefix.bucket, upload.key), []).append(upload)
+        return cls(stores, found)
+
+    async def abort(self, outputs: Iterable[DataUri] | None = None) -> int:
+        """Abort the leftovers of ``outputs`` (default: all found); return how many."""
+        chosen = list(self.found) if outputs is None else list(outputs)
+        aborted = 0
+        for output in chosen:
+            uploads = self.found.pop(output, [])
+            if not uploads:
+                continue
+            target = await self.stores.get(output)
+            for upload in uploads:
+                try:
+                    await target.abort_multipart_upload(upload.key, upload.upload_id)
+                except StorageError as error:
+                    log.warning("could not abort the leftover upload of %s: %s", output, error)
+                    continue
+                log.info(
+                    "aborted the upload %s of %s, open since an earlier run",
+                    upload.upload_id,
+                    output,
+                )
+                aborted += 1
+        return aborted

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,6 +35,7 @@ from agent._jobtypes import DataUri, JobSettings
 from agent.claim import Claim
 from agent.commit import (
     CommitRule,
+    LeftoverUploads,
     UploadRecorder,
     abort_orphans,
     commit_rule,
@@ -117,6 +118,9 @@ class Coordinator:
         self._batches = 0
         self._flushing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        # Lease mode: uploads of this instance's outputs open when it began, aborted as
+        # each file is claimed (Static mode aborts its share's at once, in ``begin``).
+        self.leftovers: LeftoverUploads | None = None
 
     @classmethod
     async def open(
@@ -167,6 +171,9 @@ class Coordinator:
         if self.lease_mode:
             self.todo = [f for f in largest_first(files) if f.id not in self.final]
             log.info("%d of %d files to do, claimed by lease", len(self.todo), len(files))
+            self.leftovers = await LeftoverUploads.find(
+                self.stores, self.job.output.uri, self._outputs(self.todo)
+            )
             return
         plan = static_plan(files, self.identity.count)
         share = plan.share(self.identity.index)
@@ -185,8 +192,20 @@ class Coordinator:
             self._flusher = asyncio.create_task(self._flush_every(RECORDS_FLUSH_SECONDS))
             self.existing_outputs = await self._output_keys()
             aborted = await abort_orphans(self.stores, self.layout, [f.id for f in self.todo])
+            leftovers = await LeftoverUploads.find(
+                self.stores, self.job.output.uri, self._outputs(self.todo)
+            )
+            aborted += await leftovers.abort()
             if aborted:
                 log.info("aborted %d upload(s) left open by an earlier run", aborted)
+
+    def _outputs(self, files: list[InputFile]) -> Iterator[DataUri]:
+        """The outputs of ``files`` (those whose output name is usable), one at a time."""
+        for item in files:
+            try:
+                yield output_uri(item.relative_key, self.job.output.uri)
+            except OutputKeyError:
+                continue
 
     async def _output_keys(self) -> set[str]:
         """Every key under the output path now: one listing instead of a HEAD per file.
@@ -303,6 +322,9 @@ class Coordinator:
             output: DataUri | None = output_uri(item.relative_key, self.job.output.uri)
         except OutputKeyError:
             output = None  # the pipeline fails the file with the reason
+        if self.leftovers is not None and output is not None:
+            if taken := await self.leftovers.abort([output]):
+                log.info("%s: aborted %d upload(s) open since an earlier run", item.uri, taken)
         metadata: dict[str, str] = {}
         rule = CommitRule(if_none_match=True)
         if item.info is not None and output is not None:

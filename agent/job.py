@@ -23,7 +23,7 @@ import os
 from dataclasses import replace
 
 from agent._jobparse import parse_job
-from agent._jobschema import JobError, Problem, json_object
+from agent._jobschema import MAX_INSTANCE_COUNT, JobError, Problem, json_object
 from agent._jobtypes import (
     DEFAULT_MODEL_URL,
     MIB,
@@ -138,8 +138,13 @@ def with_overrides(
             problems.append(Problem("--state-uri", str(exc)))
     count = settings.instance_count
     if instance_count is not None:
-        if instance_count < 1:
-            problems.append(Problem("--instance-count", f"{instance_count} must be 1 or more"))
+        if not 1 <= instance_count <= MAX_INSTANCE_COUNT:
+            problems.append(
+                Problem(
+                    "--instance-count",
+                    f"{instance_count} is out of range; use 1 to {MAX_INSTANCE_COUNT}",
+                )
+            )
         count = instance_count
     if problems:
         raise JobError(problems)

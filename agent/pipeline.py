@@ -295,8 +295,13 @@ class Pipeline:
         async with upload:
             assembler = Assembler(upload.write, s.assemble_with)
             await self._transform(item, item.info, source, assembler, result, reading)
-            result.output_etag = await claim.commit(upload)
-        result.output_bytes = assembler.bytes_written
+            try:
+                result.output_etag = await claim.commit(upload)
+            finally:
+                # Also when a stop met the commit: the commit was finished and the file is
+                # recorded as completed, with its true size.
+                if claim.committed:
+                    result.output_bytes = assembler.bytes_written
 
     async def _transform(
         self,

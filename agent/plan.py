@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from agent._jobschema import MAX_INSTANCE_COUNT
 from agent.storage.inputs import InputFile
 
 
@@ -34,7 +35,9 @@ class Identity:
         return f"instance {self.index} of {self.count} (from {self.source})"
 
 
-def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int | None:
+def _int(
+    env: Mapping[str, str], name: str, minimum: int = 0, maximum: int | None = None
+) -> int | None:
     """The integer in ``env[name]``; ``None`` when unset or blank."""
     text = env.get(name, "").strip()
     if not text:
@@ -45,6 +48,8 @@ def _int(env: Mapping[str, str], name: str, minimum: int = 0) -> int | None:
         raise IdentityError(f"{name}={text!r} is not an integer") from None
     if value < minimum:
         raise IdentityError(f"{name}={value} must be {minimum} or more")
+    if maximum is not None and value > maximum:
+        raise IdentityError(f"{name}={value} is more than {maximum}, the most instances allowed")
     return value
 
 
@@ -70,7 +75,7 @@ def resolve_identity(
         source = "JOB_COMPLETION_INDEX (Kubernetes indexed Job)"
         return _checked(index, flag_count or job_count, source, job_count)
     if (index := _int(env, "AWS_BATCH_JOB_ARRAY_INDEX")) is not None:
-        size = _int(env, "AWS_BATCH_JOB_ARRAY_SIZE", minimum=1)
+        size = _int(env, "AWS_BATCH_JOB_ARRAY_SIZE", minimum=1, maximum=MAX_INSTANCE_COUNT)
         source = "AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job)"
         return _checked(index, flag_count or size or job_count, source, job_count)
     if (task := _int(env, "SLURM_ARRAY_TASK_ID")) is not None:
@@ -95,7 +100,11 @@ def _slurm(env: Mapping[str, str], task: int, flag_count: int | None, job_count:
             f"SLURM_ARRAY_TASK_ID={task} does not fit the array (first task {first}, step "
             f"{step}); for arrays with gaps (--array=1,3,7) pass --instance-index yourself"
         )
-    count = flag_count or _int(env, "SLURM_ARRAY_TASK_COUNT", minimum=1) or job_count
+    count = (
+        flag_count
+        or _int(env, "SLURM_ARRAY_TASK_COUNT", minimum=1, maximum=MAX_INSTANCE_COUNT)
+        or job_count
+    )
     source = "SLURM_ARRAY_TASK_ID (Slurm job array)"
     return _checked(offset // step, count, source, job_count)
 
@@ -103,6 +112,11 @@ def _slurm(env: Mapping[str, str], task: int, flag_count: int | None, job_count:
 def _checked(
     index: int, count: int, source: str, job_count: int, warning: str | None = None
 ) -> Identity:
+    if count > MAX_INSTANCE_COUNT:
+        raise IdentityError(
+            f"{count} instances is more than {MAX_INSTANCE_COUNT}, the most a job may have "
+            "(SageMaker's limit on TransformResources.InstanceCount)"
+        )
     if index >= count:
         raise IdentityError(
             f"instance index {index} (from {source}) is out of range for {count} instance(s), "
@@ -130,9 +144,15 @@ class Share:
 
 @dataclass(frozen=True, slots=True)
 class StaticPlan:
-    """Every instance's share of one listing snapshot."""
+    """Every instance's share of one listing snapshot, over ``count`` instances.
+
+    ``shares`` holds one entry per instance that gets files, and no more: with more
+    instances than files, the instances past the last file get nothing, and no entry is
+    made for them (``share`` answers for any index), so a plan's size follows the files.
+    """
 
     shares: tuple[Share, ...]
+    count: int
 
     @property
     def total_bytes(self) -> int:
@@ -141,11 +161,13 @@ class StaticPlan:
     @property
     def imbalance(self) -> float:
         """Expected imbalance: the largest share's bytes over the mean (1.0 is perfect)."""
-        mean = self.total_bytes / len(self.shares)
+        mean = self.total_bytes / self.count
         return max(share.bytes for share in self.shares) / mean if mean else 1.0
 
     def share(self, index: int) -> Share:
-        return self.shares[index]
+        if not 0 <= index < self.count:
+            raise IndexError(f"instance {index} is not one of the plan's {self.count}")
+        return self.shares[index] if index < len(self.shares) else Share(index, (), 0)
 
 
 def file_size(item: InputFile) -> int:
@@ -168,18 +190,21 @@ def static_plan(files: Sequence[InputFile], count: int) -> StaticPlan:
     """
     if count < 1:
         raise ValueError(f"an instance count of {count}; it must be 1 or more")
-    heap = [(0, 0, index) for index in range(count)]
-    assigned: list[list[InputFile]] = [[] for _ in range(count)]
+    # With more instances than files, the first files each go to an instance of their own,
+    # lowest index first, and the rest get none: the heap (and the plan) need only as many
+    # instances as there are files.
+    used = max(1, min(count, len(files)))
+    heap = [(0, 0, index) for index in range(used)]
+    assigned: list[list[InputFile]] = [[] for _ in range(used)]
     for item in largest_first(files):
         load, number, index = heapq.heappop(heap)
         assigned[index].append(item)
         heapq.heappush(heap, (load + file_size(item), number + 1, index))
-    return StaticPlan(
-        tuple(
-            Share(index, tuple(chosen), sum(file_size(item) for item in chosen))
-            for index, chosen in enumerate(assigned)
-        )
+    shares = tuple(
+        Share(index, tuple(chosen), sum(file_size(item) for item in chosen))
+        for index, chosen in enumerate(assigned)
     )
+    return StaticPlan(shares, count)
 
 
 def format_plan(plan: StaticPlan, *, done: frozenset[str] = frozenset()) -> list[str]:
@@ -189,7 +214,7 @@ def format_plan(plan: StaticPlan, *, done: frozenset[str] = frozenset()) -> list
     """
     total_files = sum(len(share.files) for share in plan.shares)
     lines = [
-        f"{total_files} files, {plan.total_bytes} bytes over {len(plan.shares)} instance(s); "
+        f"{total_files} files, {plan.total_bytes} bytes over {plan.count} instance(s); "
         f"expected imbalance {plan.imbalance:.3f} (largest share / mean share, by bytes)"
     ]
     for share in plan.shares:
@@ -199,4 +224,9 @@ def format_plan(plan: StaticPlan, *, done: frozenset[str] = frozenset()) -> list
         for item in share.files:
             mark = " (completed)" if str(item.uri) in done else ""
             lines.append(f"  {file_size(item):>14}  {item.uri}{mark}")
+    idle = plan.count - len(plan.shares)
+    if idle == 1:
+        lines.append(f"instance {plan.count - 1}: 0 files, 0 bytes")
+    elif idle > 1:
+        lines.append(f"instances {len(plan.shares)} to {plan.count - 1}: 0 files, 0 bytes each")
     return lines

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -25,7 +25,7 @@ GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
 PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
-TEMP_MARKER = ".bt-agent-tmp-"  # in the names of local temporary files: .<name>.bt-agent-tmp-<hex>
+TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local.TEMP_NAME_PATTERN)
 
 log = logging.getLogger("agent.storage")
 
@@ -282,7 +282,10 @@ class ChunkReader:
 # ----------------------------------------------------------------------------- uploads
 
 
-UploadIdCallback = Callable[[str], Awaitable[None]]
+# Told of an upload's id before anything is sent under it. ``None`` first when the id is
+# S3's to give: a multipart upload is about to be begun (a stop or a crash during that
+# call leaves an upload whose id nobody heard of, so the intent is recorded first).
+UploadIdCallback = Callable[[str | None], Awaitable[None]]
 
 
 class Upload(ABC):
@@ -290,7 +293,8 @@ class Upload(ABC):
 
     An async context manager: leaving it without a successful :meth:`commit` (an error,
     a cancellation, or simply forgetting) aborts the upload, so no partial object is ever
-    seen. ``upload_id`` is set once a multipart upload (or a local temporary file) exists.
+    seen. ``upload_id`` is set once a multipart upload exists (for a local upload, the
+    temporary file's path, just before the file is created).
     """
 
     def __init__(self, key: str) -> None:
@@ -378,6 +382,15 @@ class Store(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
-    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]: ...
+    async def open_uploads(
+        self, keys: Iterable[str], *, under: str | None = None
+    ) -> list[PendingUpload]:
+        """The uploads of ``keys`` begun and neither completed nor aborted, whoever began them.
+
+        ``under``, a prefix every key shares, is looked at first, once: when nothing is open
+        there, ``keys`` is not even read (it may be a generator over many files), and memory
+        follows what is open, not how many keys there are.
+        """
+        ...
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None: ...

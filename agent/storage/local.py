@@ -5,11 +5,15 @@ directories: a prefix that is an existing directory lists every file under it, a
 depth (``/data/in`` means ``/data/in/``); any other prefix lists the files whose path
 starts with it (``/data/in/part`` matches ``/data/in/part-1.csv`` and
 ``/data/in/part-2/x.csv``). Symbolic links to files are followed, links to directories
-are not descended. A file's version is ``f"{size}-{mtime_ns}"``.
+are not descended; a link that leads nowhere (dangling, or a loop) is skipped with a
+warning naming it. A file's version is ``f"{size}-{mtime_ns}"``.
 
-Outputs are written to ``.<name>.bt-agent-tmp-<hex>`` next to their final name and
-renamed into place on commit, so a reader never sees a partial file; listings skip
-these temporary files. Blocking calls run in the default thread pool.
+Outputs are written to a temporary file next to their final name and renamed into place
+on commit, so a reader never sees a partial file. The temporary name has a fixed length
+(``.bt-agent-tmp-<name hash>-<serial>``, see :data:`TEMP_NAME_PATTERN`), so it fits
+wherever the final name does, and it carries a hash of the final name, so the leftovers
+of a killed run are found by the key they were meant for (:meth:`LocalStore.open_uploads`).
+Listings skip these temporary files. Blocking calls run in the default thread pool.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import itertools
+import logging
 import os
+import re
 import secrets
 import stat
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import BinaryIO, TypeVar
 
 from agent._compat import BytesLike
@@ -41,33 +48,62 @@ from agent.storage._base import (
 _T = TypeVar("_T")
 _FLUSH_BYTES = 1 << 20  # small writes are gathered into one write call of this size
 
+log = logging.getLogger("agent.storage")
+
 
 def file_etag(info: os.stat_result) -> str:
     """A local file's version: its size and modification time in nanoseconds."""
     return f"{info.st_size}-{info.st_mtime_ns}"
 
 
-# Temporary names: random per process, then a serial (one random draw per process, not per
-# file; "xb" refuses a name that exists in any case).
+# Temporary names: ``.bt-agent-tmp-<16 hex: hash of the final name>-<tag><serial>``, 45
+# characters or so whatever the final name's length, with a tag random per process and a
+# serial (one random draw per process, not per file; "xb" refuses a name that exists in
+# any case). Before this form, temporary names were ``.<name>.bt-agent-tmp-<hex>``, which
+# did not fit next to a final name of more than ~230 bytes; those are still recognised
+# (as leftovers to clean up, and never listed as inputs).
+TEMP_PREFIX = TEMP_MARKER  # ".bt-agent-tmp-"
+# Every name the agent gives a temporary file, of this form or the earlier one: listings
+# leave these out, and only these are ever deleted as leftovers.
+TEMP_NAME_PATTERN = re.compile(
+    r"\.bt-agent-tmp-(?P<hash>[0-9a-f]{16})-[0-9a-f]+|\.(?P<name>.+)\.bt-agent-tmp-[0-9a-f]+",
+    re.DOTALL,
+)
 _TEMP_TAG = secrets.token_hex(4)
 _TEMP_SERIAL = itertools.count()
 
 
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARKER in name
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` (a file name, not a path) is one of the agent's temporary files."""
+    return TEMP_NAME_PATTERN.fullmatch(name) is not None
 
 
-def _final_name(temp_name: str) -> str:
-    """``.<name>.bt-agent-tmp-<hex>`` → ``<name>``."""
-    return temp_name[1 : temp_name.rindex(TEMP_MARKER)]
+def _name_hash(name: str) -> str:
+    """The part of a temporary name that says which final name it is for."""
+    return hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def _temp_is_for(temp_name: str, name: str) -> bool:
+    """Whether the temporary file ``temp_name`` was (or is) an upload of ``name``."""
+    found = TEMP_NAME_PATTERN.fullmatch(temp_name)
+    if found is None:
+        return False
+    if found["hash"] is not None:
+        return found["hash"] == _name_hash(name)
+    return found["name"] == name
 
 
 def _raise(error: OSError) -> None:
     raise error
 
 
-def _walk(prefix: str, exclude: Sequence[str], *, temp: bool) -> list[tuple[str, os.stat_result]]:
-    """Regular files matching ``prefix`` (see the module docstring); temp files if ``temp``."""
+def _walk(prefix: str, exclude: Sequence[str]) -> list[tuple[str, os.stat_result]]:
+    """Regular files matching ``prefix`` (see the module docstring), temporary files left out.
+
+    An entry that cannot be looked at (a dangling link, a loop of links, a link into a
+    directory this process may not enter) is skipped with a warning that names it: it
+    holds no data to transform. A directory that cannot be read fails the listing.
+    """
     if os.path.isdir(prefix):
         base = prefix.rstrip("/") or "/"
         match = base.rstrip("/") + "/"
@@ -89,19 +125,88 @@ def _walk(prefix: str, exclude: Sequence[str], *, temp: bool) -> list[tuple[str,
             and (d.startswith(match) or match.startswith(d))
         ]
         for name in filenames:
-            if _is_temp(name) != temp:
+            if is_temp_name(name):
                 continue
             path = os.path.join(dirpath, name)
-            shown = os.path.join(dirpath, _final_name(name)) if temp else path
-            if not shown.startswith(match) or not wanted(shown):
+            if not path.startswith(match) or not wanted(path):
                 continue
             try:
                 info = os.stat(path)
-            except FileNotFoundError:  # removed while we walked (or a dangling link)
+            except OSError as error:
+                _skipped(path, error)
                 continue
             if stat.S_ISREG(info.st_mode):
                 found.append((path, info))
     found.sort(key=lambda item: item[0])
+    return found
+
+
+def _skipped(path: str, error: OSError) -> None:
+    """Say why an entry of a listing is left out (nothing, if it was simply removed)."""
+    if not os.path.islink(path):
+        if isinstance(error, FileNotFoundError):
+            return  # removed while we walked
+        reason = error.strerror or str(error)
+        log.warning("skipping file://%s: it cannot be looked at (%s)", path, reason)
+        return
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    if error.errno == errno.ELOOP:
+        why = "a loop of symbolic links"
+    elif isinstance(error, FileNotFoundError):
+        why = "a dangling symbolic link"
+    else:
+        why = f"a symbolic link that cannot be followed ({error.strerror or error})"
+    log.warning("skipping file://%s: %s (it points to %s)", path, why, target)
+
+
+def _open_temps_under(under: str, keys: Iterable[str]) -> list[PendingUpload]:
+    """The temporary files anywhere below ``under`` that are uploads of ``keys``.
+
+    One walk finds the temporary files; ``keys`` is read only if there are any, and only
+    the names in directories that hold some are hashed.
+    """
+    base = os.path.normpath(under)
+    if not os.path.isdir(base):  # outputs go below a directory: none, none open either
+        return []
+    temps: dict[str, list[str]] = {}
+    for dirpath, _, filenames in os.walk(base):
+        if names := [name for name in filenames if is_temp_name(name)]:
+            temps[dirpath] = names
+    found: list[PendingUpload] = []
+    for key in keys if temps else ():
+        directory, name = os.path.split(key)
+        for temp in temps.get(directory, ()):
+            if _temp_is_for(temp, name):
+                found.append(PendingUpload(key, os.path.join(directory, temp)))
+    found.sort(key=lambda upload: (upload.key, upload.upload_id))
+    return found
+
+
+def _open_temps(keys: Iterable[str]) -> list[PendingUpload]:
+    """The temporary files in the directories of ``keys`` that are uploads of those keys."""
+    by_directory: dict[str, dict[str, str]] = {}
+    for key in keys:
+        directory, name = os.path.split(key)
+        by_directory.setdefault(directory, {})[name] = key
+    found: list[PendingUpload] = []
+    for directory, names in by_directory.items():
+        hashes = {_name_hash(name): key for name, key in names.items()}
+        try:
+            entries = os.listdir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            temp = TEMP_NAME_PATTERN.fullmatch(entry)
+            if temp is None:
+                continue
+            hashed: str | None = temp["hash"]
+            owner = hashes.get(hashed) if hashed is not None else names.get(temp["name"])
+            if owner is not None:
+                found.append(PendingUpload(owner, os.path.join(directory, entry)))
+    found.sort(key=lambda upload: (upload.key, upload.upload_id))
     return found
 
 
@@ -126,7 +231,7 @@ class LocalStore:
             raise _os_error(error, action, path) from error
 
     async def list_objects(self, prefix: str, *, exclude: Sequence[str] = ()) -> list[ObjectInfo]:
-        found = await self._run("list", prefix, lambda: _walk(prefix, exclude, temp=False))
+        found = await self._run("list", prefix, lambda: _walk(prefix, exclude))
         return [ObjectInfo(path, info.st_size, file_etag(info)) for path, info in found]
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -226,19 +331,22 @@ class LocalStore:
 
         await self._run("delete", key, remove)
 
-    async def list_multipart_uploads(self, prefix: str) -> list[PendingUpload]:
-        found = await self._run("list", prefix, lambda: _walk(prefix, (), temp=True))
-        return [
-            PendingUpload(os.path.join(os.path.dirname(path), _final_name(name)), path)
-            for path, _ in found
-            if (name := os.path.basename(path))
-        ]
+    async def open_uploads(
+        self, keys: Iterable[str], *, under: str | None = None
+    ) -> list[PendingUpload]:
+        """Temporary files left for ``keys``: one walk of ``under``, else one directory
+        listing per directory of the keys."""
+        if under is not None:
+            return await self._run("list", under, lambda: _open_temps_under(under, keys))
+        wanted = list(keys)
+        if not wanted:
+            return []
+        where = os.path.commonpath([os.path.dirname(key) for key in wanted])
+        return await self._run("list", where, lambda: _open_temps(wanted))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
-        name = os.path.basename(upload_id)
-        if os.path.dirname(upload_id) != os.path.dirname(key) or not (
-            _is_temp(name) and _final_name(name) == os.path.basename(key)
-        ):
+        directory, name = os.path.split(upload_id)
+        if directory != os.path.dirname(key) or not _temp_is_for(name, os.path.basename(key)):
             raise StorageError(f"{upload_id} is not a temporary file of file://{key}")
         await self.delete(upload_id)
 
@@ -260,7 +368,7 @@ def _open_and_read(path: str, start: int, size: int) -> tuple[BinaryIO, bytes, s
 
 
 class LocalUpload(Upload):
-    """Writes ``.<name>.bt-agent-tmp-<hex>`` next to ``key``; commit renames it into place.
+    """Writes a temporary file next to ``key``; commit renames it into place.
 
     Like a small S3 output (one PutObject, no UploadId), an output that never reaches
     ``_FLUSH_BYTES`` stays in memory until ``commit``, which creates, writes and renames
@@ -291,21 +399,23 @@ class LocalUpload(Upload):
     def _temp_name(self) -> str:
         directory, name = os.path.split(self.key)
         serial = f"{_TEMP_TAG}{next(_TEMP_SERIAL):x}"
-        return os.path.join(directory, f".{name}{TEMP_MARKER}{serial}")
+        return os.path.join(directory, f"{TEMP_PREFIX}{_name_hash(name)}-{serial}")
 
     async def _open(self) -> BinaryIO:
         if self._file is None:
             directory = os.path.dirname(self.key)
             temp = self._temp_name()
+            # Recorded before the file exists: a stop or a crash at any point after leaves
+            # the name to clean up from (``abort`` deletes it if it came to exist).
+            self.upload_id = temp
+            if self._on_upload_id is not None:
+                await self._on_upload_id(temp)
 
             def create() -> None:
                 os.makedirs(directory, exist_ok=True)
                 self._file = open(temp, "xb", buffering=0)
 
             await self._thread(create, "create")
-            self.upload_id = temp
-            if self._on_upload_id is not None:
-                await self._on_upload_id(temp)
         assert self._file is not None
         return self._file
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+import os
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -307,6 +308,25 @@ class S3Store:
             params.update(
                 KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"]
             )
+
+    async def open_uploads(
+        self, keys: Iterable[str], *, under: str | None = None
+    ) -> list[PendingUpload]:
+        """The open multipart uploads of ``keys``, from one listing (one request per thousand
+        uploads open there): of ``under``, else of the keys' common prefix."""
+        if under is None:
+            wanted = set(keys)
+            if not wanted:
+                return []
+            prefix = os.path.commonprefix(list(wanted))
+            return [u for u in await self.list_multipart_uploads(prefix) if u.key in wanted]
+        by_key: dict[str, list[PendingUpload]] = {}
+        for upload in await self.list_multipart_uploads(under):
+            by_key.setdefault(upload.key, []).append(upload)
+        chosen: list[PendingUpload] = []
+        for key in keys if by_key else ():
+            chosen += by_key.pop(key, [])
+        return chosen
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         try:

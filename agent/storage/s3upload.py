@@ -2,13 +2,16 @@
 
 Nothing is visible under the key before ``commit``: a multipart upload is completed only
 then, and aborted on any failure (see :class:`~agent.storage.Upload`). The part size
-follows :func:`~agent.storage.part_size`; ``on_upload_id`` hears of the UploadId before
-the first part is sent, so a crash leaves a record to clean up from.
+follows :func:`~agent.storage.part_size`; ``on_upload_id`` hears of the upload before
+CreateMultipartUpload is sent (``None``) and of its UploadId before the first part is, so
+a crash at any moment leaves a record to clean up from. A stop during
+CreateMultipartUpload waits for its answer, so the upload it made is aborted too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 from typing import TYPE_CHECKING, Any
@@ -88,16 +91,7 @@ class S3Upload(Upload):
     async def _ship(self) -> None:
         """Start uploading the buffer as the next part (waiting for a free slot)."""
         if self.upload_id is None:
-            created = await self.store.call(
-                f"starting the upload of {self.uri}",
-                self.store.client.create_multipart_upload,
-                Bucket=self.store.bucket,
-                Key=self.key,
-                **self._extra,
-            )
-            self.upload_id = str(created["UploadId"])
-            if self._on_upload_id is not None:
-                await self._on_upload_id(self.upload_id)
+            await self._create()
         number = self._next_part
         if number > MAX_PARTS:
             raise StorageError(f"{self.uri} needs more than {MAX_PARTS} parts; it is too large")
@@ -108,6 +102,33 @@ class S3Upload(Upload):
         task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
         self._tasks.add(task)
         task.add_done_callback(self._part_done)
+
+    async def _create(self) -> None:
+        """CreateMultipartUpload, its intent recorded first and its UploadId learnt even
+        when a stop comes during the call (leaving the upload's context then aborts it)."""
+        if self._on_upload_id is not None:
+            await self._on_upload_id(None)
+        creating = asyncio.ensure_future(
+            self.store.call(
+                f"starting the upload of {self.uri}",
+                self.store.client.create_multipart_upload,
+                Bucket=self.store.bucket,
+                Key=self.key,
+                **self._extra,
+            )
+        )
+        try:
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # S3 may have begun the upload already: wait for its answer, so that the
+            # upload is aborted on the way out. A second stop gives up waiting; the
+            # upload is then found by its key when the file is next worked on.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                self.upload_id = str((await asyncio.shield(creating))["UploadId"])
+            raise
+        self.upload_id = str(created["UploadId"])
+        if self._on_upload_id is not None:
+            await self._on_upload_id(self.upload_id)
 
     def _part_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

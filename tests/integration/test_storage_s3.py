@@ -286,9 +286,9 @@ async def test_multipart_upload_is_byte_exact(
     s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str
 ) -> None:
     data = os.urandom(20 * MIB + 4321)
-    upload_ids: list[str] = []
+    upload_ids: list[str | None] = []
 
-    async def record(upload_id: str) -> None:
+    async def record(upload_id: str | None) -> None:
         upload_ids.append(upload_id)
 
     settings = StorageSettings(part_size_bytes=5 * MIB, max_parts_in_flight=2)
@@ -301,7 +301,8 @@ async def test_multipart_upload_is_byte_exact(
                 await upload.write(view[:size])
                 view = view[size:]
             etag = await upload.commit()
-        assert upload_ids == [upload.upload_id] and upload.bytes_written == len(data)
+        # None: told before CreateMultipartUpload, then of its UploadId
+        assert upload_ids == [None, upload.upload_id] and upload.bytes_written == len(data)
         assert await store.list_multipart_uploads("out/") == []
     assert etag.endswith('-5"')  # four 5 MiB parts and the rest
     got = await get(s3_server, bucket, "out/big.out")

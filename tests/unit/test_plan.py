@@ -206,7 +206,7 @@ def test_ties_are_broken_by_key_and_empty_files_spread() -> None:
 
 def test_more_instances_than_files() -> None:
     plan = static_plan([item("only", 10), item("missing", None)], 3)
-    assert [len(s.files) for s in plan.shares] == [1, 1, 0]
+    assert [len(plan.share(index).files) for index in range(3)] == [1, 1, 0]
     assert plan.imbalance == pytest.approx(10 / (10 / 3))
     with pytest.raises(ValueError, match="1 or more"):
         static_plan([], 0)

@@ -356,7 +356,7 @@ async def test_leftover_temp_files_are_listed_and_aborted(tmp_path: Path) -> Non
     store = LocalStore(SMALL)
     leftover = write(tmp_path / "out" / "a" / ".x.csv.out.bt-agent-tmp-00aa11bb22cc")
     write(tmp_path / "out" / "a" / "y.csv.out")
-    (pending,) = await store.list_multipart_uploads(str(tmp_path / "out"))
+    (pending,) = await store.open_uploads([str(tmp_path / "out/a/x.csv.out")])
     assert (pending.key, pending.upload_id) == (str(tmp_path / "out/a/x.csv.out"), str(leftover))
     with pytest.raises(StorageError, match="is not a temporary file of"):
         await store.abort_multipart_upload(str(tmp_path / "out/a/x.csv.out"), str(tmp_path))
