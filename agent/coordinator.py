@@ -28,6 +28,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,7 +69,13 @@ from agent.state import (
 )
 from agent.storage import Stores, list_inputs
 from agent.storage._base import StorageError, Store
-from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+from agent.storage.inputs import (
+    InputFile,
+    ListingSource,
+    OutputKeyError,
+    output_collisions,
+    output_uri,
+)
 
 log = logging.getLogger("agent.coordinate")
 
@@ -138,13 +145,27 @@ class Coordinator:
         if job.agent.coordination == "Lease":
             await check_conditional_writes(state, layout)
 
-        async def inputs() -> list[InputFile]:
-            exclude = (job.output.uri, job.state_uri)
-            return await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)
+        output = job.output.uri
+        source = await ListingSource.of(
+            stores, job.input.data_type, job.input.uri, output, job.state_uri
+        )
 
-        listing, created = await open_listing(state, layout, job.transform_job_name, inputs)
-        how = "took" if created else "joined"
-        log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
+        async def inputs() -> list[InputFile]:
+            return await list_inputs(
+                stores,
+                job.input.data_type,
+                job.input.uri,
+                exclude=(output, job.state_uri),
+                manifest_etag=source.manifest_etag,
+            )
+
+        listing, created = await open_listing(state, layout, job.transform_job_name, inputs, source)
+        if not listing.files:
+            log.info("the listing found no inputs: no run was taken, nothing was stored")
+        else:
+            how = "took" if created else "joined"
+            log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
+        listing = with_collisions(listing, output)
         settings = lease_settings or LeaseSettings()
         return cls(stores, job, identity, state, listing, lease_settings=settings, force=force)
 
@@ -305,7 +326,7 @@ class Coordinator:
             output = None  # the pipeline fails the file with the reason
         metadata: dict[str, str] = {}
         rule = CommitRule(if_none_match=True)
-        if item.info is not None and output is not None:
+        if item.info is not None and output is not None and item.problem is None:
             metadata = output_metadata(
                 item.info.etag, self.settings_hash, self.job.transform_job_name
             )
@@ -408,7 +429,17 @@ class Coordinator:
         """
         await self.flush_records()
         records = await self.records.refresh()
-        listing = await read_listing(self.state, self.layout) or self.listing
+        stored = await read_listing(self.state, self.layout)
+        listing = self.listing
+        if stored is not None and stored.run_id == listing.run_id:
+            listing = with_collisions(stored, self.job.output.uri)
+        elif stored is not None:
+            log.warning(
+                "the run %s was replaced by run %s (a start listed another source with the "
+                "same state prefix); this instance's summary covers its own run",
+                listing.run_id,
+                stored.run_id,
+            )
         summary, final = build_summary(
             self.job.transform_job_name,
             listing,
@@ -444,3 +475,24 @@ class Coordinator:
             await asyncio.shield(self.flush_records())
         except StorageError as error:
             log.warning("completion records not written: %s", error)
+
+
+def with_collisions(listing: Listing, output: DataUri) -> Listing:
+    """``listing`` with each input whose output name is an earlier input's marked to fail.
+
+    The same on every instance (it depends on the listing and the output path only), so
+    nothing of it is stored.
+    """
+    refused = output_collisions(listing.files, output)
+    if not refused:
+        return listing
+    log.warning(
+        "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
+        len(refused),
+        next(iter(refused.values())),
+    )
+    files = tuple(
+        replace(item, problem=refused[item.id]) if item.id in refused else item
+        for item in listing.files
+    )
+    return replace(listing, files=files)
