@@ -137,10 +137,10 @@ async def write_records(
     """
     batch = list(records)
     common: dict[str, Any] = {}
-    for name in _BATCH_COMMON:
-        values = {getattr(record, name) for record in batch}
+    for shared in _BATCH_COMMON:
+        values = {getattr(record, shared) for record in batch}
         if len(values) == 1:
-            common[name] = values.pop()
+            common[shared] = values.pop()
     entries = [record.compact(common) for record in batch]
     document = {"Format": STATE_FORMAT, "Common": common, "Batch": entries}
     data = dumps(document, compact=True)
