@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,8 @@ from agent.storage._base import InputError, ObjectInfo, StorageError
 
 if TYPE_CHECKING:
     from agent.storage import Stores
+
+log = logging.getLogger("agent.inputs")
 
 MAX_LISTED_PROBLEMS = 10
 
@@ -347,6 +350,7 @@ async def _manifest_inputs(
     del found
     keys = _entry_keys(prefix, entries, where)
     objects = await stores.get(prefix)
+    log.info("looking up the %d entries of the manifest %s under %s", len(entries), where, prefix)
     files: list[InputFile | None] = [None] * len(entries)
     todo = iter(range(len(entries)))
 
