@@ -432,7 +432,7 @@ class Coordinator:
         stored = await read_listing(self.state, self.layout)
         listing = self.listing
         if stored is not None and stored.run_id == listing.run_id:
-            listing = with_collisions(stored, self.job.output.uri)
+            listing = with_collisions(stored, self.job.output.uri, quiet=True)
         elif stored is not None:
             log.warning(
                 "the run %s was replaced by run %s (a start listed another source with the "
@@ -477,7 +477,7 @@ class Coordinator:
             log.warning("completion records not written: %s", error)
 
 
-def with_collisions(listing: Listing, output: DataUri) -> Listing:
+def with_collisions(listing: Listing, output: DataUri, *, quiet: bool = False) -> Listing:
     """``listing`` with each input whose output name is an earlier input's marked to fail.
 
     The same on every instance (it depends on the listing and the output path only), so
@@ -486,11 +486,12 @@ def with_collisions(listing: Listing, output: DataUri) -> Listing:
     refused = output_collisions(listing.files, output)
     if not refused:
         return listing
-    log.warning(
-        "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
-        len(refused),
-        next(iter(refused.values())),
-    )
+    if not quiet:
+        log.warning(
+            "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
+            len(refused),
+            next(iter(refused.values())),
+        )
     files = tuple(
         replace(item, problem=refused[item.id]) if item.id in refused else item
         for item in listing.files
