@@ -64,7 +64,6 @@ from agent.state import (
     StateLayout,
     now_iso,
     open_listing,
-    read_listing,
     write_summary,
 )
 from agent.storage import Stores, list_inputs
@@ -429,16 +428,16 @@ class Coordinator:
         """
         await self.flush_records()
         records = await self.records.refresh()
-        stored = await read_listing(self.state, self.layout)
+        # The stored snapshot is this run's while its ETag is the one read or written at
+        # the start (one HEAD, not a second copy of a listing of any size in memory).
         listing = self.listing
-        if stored is not None and stored.run_id == listing.run_id:
-            listing = with_collisions(stored, self.job.output.uri, quiet=True)
-        elif stored is not None:
+        stored = await self.state.head(self.layout.listing.key)
+        if stored is not None and listing.etag is not None and stored.etag != listing.etag:
             log.warning(
-                "the run %s was replaced by run %s (a start listed another source with the "
-                "same state prefix); this instance's summary covers its own run",
+                "the run %s was replaced by another snapshot (a start that listed another "
+                "source with the same state prefix); this summary covers the run %s only",
                 listing.run_id,
-                stored.run_id,
+                listing.run_id,
             )
         summary, final = build_summary(
             self.job.transform_job_name,
