@@ -128,8 +128,8 @@ async def write_record(store: Store, layout: StateLayout, record: FileRecord) ->
 
 async def write_records(
     store: Store, layout: StateLayout, name: str, records: Iterable[FileRecord]
-) -> None:
-    """Write many files' records as one object ``done/batch-<name>.json``.
+) -> tuple[str, str]:
+    """Write many files' records as one object ``done/batch-<name>.json``; its key and ETag.
 
     Compact: the fields every record of the batch shares (settings hash, run, instance)
     are written once under ``Common``, and each record keeps only its other fields that
@@ -144,7 +144,8 @@ async def write_records(
     entries = [record.compact(common) for record in batch]
     document = {"Format": STATE_FORMAT, "Common": common, "Batch": entries}
     data = dumps(document, compact=True)
-    await store.put_bytes(layout.done(f"{BATCH_PREFIX}{name}").key, data)
+    key = layout.done(f"{BATCH_PREFIX}{name}").key
+    return key, await store.put_bytes(key, data)
 
 
 BATCH_PREFIX = "batch-"
@@ -171,6 +172,11 @@ class RecordCache:
         self.store = store
         self.layout = layout
         self._objects: dict[str, tuple[str, _Entries]] = {}  # key -> (ETag, its records)
+
+    def remember(self, key: str, etag: str, entries: _Entries) -> None:
+        """Records this process just wrote as object ``key``: not read back at the next
+        ``refresh`` while its ETag stays ``etag`` (no second copy of every record)."""
+        self._objects[key] = (etag, entries)
 
     @property
     def records(self) -> dict[str, FileRecord]:

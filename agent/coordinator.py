@@ -119,7 +119,7 @@ class Coordinator:
         self.existing_outputs: set[str] | None = None
         # Static mode: records not yet written, written as one object every
         # RECORDS_PER_BATCH files or RECORDS_FLUSH_SECONDS.
-        self._pending: list[FileRecord] = []
+        self._pending: list[tuple[str, FileRecord]] = []  # (file id, record)
         self._batches = 0
         self._flushing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -383,7 +383,7 @@ class Coordinator:
         if self.lease_mode:  # another instance may look for this one record at any time
             await write_record(self.state, self.layout, record)
             return
-        self._pending.append(record)
+        self._pending.append((item.id, record))
         if len(self._pending) >= RECORDS_PER_BATCH:
             await self.flush_records()
 
@@ -400,10 +400,13 @@ class Coordinator:
             self._batches += 1
             name = f"{self.holder.token}-{self._batches:06d}"
             try:
-                await write_records(self.state, self.layout, name, batch)
+                key, etag = await write_records(
+                    self.state, self.layout, name, [record for _, record in batch]
+                )
             except BaseException:
                 self._pending[:0] = batch  # tried again at the next flush
                 raise
+            self.records.remember(key, etag, batch)
 
     async def _flush_every(self, seconds: float) -> None:
         while True:
