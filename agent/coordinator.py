@@ -437,9 +437,8 @@ class Coordinator:
         stored = await self.state.head(self.layout.listing.key)
         if stored is not None and listing.etag is not None and stored.etag != listing.etag:
             log.warning(
-                "the run %s was replaced by another snapshot (a start that listed another "
-                "source with the same state prefix); this summary covers the run %s only",
-                listing.run_id,
+                "the run %s was replaced by another listing snapshot (a start that listed "
+                "another source with the same state prefix); this summary covers it alone",
                 listing.run_id,
             )
         summary, final = build_summary(
@@ -479,7 +478,7 @@ class Coordinator:
             log.warning("completion records not written: %s", error)
 
 
-def with_collisions(listing: Listing, output: DataUri, *, quiet: bool = False) -> Listing:
+def with_collisions(listing: Listing, output: DataUri) -> Listing:
     """``listing`` with each input whose output name is an earlier input's marked to fail.
 
     The same on every instance (it depends on the listing and the output path only), so
@@ -488,12 +487,11 @@ def with_collisions(listing: Listing, output: DataUri, *, quiet: bool = False) -
     refused = output_collisions(listing.files, output)
     if not refused:
         return listing
-    if not quiet:
-        log.warning(
-            "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
-            len(refused),
-            next(iter(refused.values())),
-        )
+    log.warning(
+        "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
+        len(refused),
+        next(iter(refused.values())),
+    )
     files = tuple(
         replace(item, problem=refused[item.id]) if item.id in refused else item
         for item in listing.files
