@@ -24,6 +24,10 @@ from agent.storage.inputs import InputFile
 _T = TypeVar("_T")
 
 
+class OutputTaken(Exception):
+    """A conditional commit refused without a lease: the file fails (no other instance owns it)."""
+
+
 class Claim:
     """One file this instance may work on now; ``async with`` it while doing so."""
 
@@ -76,6 +80,14 @@ class Claim:
             self.committed = True
             raise
         except PreconditionFailed as error:
+            if self.lease is None:
+                # Static mode: no other instance writes this file's output, so someone
+                # else wrote it meanwhile: a failure of this file, never "Lost".
+                raise OutputTaken(
+                    f"{self.item.uri}: not committed ({self.rule} was refused): {self.output} "
+                    "was written by something other than this job meanwhile; find what "
+                    "writes there, then run the job again"
+                ) from error
             if self.lease is not None:
                 self.lease.lose("another instance committed the output first")
             self.lost.set()

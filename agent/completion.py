@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from agent._jobtypes import DataUri
@@ -79,11 +79,22 @@ class FileRecord:
         except TypeError as error:
             raise StateError(f"{where} is not a completion record ({error})") from None
 
-    def summary_entry(self) -> dict[str, Any]:
+    def summary_entry(self, run_id: str | None = None) -> dict[str, Any]:
+        """The file's entry in ``summary.json``: what differs from the defaults (no zero
+        counts), without the settings hash, and without ``RunId`` when it is ``run_id``."""
+        entry = self.compact(("SettingsHash", "FinishedAt"))
+        if run_id is not None and entry.get("RunId") == run_id:
+            del entry["RunId"]
+        return entry
+
+    def compact(self, leave_out: Iterable[str] = ()) -> dict[str, Any]:
+        """The fields whose values differ from the defaults (``FileRecord(**it)`` restores
+        the record), less ``leave_out``."""
+        skip = set(leave_out)
         return {
             name: value
-            for name in _RECORD_FIELDS
-            if name != "SettingsHash" and (value := getattr(self, name)) is not None
+            for name, default in _RECORD_DEFAULTS
+            if name not in skip and (value := getattr(self, name)) != default
         }
 
     def final_for(self, item: InputFile, settings_hash: str | None, run_id: str) -> bool:
@@ -94,12 +105,20 @@ class FileRecord:
         that failed it, so a rerun tries the file again.
         """
         if self.Status == COMPLETED:
-            same_input = item.info is not None and self.InputETag == item.info.etag
+            same_input = (
+                item.info is not None and item.problem is None and self.InputETag == item.info.etag
+            )
             return same_input and settings_hash in (None, self.SettingsHash)
         return self.Status == FAILED and self.RunId == run_id
 
 
 _RECORD_FIELDS = tuple(field.name for field in fields(FileRecord))
+_NO_DEFAULT = object()  # never equal to a value: required fields are always kept
+_RECORD_DEFAULTS = tuple(
+    (field.name, _NO_DEFAULT if field.default is MISSING else field.default)
+    for field in fields(FileRecord)
+)
+_BATCH_COMMON = ("SettingsHash", "RunId", "Instance")  # once per batch when all agree
 
 
 async def write_record(store: Store, layout: StateLayout, record: FileRecord) -> None:
@@ -109,11 +128,24 @@ async def write_record(store: Store, layout: StateLayout, record: FileRecord) ->
 
 async def write_records(
     store: Store, layout: StateLayout, name: str, records: Iterable[FileRecord]
-) -> None:
-    """Write many files' records as one object ``done/batch-<name>.json``."""
-    entries = [record.as_dict() for record in records]
-    document = {"Format": STATE_FORMAT, "Batch": entries}
-    await store.put_bytes(layout.done(f"{BATCH_PREFIX}{name}").key, dumps(document))
+) -> tuple[str, str]:
+    """Write many files' records as one object ``done/batch-<name>.json``; its key and ETag.
+
+    Compact: the fields every record of the batch shares (settings hash, run, instance)
+    are written once under ``Common``, and each record keeps only its other fields that
+    differ from the defaults.
+    """
+    batch = list(records)
+    common: dict[str, Any] = {}
+    for shared in _BATCH_COMMON:
+        values = {getattr(record, shared) for record in batch}
+        if len(values) == 1:
+            common[shared] = values.pop()
+    entries = [record.compact(common) for record in batch]
+    document = {"Format": STATE_FORMAT, "Common": common, "Batch": entries}
+    data = dumps(document, compact=True)
+    key = layout.done(f"{BATCH_PREFIX}{name}").key
+    return key, await store.put_bytes(key, data)
 
 
 BATCH_PREFIX = "batch-"
@@ -126,7 +158,8 @@ def _parse(key: str, data: bytes, where: DataUri) -> _Entries:
         return [(stem, FileRecord.from_json(data, where))]
     document = loads(data, where)
     try:
-        records = [FileRecord(**entry) for entry in document["Batch"]]
+        common = document.get("Common", {})
+        records = [FileRecord(**common, **entry) for entry in document["Batch"]]
     except (KeyError, TypeError) as error:
         raise StateError(f"{where} is not a batch of completion records ({error})") from None
     return [(file_id(record.Input), record) for record in records]
@@ -139,6 +172,11 @@ class RecordCache:
         self.store = store
         self.layout = layout
         self._objects: dict[str, tuple[str, _Entries]] = {}  # key -> (ETag, its records)
+
+    def remember(self, key: str, etag: str, entries: _Entries) -> None:
+        """Records this process just wrote as object ``key``: not read back at the next
+        ``refresh`` while its ETag stays ``etag`` (no second copy of every record)."""
+        self._objects[key] = (etag, entries)
 
     @property
     def records(self) -> dict[str, FileRecord]:
@@ -243,7 +281,7 @@ def build_summary(
         record = records.get(item.id)
         if record is not None and record.final_for(item, settings_hash, listing.run_id):
             finals.append(record)
-            entries.append(record.summary_entry())
+            entries.append(record.summary_entry(listing.run_id))
         else:
             entries.append({"Input": str(item.uri), "Status": IN_PROGRESS})
     failed = [r for r in finals if r.Status == FAILED]

@@ -28,6 +28,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -64,12 +65,17 @@ from agent.state import (
     StateLayout,
     now_iso,
     open_listing,
-    read_listing,
     write_summary,
 )
 from agent.storage import Stores, list_inputs
 from agent.storage._base import StorageError, Store
-from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+from agent.storage.inputs import (
+    InputFile,
+    ListingSource,
+    OutputKeyError,
+    output_collisions,
+    output_uri,
+)
 
 log = logging.getLogger("agent.coordinate")
 
@@ -114,7 +120,7 @@ class Coordinator:
         self.existing_outputs: set[str] | None = None
         # Static mode: records not yet written, written as one object every
         # RECORDS_PER_BATCH files or RECORDS_FLUSH_SECONDS.
-        self._pending: list[FileRecord] = []
+        self._pending: list[tuple[str, FileRecord]] = []  # (file id, record)
         self._batches = 0
         self._flushing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -142,13 +148,27 @@ class Coordinator:
         if job.agent.coordination == "Lease":
             await check_conditional_writes(state, layout)
 
-        async def inputs() -> list[InputFile]:
-            exclude = (job.output.uri, job.state_uri)
-            return await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)
+        output = job.output.uri
+        source = await ListingSource.of(
+            stores, job.input.data_type, job.input.uri, output, job.state_uri
+        )
 
-        listing, created = await open_listing(state, layout, job.transform_job_name, inputs)
-        how = "took" if created else "joined"
-        log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
+        async def inputs() -> list[InputFile]:
+            return await list_inputs(
+                stores,
+                job.input.data_type,
+                job.input.uri,
+                exclude=(output, job.state_uri),
+                manifest_etag=source.manifest_etag,
+            )
+
+        listing, created = await open_listing(state, layout, job.transform_job_name, inputs, source)
+        if not listing.files:
+            log.info("the listing found no inputs: no run was taken, nothing was stored")
+        else:
+            how = "took" if created else "joined"
+            log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
+        listing = with_collisions(listing, output)
         settings = lease_settings or LeaseSettings()
         return cls(stores, job, identity, state, listing, lease_settings=settings, force=force)
 
@@ -327,7 +347,7 @@ class Coordinator:
                 log.info("%s: aborted %d upload(s) open since an earlier run", item.uri, taken)
         metadata: dict[str, str] = {}
         rule = CommitRule(if_none_match=True)
-        if item.info is not None and output is not None:
+        if item.info is not None and output is not None and item.problem is None:
             metadata = output_metadata(
                 item.info.etag, self.settings_hash, self.job.transform_job_name
             )
@@ -385,7 +405,7 @@ class Coordinator:
         if self.lease_mode:  # another instance may look for this one record at any time
             await write_record(self.state, self.layout, record)
             return
-        self._pending.append(record)
+        self._pending.append((item.id, record))
         if len(self._pending) >= RECORDS_PER_BATCH:
             await self.flush_records()
 
@@ -402,10 +422,13 @@ class Coordinator:
             self._batches += 1
             name = f"{self.holder.token}-{self._batches:06d}"
             try:
-                await write_records(self.state, self.layout, name, batch)
+                key, etag = await write_records(
+                    self.state, self.layout, name, [record for _, record in batch]
+                )
             except BaseException:
                 self._pending[:0] = batch  # tried again at the next flush
                 raise
+            self.records.remember(key, etag, batch)
 
     async def _flush_every(self, seconds: float) -> None:
         while True:
@@ -430,7 +453,16 @@ class Coordinator:
         """
         await self.flush_records()
         records = await self.records.refresh()
-        listing = await read_listing(self.state, self.layout) or self.listing
+        # The stored snapshot is this run's while its ETag is the one read or written at
+        # the start (one HEAD, not a second copy of a listing of any size in memory).
+        listing = self.listing
+        stored = await self.state.head(self.layout.listing.key)
+        if stored is not None and listing.etag is not None and stored.etag != listing.etag:
+            log.warning(
+                "the run %s was replaced by another listing snapshot (a start that listed "
+                "another source with the same state prefix); this summary covers it alone",
+                listing.run_id,
+            )
         summary, final = build_summary(
             self.job.transform_job_name,
             listing,
@@ -466,3 +498,24 @@ class Coordinator:
             await asyncio.shield(self.flush_records())
         except StorageError as error:
             log.warning("completion records not written: %s", error)
+
+
+def with_collisions(listing: Listing, output: DataUri) -> Listing:
+    """``listing`` with each input whose output name is an earlier input's marked to fail.
+
+    The same on every instance (it depends on the listing and the output path only), so
+    nothing of it is stored.
+    """
+    refused = output_collisions(listing.files, output)
+    if not refused:
+        return listing
+    log.warning(
+        "%d input(s) would write the output of an earlier input and fail instead, e.g. %s",
+        len(refused),
+        next(iter(refused.values())),
+    )
+    files = tuple(
+        replace(item, problem=refused[item.id]) if item.id in refused else item
+        for item in listing.files
+    )
+    return replace(listing, files=files)

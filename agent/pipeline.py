@@ -268,6 +268,8 @@ class Pipeline:
 
     async def _transform_file(self, claim: Claim, result: FileResult, reading: _Place) -> None:
         item, out = claim.item, claim.output
+        if item.problem is not None:  # refused when the listing was taken
+            raise FileFailed(item.problem)
         if item.info is None:
             raise FileFailed(item.missing_message())
         if out is None:  # the coordinator found the output name unusable: say why

@@ -31,6 +31,7 @@ from agent.state import (
 )
 from agent.storage import Stores, list_inputs, open_stores
 from agent.storage._base import InputError, StorageError
+from agent.storage.inputs import ListingSource
 
 log = logging.getLogger("agent.status")
 
@@ -41,8 +42,11 @@ async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | N
     """The unfinished run's snapshot (``True``), else a fresh listing not stored (``False``)."""
     state = await stores.get(job.state_uri)
     layout = StateLayout(job.state_uri)
+    source = await ListingSource.of(
+        stores, job.input.data_type, job.input.uri, job.output.uri, job.state_uri
+    )
     listing = await read_listing(state, layout)
-    if listing is not None:
+    if listing is not None and listing.fingerprint == source.fingerprint:
         summary = await read_summary(state, layout)
         if summary is None or summary.get("RunId") != listing.run_id:
             return listing, True

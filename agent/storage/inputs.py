@@ -2,19 +2,23 @@
 
 ``list_inputs`` turns an ``S3Prefix`` or a ``ManifestFile`` into :class:`InputFile`
 records: the object's location, its listed version, and the relative key that names its
-output. ``output_uri`` is the pure naming rule, ``relative_key`` and ``exclusions`` the
-pieces of the listing rule, so the runner and the tests share one definition.
+output. ``output_uri`` is the pure naming rule, ``relative_key``, ``exclusions`` and
+``is_agent_output`` the pieces of the listing rule, so the runner and the tests share one
+definition. :class:`ListingSource` says what a listing is a listing of (its fingerprint is
+stored with the snapshot), and ``output_collisions`` finds inputs whose outputs would share
+one name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -24,7 +28,17 @@ from agent.storage._base import InputError, ObjectInfo, StorageError
 if TYPE_CHECKING:
     from agent.storage import Stores
 
+log = logging.getLogger("agent.inputs")
+
 MAX_LISTED_PROBLEMS = 10
+
+# What the agent itself writes under the output path, by name ending: these are never
+# inputs, whatever the prefixes. Add the suffix of any new per-file output here.
+OUTPUT_SUFFIXES: tuple[str, ...] = (".out",)
+STATE_DIRECTORY = "_bt-agent"  # <S3OutputPath>/_bt-agent/: the default state roots of all jobs
+# Bumped whenever the rule above (what is excluded, how keys are resolved) changes, so a
+# snapshot taken under another rule is never joined.
+LISTING_RULE = 2
 
 
 def file_id(uri: DataUri | str) -> str:
@@ -44,6 +58,8 @@ class InputFile:
     relative_key: str  # the output is <S3OutputPath>/<relative_key>.out
     info: ObjectInfo | None
     manifest_index: int | None = None  # the entry's index in the manifest's JSON array
+    # Why this file fails without being read (its output name is another input's), or None.
+    problem: str | None = None
     id: str = field(init=False, repr=False, compare=False)  # file_id(uri), computed once
 
     def __post_init__(self) -> None:
@@ -52,6 +68,10 @@ class InputFile:
     @property
     def missing(self) -> bool:
         return self.info is None
+
+    def where(self) -> str:
+        """``" (manifest element N)"`` for a manifest entry, else nothing."""
+        return "" if self.manifest_index is None else f" (manifest element {self.manifest_index})"
 
     def missing_message(self) -> str:
         """Why a missing manifest entry failed, as users should see it."""
@@ -110,19 +130,119 @@ def output_uri(relative: str, output: DataUri) -> DataUri:
     return DataUri("file", "", path)
 
 
-def exclusions(inputs: DataUri, others: Sequence[DataUri]) -> tuple[str, ...]:
-    """Key prefixes of ``others`` (output path, state prefix) in the same bucket, with one ``/``.
+def _directory(uri: DataUri) -> str | None:
+    base = uri.key.rstrip("/")
+    return base + "/" if base else None
 
-    Excluding them is harmless when they do not overlap the inputs, and required when they
-    do: ``s3://b/data`` would otherwise list ``s3://b/data-out/x.csv.out`` as an input.
+
+def exclusions(inputs: DataUri, others: Sequence[DataUri]) -> tuple[str, ...]:
+    """Key prefixes of ``others`` (state prefixes) in the same bucket, with one ``/``.
+
+    Everything under them is the agent's own: excluding them is harmless when they do not
+    overlap the inputs, and required when they do.
     """
     found: list[str] = []
     for other in others:
         if (other.scheme, other.bucket) == (inputs.scheme, inputs.bucket):
-            base = other.key.rstrip("/")
-            if base:
-                found.append(base + "/")
+            directory = _directory(other)
+            if directory is not None:
+                found.append(directory)
     return tuple(found)
+
+
+def is_agent_output(key: str, output: DataUri) -> bool:
+    """Whether ``key`` (in ``output``'s bucket) may be something the agent wrote there.
+
+    Only that is left out of an ``S3Prefix`` listing, not the whole output path: an output
+    path *above* the input prefix (input ``s3://b/proj/in/``, output ``s3://b/proj/``) must
+    not hide the inputs, and one under it must not list the outputs of an earlier run.
+    """
+    directory = _directory(output)
+    under = directory is None or key.startswith(directory)
+    return under and key.endswith(OUTPUT_SUFFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingSource:
+    """Everything that decides what a listing holds; ``fingerprint`` names it.
+
+    A snapshot is joined only by a start whose source has the same fingerprint: another
+    ``S3Uri``, data type, output path, state prefix, listing rule or (for a manifest)
+    another version of the manifest object means another listing.
+    """
+
+    data_type: str
+    input: DataUri
+    output: DataUri
+    state: DataUri
+    manifest_etag: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The source as stored in ``listing.json`` (``Source``), for people and for logs."""
+        described: dict[str, Any] = {
+            "DataType": self.data_type,
+            "S3Uri": str(self.input),
+            "S3OutputPath": str(self.output),
+            "StateUri": str(self.state),
+            "OutputSuffixes": list(OUTPUT_SUFFIXES),
+            "ListingRule": LISTING_RULE,
+        }
+        if self.manifest_etag is not None:
+            described["ManifestETag"] = self.manifest_etag
+        return described
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()
+
+    @classmethod
+    async def of(
+        cls,
+        stores: Stores,
+        data_type: str,
+        uri: DataUri,
+        output: DataUri,
+        state: DataUri,
+    ) -> ListingSource:
+        """The source of a job's listing now: for a manifest, one HEAD for its ETag.
+
+        Raises ``InputError`` when the manifest does not exist.
+        """
+        etag = None
+        if data_type == "ManifestFile":
+            info = await (await stores.get(uri)).head(uri.key)
+            if info is None:
+                raise InputError(f"the manifest {uri} does not exist; check S3Uri")
+            etag = info.etag
+        return cls(data_type, uri, output, state, etag)
+
+
+def output_collisions(files: Iterable[InputFile], output: DataUri) -> dict[str, str]:
+    """Inputs whose output would have the name of an earlier input's: file id -> reason.
+
+    The first input (in listing order) keeps the name; each later one fails with a reason
+    naming both. Only local outputs can collide: their names are normalised paths
+    (``wk//x.csv``, ``./x.csv`` and ``sub/../x.csv`` all give ``x.csv.out``), while S3 keys
+    are kept as they are and the listing never holds one relative key twice.
+    """
+    if output.scheme == "s3":
+        return {}
+    first: dict[str, InputFile] = {}
+    refused: dict[str, str] = {}
+    for item in files:
+        try:
+            out = output_uri(item.relative_key, output)
+        except OutputKeyError:
+            continue  # refused anyway, with its own reason
+        other = first.setdefault(out.key, item)
+        if other is not item:
+            refused[item.id] = (
+                f"{item.uri}{item.where()}: not transformed: its output {out} is also the "
+                f"output of {other.uri}{other.where()}, which comes first in the listing and "
+                "keeps it; rename one of the two inputs (or remove one from the manifest)"
+            )
+    return refused
 
 
 async def list_inputs(
@@ -131,23 +251,34 @@ async def list_inputs(
     uri: DataUri,
     *,
     exclude: Sequence[DataUri] = (),
+    manifest_etag: str | None = None,
 ) -> list[InputFile]:
     """The job's inputs in processing order: sorted by key, or in manifest order.
 
-    ``exclude`` are the output path and the state prefix (see ``exclusions``). An empty
-    list is the caller's to report ("no objects found under …"). Raises ``ManifestError``
-    for a malformed manifest and ``StorageError`` when the store cannot be read.
+    ``exclude`` are the output path, then any state prefixes: left out are the agent's
+    outputs under the output path (``is_agent_output``), its ``_bt-agent/`` state directory
+    there, and everything under the state prefixes (see ``exclusions``); local temporary
+    names are never listed (``agent.storage.local``). An empty list is the caller's to
+    report ("no objects found under …"). Raises ``ManifestError`` for a malformed manifest
+    (or one whose ETag is not ``manifest_etag``, when given) and ``StorageError`` when the
+    store cannot be read.
     """
     if data_type == "ManifestFile":
-        return await _manifest_inputs(stores, uri)
+        return await _manifest_inputs(stores, uri, manifest_etag)
     store = await stores.get(uri)
     base = uri.key
     if uri.is_local and await asyncio.to_thread(os.path.isdir, base):
         base = base.rstrip("/") + "/"  # a local directory means its contents (local.py)
-    found = await store.list_objects(uri.key, exclude=exclusions(uri, exclude))
+    output = exclude[0] if exclude else None
+    states = list(exclude[1:])
+    if output is not None:
+        states.append(output.join(STATE_DIRECTORY, directory=True))
+    found = await store.list_objects(uri.key, exclude=exclusions(uri, states))
+    same_place = output is not None and (output.scheme, output.bucket) == (uri.scheme, uri.bucket)
     return [
         InputFile(DataUri(uri.scheme, uri.bucket, info.key), relative_key(info.key, base), info)
         for info in found
+        if not (same_place and output is not None and is_agent_output(info.key, output))
     ]
 
 
@@ -198,29 +329,69 @@ def _show(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-async def _manifest_inputs(stores: Stores, where: DataUri) -> list[InputFile]:
+async def _manifest_inputs(
+    stores: Stores, where: DataUri, expected_etag: str | None = None
+) -> list[InputFile]:
+    """One ``InputFile`` per manifest entry, in order; a bounded number of lookups at once.
+
+    ``head_in_flight`` workers take entries from one iterator, so the tasks alive (and the
+    memory they hold) do not grow with the manifest, and a cancellation ends them at once.
+    """
     store = await stores.get(where)
     found = await store.get_bytes(where.key)
     if found is None:
         raise InputError(f"the manifest {where} does not exist; check S3Uri")
-    prefix, keys = parse_manifest(found[0], where)
+    if expected_etag is not None and found[1] != expected_etag:
+        raise InputError(
+            f"the manifest {where} changed while the listing was taken (ETag {expected_etag} "
+            f"then {found[1]}); run the job again"
+        )
+    prefix, entries = parse_manifest(found[0], where)
+    del found
+    keys = _entry_keys(prefix, entries, where)
     objects = await stores.get(prefix)
-    limit = asyncio.Semaphore(stores.settings.head_in_flight)
+    log.info("looking up the %d entries of the manifest %s under %s", len(entries), where, prefix)
+    files: list[InputFile | None] = [None] * len(entries)
+    todo = iter(range(len(entries)))
 
-    async def look_up(index: int, entry: str) -> InputFile:
-        key = prefix.key + entry
-        if prefix.is_local:
-            key = posixpath.normpath(key)
-        async with limit:
+    async def look_up() -> None:
+        for position in todo:  # shared by the workers: each entry is taken once
+            key = keys[position]
             try:
                 info = await objects.head(key)
             except StorageError as error:
-                raise StorageError(f"{error} (manifest element {index})") from error
-        return InputFile(DataUri(prefix.scheme, prefix.bucket, key), entry, info, index)
+                raise StorageError(f"{error} (manifest element {position + 1})") from error
+            uri = DataUri(prefix.scheme, prefix.bucket, key)
+            files[position] = InputFile(uri, entries[position], info, position + 1)
 
+    workers = min(stores.settings.head_in_flight, len(entries))
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(look_up(i, key)) for i, key in enumerate(keys, start=1)]
+            for _ in range(workers):
+                group.create_task(look_up())
     except BaseExceptionGroup as failed:  # the first failure, as a plain StorageError
         raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+    return [item for item in files if item is not None]
+
+
+def _entry_keys(prefix: DataUri, entries: Sequence[str], where: DataUri) -> list[str]:
+    """Each entry's object key; ``ManifestError`` if two entries name the same object.
+
+    Under a local prefix keys are normalised paths, so ``f1.csv``, ``./f1.csv`` and
+    ``sub/../f1.csv`` are one file: that is refused like an entry repeated word for word.
+    """
+    if not prefix.is_local:
+        return [prefix.key + entry for entry in entries]
+    keys = [posixpath.normpath(prefix.key + entry) for entry in entries]
+    seen: dict[str, int] = {}
+    problems = []
+    for position, key in enumerate(keys):
+        first = seen.setdefault(key, position)
+        if first != position:
+            problems.append(
+                f"element {position + 1} ({entries[position]!r}) names the same file as "
+                f"element {first + 1} ({entries[first]!r}): file://{key}"
+            )
+    if problems:
+        raise ManifestError(str(where), problems)
+    return keys
