@@ -290,7 +290,8 @@ async def open_listing(
             else:
                 log.warning(
                     "the unfinished run %s was listed from another source (%s); taking a new "
-                    "listing snapshot in its place (files it completed are still skipped)",
+                    "listing snapshot in its place (completed files are still skipped while "
+                    "unchanged)",
                     run_id,
                     _changes(document.get("Source"), described),
                 )

@@ -259,9 +259,9 @@ async def list_inputs(
     outputs under the output path (``is_agent_output``), its ``_bt-agent/`` state directory
     there, and everything under the state prefixes (see ``exclusions``); local temporary
     names are never listed (``agent.storage.local``). An empty list is the caller's to
-    report ("no objects found under …"). Raises ``ManifestError`` for a malformed manifest
-    (or one whose ETag is not ``manifest_etag``, when given) and ``StorageError`` when the
-    store cannot be read.
+    report ("no objects found under …"). Raises ``ManifestError`` for a malformed manifest,
+    ``InputError`` for a missing one or one whose ETag is no longer ``manifest_etag`` (when
+    given), and ``StorageError`` when the store cannot be read.
     """
     if data_type == "ManifestFile":
         return await _manifest_inputs(stores, uri, manifest_etag)
