@@ -168,7 +168,8 @@ async def test_only_what_the_agent_writes_is_left_out_under_the_output(tmp_path:
     data = tmp_path / "data"
     write(data / "a.csv")
     write(data / "out" / "a.csv.out")  # an output
-    write(data / "out" / ".b.csv.out.bt-agent-tmp-0123abcd-7")  # a commit under way
+    write(data / "out" / ".bt-agent-tmp-0123456789abcdef-ab12cd347")  # a commit under way
+    write(data / "out" / ".b.csv.out.bt-agent-tmp-0123abcd")  # one left by an older agent
     write(data / "out" / "_bt-agent" / "other-job" / "listing.json")  # another job's state
     write(data / "out" / "notes.csv")  # the user's own file: an input like any other
     out = local(data / "out")
