@@ -41,6 +41,8 @@ from typing import Any
 
 import orjson
 
+from bench.proc import vm_hwm
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 GIB = 1 << 30
@@ -211,17 +213,6 @@ class Run:
     log: str
 
 
-def _vm_hwm(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def run_agent(
     job: dict[str, Any], directory: Path, *, agent_root: Path = ROOT, timeout: float = 300
 ) -> Run:
@@ -240,7 +231,7 @@ def run_agent(
         peak = 0
         try:
             while process.poll() is None:
-                peak = max(peak, _vm_hwm(process.pid) or 0)
+                peak = max(peak, vm_hwm(process.pid))
                 if time.monotonic() - began > timeout:
                     process.kill()
                 time.sleep(0.02)

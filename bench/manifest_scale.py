@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from bench.proc import vm_hwm
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -40,18 +42,6 @@ from servers import ModelServer, SeaweedFS  # noqa: E402  (the test harness's la
 
 BUCKET = "bt-bench-manifest"
 JOB = "bench-manifest"
-
-
-def _vm_hwm(pid: int) -> int:
-    """``VmHWM`` of ``pid`` in bytes (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _manifest(entries: int, prefix: str) -> bytes:
@@ -143,7 +133,7 @@ def _watch(process: Any, until: float | None = None) -> int:
     """Sample VmHWM until the process ends (or ``until``); the last value seen."""
     peak = 0
     while process.poll() is None and (until is None or time.monotonic() < until):
-        peak = max(peak, _vm_hwm(process.pid))
+        peak = max(peak, vm_hwm(process.pid))
         time.sleep(0.05)
     return peak
 
