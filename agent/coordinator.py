@@ -46,8 +46,9 @@ from agent.commit import (
 from agent.completion import (
     FileRecord,
     RecordCache,
-    build_summary,
     completed,
+    summary_head,
+    summary_pieces,
     write_record,
     write_records,
 )
@@ -384,8 +385,9 @@ class Coordinator:
     async def record(self, item: InputFile, result: FileResult) -> None:
         """Write ``item``'s completion record from ``result`` (after its commit)."""
         assert self.settings_hash is not None
+        uri = str(item.uri)
         record = FileRecord(
-            Input=str(item.uri),
+            Input=result.input_uri if result.input_uri == uri else uri,  # one copy is kept
             InputETag=None if item.info is None else item.info.etag,
             SettingsHash=self.settings_hash,
             Status=result.status,
@@ -444,7 +446,8 @@ class Coordinator:
         stopped: str | None = None,
         execution_parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Write the job summary if every file now has a final record; return it if written.
+        """Write the job summary if every file now has a final record; return it if written
+        (without its per-file entries: ``"Files"`` is ``None``).
 
         Records still pending are written first.
 
@@ -463,7 +466,7 @@ class Coordinator:
                 "another source with the same state prefix); this summary covers it alone",
                 listing.run_id,
             )
-        summary, final = build_summary(
+        summary, final = summary_head(
             self.job.transform_job_name,
             listing,
             records,
@@ -473,7 +476,13 @@ class Coordinator:
         )
         if not final and (stopped is None or not await self._alone()):
             return None
-        return summary if await write_summary(self.state, self.layout, summary) else None
+        written = await write_summary(
+            self.state,
+            self.layout,
+            summary,
+            lambda: summary_pieces(summary, listing, records, self.settings_hash),
+        )
+        return summary if written else None
 
     async def _alone(self) -> bool:
         if not self.lease_mode:

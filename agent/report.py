@@ -46,9 +46,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass
+@dataclass(slots=True)
 class FileResult:
-    """One input's outcome and counts; ``error`` is the sentence a user reads."""
+    """One input's outcome and counts; ``error`` is the sentence a user reads.
+
+    One is kept per file until the run's summary is written: slotted (no ``__dict__``).
+    """
 
     input_uri: str
     output_uri: str
@@ -111,6 +114,14 @@ class JobSummary:
         self.ended_at = _now()
 
     def as_json(self) -> dict[str, Any]:
+        """The whole summary, per-file entries included."""
+        summary = self.head_json()
+        summary["Files"] = [f.as_json() for f in self.files]
+        return summary
+
+    def head_json(self) -> dict[str, Any]:
+        """The summary without its per-file entries: ``"Files"`` stands where they go, as
+        ``None`` (``FileResult.as_json`` gives each entry)."""
         now = time.monotonic()
         seconds = now - self.started
         flowing = now - self.transform_started if self.transform_started is not None else 0.0
@@ -135,7 +146,7 @@ class JobSummary:
             "TransformSeconds": round(flowing, 3),
             "InputMBPerSecond": round(in_bytes / 1e6 / flowing, 2) if flowing > 0 else 0.0,
             "PeakRSSBytes": peak_rss_bytes(),
-            "Files": [f.as_json() for f in self.files],
+            "Files": None,
         }
         if self.failure_reason:
             summary["FailureReason"] = self.failure_reason

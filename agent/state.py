@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,7 @@ IN_PROGRESS = "InProgress"
 FINAL_STATUSES = (COMPLETED, FAILED)
 STATE_FORMAT = 1  # "Format" in every state object; bumped on an incompatible change
 READS_IN_FLIGHT = 32  # state objects fetched at once
+SUMMARY_CHUNK_BYTES = 1 << 20  # summary.json is uploaded in pieces of this size
 
 
 class StateError(StorageError):
@@ -324,8 +325,17 @@ async def read_summary(store: Store, layout: StateLayout) -> dict[str, Any] | No
     return None if found is None else loads(found[0], layout.summary)
 
 
-async def write_summary(store: Store, layout: StateLayout, summary: Mapping[str, Any]) -> bool:
+async def write_summary(
+    store: Store,
+    layout: StateLayout,
+    summary: Mapping[str, Any],
+    pieces: Callable[[], Iterable[bytes]] | None = None,
+) -> bool:
     """Store ``summary`` unless a final one for the same run is there; ``True`` if written.
+
+    ``pieces`` gives its bytes a piece at a time (as ``dumps(summary, compact=True)`` would
+    give them whole): they are uploaded as they come, in chunks of ``SUMMARY_CHUNK_BYTES``,
+    so a summary of a million files is never held whole.
 
     Conditional on what was read, so two instances finishing at once write it once.
     """
@@ -338,13 +348,20 @@ async def write_summary(store: Store, layout: StateLayout, summary: Mapping[str,
         final = existing.get("TransformJobStatus") in FINAL_STATUSES
         if existing.get("RunId") == summary["RunId"] and final:
             return False
+        del existing
+    etag = None if found is None else found[1]
+    del found
+    data = (dumps(summary, compact=True),) if pieces is None else pieces()
     try:
-        await store.put_bytes(
-            layout.summary.key,
-            dumps(summary, compact=True),
-            if_none_match=found is None,
-            if_match=None if found is None else found[1],
-        )
+        async with store.open_upload(layout.summary.key) as upload:
+            chunk = bytearray()
+            for piece in data:
+                chunk += piece
+                if len(chunk) >= SUMMARY_CHUNK_BYTES:
+                    await upload.write(bytes(chunk))
+                    chunk.clear()
+            await upload.write(bytes(chunk))
+            await upload.commit(if_none_match=etag is None, if_match=etag)
     except PreconditionFailed:
         return False  # another instance wrote it meanwhile
     return True

@@ -10,7 +10,9 @@ empty listing is logged as what it is.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -19,6 +21,8 @@ import pytest
 from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.coordinator import Coordinator
 from agent.plan import Identity
+from agent.report import FAILED, FileResult, JobSummary
+from agent.runner import _write_summary
 from agent.state import StateLayout
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
 from agent.storage.inputs import ManifestError
@@ -222,6 +226,53 @@ async def test_state_documents_stay_small_per_file(tmp_path: Path) -> None:
     assert again.listing.files == coordinator.listing.files  # it reads back as written
     # The shared parts once, then about [relative key, size, ETag] per file.
     assert len(listing) / 1000 < 40, f"{len(listing) / 1000:.0f} bytes a file"
+
+
+async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -> None:
+    """What a run holds per file from its first claim through both summaries written.
+
+    Each file's result and completion record are kept until the end; the two summaries
+    (``summary.json``, ``--summary``) are written an entry at a time, not built whole.
+    Every entry names a missing object, so each file fails with a long reason, as in
+    ``bench.manifest_scale``.
+    """
+    count = 20_000
+    entries = [f"missing/k-{n:08d}.csv" for n in range(count)]
+    where = manifest(tmp_path / "m.json", tmp_path / "in", entries)
+    (tmp_path / "in").mkdir()
+    summary = JobSummary("job")
+    summary_path = tmp_path / "summary.json"
+    async with open_stores() as stores:
+        coordinator = await Coordinator.open(
+            stores, job(where, tmp_path / "out", "ManifestFile"), IDENTITY
+        )
+        await coordinator.begin("settings")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            async with coordinator:
+                async for claim in coordinator.files():
+                    async with claim:
+                        item = claim.item
+                        result = FileResult(str(item.uri), str(claim.output or item.uri))
+                        summary.files.append(result)
+                        result.finish(FAILED, item.missing_message())
+                        await claim.record(result)
+                final = await coordinator.finish()
+            summary.end(FAILED, f"{count} of {count} files failed")
+            _write_summary(summary, str(summary_path))
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+    assert final is not None and final["TransformJobStatus"] == "Failed"
+    stored = orjson.loads(Path(coordinator.layout.summary.key).read_bytes())
+    written = orjson.loads(summary_path.read_bytes())
+    assert len(stored["Files"]) == len(written["Files"]) == count
+    assert written["Files"][-1]["FailureReason"] == coordinator.listing.files[-1].missing_message()
+    # Measured: about 1,000 bytes a file (the result, the record and the reason they share);
+    # 3,400 when each summary was built whole, then serialised.
+    assert peak / count < 2_000, f"{peak / count:.0f} bytes a file at the peak"
 
 
 # ---------------------------------------------------------------------- defect 13
