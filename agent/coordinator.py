@@ -122,6 +122,7 @@ class Coordinator:
         # Static mode: records not yet written, written as one object every
         # RECORDS_PER_BATCH files or RECORDS_FLUSH_SECONDS.
         self._pending: list[tuple[str, FileRecord]] = []  # (file id, record)
+        self._last_finished = ""
         self._batches = 0
         self._flushing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -401,15 +402,23 @@ class Coordinator:
             OutputBytes=result.output_bytes,
             Seconds=round(result.seconds, 3),
             FailureReason=result.error,
-            FinishedAt=now_iso(),
+            FinishedAt=self._finished_at(),
         )
-        self.final.add(item.id)
         if self.lease_mode:  # another instance may look for this one record at any time
+            self.final.add(item.id)  # (Static mode never asks again: no set of every file)
             await write_record(self.state, self.layout, record)
             return
         self._pending.append((item.id, record))
         if len(self._pending) >= RECORDS_PER_BATCH:
             await self.flush_records()
+
+    def _finished_at(self) -> str:
+        """``now_iso()``, the same string object for files finished in the same millisecond
+        (many, in a run of small or missing files: each record keeps its time to the end)."""
+        now = now_iso()
+        if now != self._last_finished:
+            self._last_finished = now
+        return self._last_finished
 
     async def flush_records(self) -> None:
         """Write the records not yet written, as one batch object (Static mode).
