@@ -351,17 +351,21 @@ async def write_summary(
         del existing
     etag = None if found is None else found[1]
     del found
-    data = (dumps(summary, compact=True),) if pieces is None else pieces()
+    fresh = etag is None
     try:
+        if pieces is None:
+            data = dumps(summary, compact=True)
+            await store.put_bytes(layout.summary.key, data, if_none_match=fresh, if_match=etag)
+            return True
         async with store.open_upload(layout.summary.key) as upload:
             chunk = bytearray()
-            for piece in data:
+            for piece in pieces():
                 chunk += piece
                 if len(chunk) >= SUMMARY_CHUNK_BYTES:
                     await upload.write(bytes(chunk))
                     chunk.clear()
             await upload.write(bytes(chunk))
-            await upload.commit(if_none_match=etag is None, if_match=etag)
+            await upload.commit(if_none_match=fresh, if_match=etag)
     except PreconditionFailed:
         return False  # another instance wrote it meanwhile
     return True
