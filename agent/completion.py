@@ -64,6 +64,50 @@ class FileRecord:
     FailureReason: str | None = None
     FinishedAt: str = ""
 
+    # The facts the runner's summary reads (``agent.report.FileOutcome``): the runner keeps
+    # the record in place of the file's ``FileResult`` once it is written.
+    @property
+    def status(self) -> str:
+        return self.Status
+
+    @property
+    def records(self) -> int:
+        return self.Records
+
+    @property
+    def requests(self) -> int:
+        return self.Requests
+
+    @property
+    def input_bytes(self) -> int:
+        return self.InputBytes
+
+    @property
+    def output_bytes(self) -> int:
+        return self.OutputBytes
+
+    @property
+    def error(self) -> str | None:
+        return self.FailureReason
+
+    def as_json(self) -> dict[str, Any]:
+        """The file's entry in the runner's summary, as ``FileResult.as_json`` gives it."""
+        entry: dict[str, Any] = {
+            "Input": self.Input,
+            "Output": self.Output,
+            "Status": self.Status,
+            "Records": self.Records,
+            "Requests": self.Requests,
+            "InputBytes": self.InputBytes,
+            "OutputBytes": self.OutputBytes,
+            "Seconds": round(self.Seconds, 3),
+        }
+        if self.OutputETag:
+            entry["OutputETag"] = self.OutputETag
+        if self.FailureReason:
+            entry["FailureReason"] = self.FailureReason
+        return entry
+
     def as_dict(self) -> dict[str, Any]:
         """The record as a flat dict (every field is a plain value: no deep copy needed)."""
         return {name: getattr(self, name) for name in _RECORD_FIELDS}

@@ -383,8 +383,8 @@ class Coordinator:
     def _closed(self, fid: str) -> None:
         self.held.pop(fid, None)
 
-    async def record(self, item: InputFile, result: FileResult) -> None:
-        """Write ``item``'s completion record from ``result`` (after its commit)."""
+    async def record(self, item: InputFile, result: FileResult) -> FileRecord:
+        """Write ``item``'s completion record from ``result`` (after its commit); return it."""
         assert self.settings_hash is not None
         uri = str(item.uri)
         record = FileRecord(
@@ -407,10 +407,14 @@ class Coordinator:
         if self.lease_mode:  # another instance may look for this one record at any time
             self.final.add(item.id)  # (Static mode never asks again: no set of every file)
             await write_record(self.state, self.layout, record)
-            return
+            return record
         self._pending.append((item.id, record))
-        if len(self._pending) >= RECORDS_PER_BATCH:
+        # One flush at a time, and no file waits for one under way (it writes what comes
+        # meanwhile too): files that finish faster than a batch is written never pile up
+        # as waiting tasks.
+        if len(self._pending) >= RECORDS_PER_BATCH and not self._flushing.locked():
             await self.flush_records()
+        return record
 
     def _finished_at(self) -> str:
         """``now_iso()``, the same string object for files finished in the same millisecond
@@ -427,19 +431,19 @@ class Coordinator:
         matching metadata, so the next run records it without computing it again.
         """
         async with self._flushing:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, []
-            self._batches += 1
-            name = f"{self.holder.token}-{self._batches:06d}"
-            try:
-                key, etag = await write_records(
-                    self.state, self.layout, name, [record for _, record in batch]
-                )
-            except BaseException:
-                self._pending[:0] = batch  # tried again at the next flush
-                raise
-            self.records.remember(key, etag, batch)
+            while self._pending:  # records made while a batch is written: the next one
+                batch = self._pending[:RECORDS_PER_BATCH]
+                del self._pending[:RECORDS_PER_BATCH]
+                self._batches += 1
+                name = f"{self.holder.token}-{self._batches:06d}"
+                try:
+                    key, etag = await write_records(
+                        self.state, self.layout, name, [record for _, record in batch]
+                    )
+                except BaseException:
+                    self._pending[:0] = batch  # tried again at the next flush
+                    raise
+                self.records.remember(key, etag, batch)
 
     async def _flush_every(self, seconds: float) -> None:
         while True:

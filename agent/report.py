@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from agent.redact import scrub
 
@@ -88,6 +88,26 @@ class FileResult:
         return entry
 
 
+class FileOutcome(Protocol):
+    """What the summary needs of a finished file: a ``FileResult``, or the completion
+    record made from it (``agent.completion.FileRecord``), which the runner keeps in its
+    place so each file's facts are held once."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def input_bytes(self) -> int: ...
+    @property
+    def output_bytes(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    def as_json(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class JobSummary:
     """The job as DescribeTransformJob would show it, plus per-file entries."""
@@ -98,7 +118,7 @@ class JobSummary:
     status: str = "InProgress"
     failure_reason: str | None = None
     ended_at: str | None = None
-    files: list[FileResult] = field(default_factory=list)
+    files: list[FileOutcome] = field(default_factory=list)
     execution_parameters: dict[str, Any] = field(default_factory=dict)
     transform_started: float | None = None  # the model answered: data began to flow
     instance: str | None = None  # this instance's identity and where it came from

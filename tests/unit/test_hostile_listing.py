@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import tracemalloc
 from pathlib import Path
@@ -19,11 +20,11 @@ import orjson
 import pytest
 
 from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent._jsonstream import document_pieces
 from agent.coordinator import Coordinator
+from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity
 from agent.redact import Redactor, install, scrub_state
-from agent.report import FAILED, FileResult, JobSummary
+from agent.report import FAILED, JobSummary, Progress
 from agent.runner import _write_summary
 from agent.state import StateLayout
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
@@ -233,8 +234,9 @@ async def test_state_documents_stay_small_per_file(tmp_path: Path) -> None:
 async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -> None:
     """What a run holds per file from its first claim through both summaries written.
 
-    Each file's result and completion record are kept until the end; the two summaries
-    (``summary.json``, ``--summary``) are written an entry at a time, not built whole.
+    Each file's completion record is kept until the end (the runner keeps it in place of
+    the file's result); the two summaries (``summary.json``, ``--summary``) are written an
+    entry at a time, not built whole.
     Every entry names a missing object, so each file fails with a long reason, as in
     ``bench.manifest_scale``.
     """
@@ -244,37 +246,38 @@ async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -
     (tmp_path / "in").mkdir()
     summary = JobSummary("job")
     summary_path = tmp_path / "summary.json"
+    the_job = job(where, tmp_path / "out", "ManifestFile")
+    settings = PipelineSettings.from_job(the_job)
+    progress = Progress(count, 0, io.StringIO())
     async with open_stores() as stores:
-        coordinator = await Coordinator.open(
-            stores, job(where, tmp_path / "out", "ManifestFile"), IDENTITY
-        )
+        coordinator = await Coordinator.open(stores, the_job, IDENTITY)
         await coordinator.begin("settings")
+        logging.disable(logging.ERROR)  # a line per failed file, each kept by pytest
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
             async with coordinator:
-                async for claim in coordinator.files():
-                    async with claim:
-                        item = claim.item
-                        result = FileResult(str(item.uri), str(claim.output or item.uri))
-                        summary.files.append(result)
-                        result.finish(FAILED, item.missing_message())
-                        await claim.record(result)
+                # Missing objects fail before the model is asked: no model client needed.
+                pipeline = Pipeline(settings, the_job, stores, None, progress)  # type: ignore[arg-type]
+                await pipeline.run(coordinator.files(), summary.files)
                 final = await coordinator.finish()
             summary.end(FAILED, f"{count} of {count} files failed")
             _write_summary(summary, str(summary_path))
             peak = tracemalloc.get_traced_memory()[1] - before
         finally:
             tracemalloc.stop()
+            logging.disable(logging.NOTSET)
     assert final is not None and final["TransformJobStatus"] == "Failed"
     stored = orjson.loads(Path(coordinator.layout.summary.key).read_bytes())
     written = orjson.loads(summary_path.read_bytes())
     assert len(stored["Files"]) == len(written["Files"]) == count
     assert written["Files"][-1]["FailureReason"] == coordinator.listing.files[-1].missing_message()
-    # Measured: about 1,300 bytes a file (the result, the record and the reason they share);
-    # 3,400 when each summary was built whole, then serialised.
-    assert peak / count < 2_000, f"{peak / count:.0f} bytes a file at the peak"
+    # Measured: about 1,000 bytes a file (the listing's objects aside): each file's record,
+    # kept in place of its result, and the failure reason; 3,400 and more when the runner
+    # kept results and records both, each summary was built whole, and files that failed
+    # faster than their records were written waited as tasks.
+    assert peak / count < 1_500, f"{peak / count:.0f} bytes a file at the peak"
 
 
 @pytest.mark.parametrize("indent", [False, True])
@@ -282,6 +285,8 @@ def test_summaries_written_in_pieces_are_the_whole_documents_bytes(indent: bool)
     """The streamed summaries are byte for byte what ``orjson.dumps`` of the whole
     document gives (compact for ``summary.json``, indented for ``--summary``), secrets
     taken out of free text as ``scrub_state`` does."""
+    from agent._jsonstream import document_pieces  # (new with the streamed summaries)
+
     option = orjson.OPT_INDENT_2 if indent else 0
     entries = [
         {"Input": 's3://b/k é"', "Status": "Failed", "FailureReason": "TOKEN-123456 leaked"},
