@@ -283,7 +283,7 @@ async def open_listing(
         if found is not None:
             document = loads(found[0], layout.listing)
             run_id = document.get("RunId")
-            summary = await read_summary(store, layout)
+            summary = await read_summary_head(store, layout)
             if summary is not None and summary.get("RunId") == run_id:
                 log.info("the run %s has ended; taking a new listing snapshot", run_id)
             elif document.get("Fingerprint") == fingerprint:
@@ -325,6 +325,30 @@ async def read_summary(store: Store, layout: StateLayout) -> dict[str, Any] | No
     return None if found is None else loads(found[0], layout.summary)
 
 
+async def read_summary_head(store: Store, layout: StateLayout) -> dict[str, Any] | None:
+    """The stored summary without its per-file entries (run, status, counts), or ``None``."""
+    found = await store.get_bytes(layout.summary.key)
+    return None if found is None else summary_head_of(found[0], layout.summary)
+
+
+_FILES_KEY = b',"Files":['
+
+
+def summary_head_of(data: bytes, where: DataUri) -> dict[str, Any]:
+    """The fields a compact ``summary.json`` has before its ``Files`` (which come after
+    the run, status and counts), parsed without the entries; the whole document when it
+    is not laid out so (an indented one of an older agent, say)."""
+    at = data.find(_FILES_KEY)
+    if at > 0:
+        try:
+            head = orjson.loads(data[:at] + b"}")
+        except orjson.JSONDecodeError:
+            head = None
+        if isinstance(head, dict) and head.get("Format") == STATE_FORMAT and "RunId" in head:
+            return head
+    return loads(data, where)
+
+
 async def write_summary(
     store: Store,
     layout: StateLayout,
@@ -342,7 +366,7 @@ async def write_summary(
     found = await store.get_bytes(layout.summary.key)
     if found is not None:
         try:
-            existing = loads(found[0], layout.summary)
+            existing = summary_head_of(found[0], layout.summary)
         except StateError:
             existing = {}
         final = existing.get("TransformJobStatus") in FINAL_STATUSES

@@ -308,6 +308,26 @@ def test_summaries_written_in_pieces_are_the_whole_documents_bytes(indent: bool)
         install(Redactor())
 
 
+def test_a_stored_summarys_run_and_status_are_read_without_its_entries() -> None:
+    """A start (is the run over?) and a finish (is a final summary there?) need the run
+    and the status only: the per-file entries of a compact summary are not parsed."""
+    from agent.state import summary_head_of  # (new with the streamed summaries)
+
+    where = local("/state/summary.json")
+    document = {
+        "Format": 1,
+        "TransformJobStatus": "Failed",
+        "RunId": "r1",
+        "Instances": ["host:1 (instance 0 of 1)"],
+        "Files": [{"Input": "s3://b/k", "Status": "Failed"}],
+        "FailureReason": "1 of 1 files failed",
+    }
+    head = summary_head_of(orjson.dumps(document) + b"\n", where)
+    assert head == {k: v for k, v in document.items() if k not in ("Files", "FailureReason")}
+    # Laid out otherwise (indented, as an older agent wrote it): the whole document.
+    assert summary_head_of(orjson.dumps(document, option=orjson.OPT_INDENT_2), where) == document
+
+
 # ---------------------------------------------------------------------- defect 13
 
 
