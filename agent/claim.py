@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 from agent._jobtypes import DataUri
 from agent.commit import CommitRule, UploadRecorder
@@ -20,6 +20,9 @@ from agent.lease import ClaimLost, HeldLease, LeaseLost
 from agent.report import COMPLETED, FAILED, FileResult
 from agent.storage._base import PreconditionFailed, Upload
 from agent.storage.inputs import InputFile
+
+if TYPE_CHECKING:
+    from agent.completion import FileRecord
 
 _T = TypeVar("_T")
 
@@ -40,7 +43,7 @@ class Claim:
         lease: HeldLease | None,
         recorder: UploadRecorder,
         *,
-        on_record: Callable[[InputFile, FileResult], Awaitable[None]],
+        on_record: Callable[[InputFile, FileResult], Awaitable[FileRecord]],
         on_close: Callable[[str], None],
     ) -> None:
         self.item = item
@@ -120,11 +123,12 @@ class Claim:
             raise LeaseLost(f"{self.item.uri}: stopped, the lease was lost ({self.lease.reason})")
         return task.result()
 
-    async def record(self, result: FileResult) -> None:
-        """Write the file's completion record (Completed or Failed); nothing if it was lost."""
+    async def record(self, result: FileResult) -> FileRecord | None:
+        """Write the file's completion record (Completed or Failed) and return it; nothing
+        if it was lost."""
         if result.status not in (COMPLETED, FAILED) or (self.lost.is_set() and not self.committed):
-            return
-        await self._on_record(self.item, result)
+            return None
+        return await self._on_record(self.item, result)
 
     async def __aenter__(self) -> Self:
         return self

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from agent._jobtypes import DataUri
+from agent._jsonstream import document_pieces
 from agent.report import COMPLETED, FAILED, STOPPED
 from agent.state import (
     IN_PROGRESS,
@@ -62,6 +63,50 @@ class FileRecord:
     Seconds: float = 0.0
     FailureReason: str | None = None
     FinishedAt: str = ""
+
+    # The facts the runner's summary reads (``agent.report.FileOutcome``): the runner keeps
+    # the record in place of the file's ``FileResult`` once it is written.
+    @property
+    def status(self) -> str:
+        return self.Status
+
+    @property
+    def records(self) -> int:
+        return self.Records
+
+    @property
+    def requests(self) -> int:
+        return self.Requests
+
+    @property
+    def input_bytes(self) -> int:
+        return self.InputBytes
+
+    @property
+    def output_bytes(self) -> int:
+        return self.OutputBytes
+
+    @property
+    def error(self) -> str | None:
+        return self.FailureReason
+
+    def as_json(self) -> dict[str, Any]:
+        """The file's entry in the runner's summary, as ``FileResult.as_json`` gives it."""
+        entry: dict[str, Any] = {
+            "Input": self.Input,
+            "Output": self.Output,
+            "Status": self.Status,
+            "Records": self.Records,
+            "Requests": self.Requests,
+            "InputBytes": self.InputBytes,
+            "OutputBytes": self.OutputBytes,
+            "Seconds": round(self.Seconds, 3),
+        }
+        if self.OutputETag:
+            entry["OutputETag"] = self.OutputETag
+        if self.FailureReason:
+            entry["FailureReason"] = self.FailureReason
+        return entry
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a flat dict (every field is a plain value: no deep copy needed)."""
@@ -274,43 +319,111 @@ def build_summary(
 
     Status: ``Completed`` when every file completed, ``Failed`` when every file is final
     and some failed, else ``Stopped`` if ``stopped`` gives a reason, else ``InProgress``.
+    The whole document, per-file entries included (``summary_bytes`` serialises it without
+    building them all at once).
     """
-    entries: list[dict[str, Any]] = []
-    finals: list[FileRecord] = []
+    summary, final = summary_head(
+        job_name,
+        listing,
+        records,
+        settings_hash,
+        stopped=stopped,
+        execution_parameters=execution_parameters,
+    )
+    summary["Files"] = list(summary_entries(listing, records, settings_hash))
+    return summary, final
+
+
+def _final_record(
+    item: InputFile, records: Mapping[str, FileRecord], settings_hash: str | None, run_id: str
+) -> FileRecord | None:
+    record = records.get(item.id)
+    return record if record is not None and record.final_for(item, settings_hash, run_id) else None
+
+
+def summary_head(
+    job_name: str,
+    listing: Listing,
+    records: Mapping[str, FileRecord],
+    settings_hash: str | None,
+    *,
+    stopped: str | None = None,
+    execution_parameters: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """``build_summary`` without the per-file entries: ``"Files"`` stands where they go,
+    as ``None``. One pass over the listing; nothing per file is kept."""
+    count = failed = records_sent = requests = in_bytes = out_bytes = 0
+    first_failure: FileRecord | None = None
+    instances: set[str] = set()
+    run_id = listing.run_id
     for item in listing.files:
-        record = records.get(item.id)
-        if record is not None and record.final_for(item, settings_hash, listing.run_id):
-            finals.append(record)
-            entries.append(record.summary_entry(listing.run_id))
-        else:
-            entries.append({"Input": str(item.uri), "Status": IN_PROGRESS})
-    failed = [r for r in finals if r.Status == FAILED]
-    final = len(finals) == len(listing.files)
+        record = _final_record(item, records, settings_hash, run_id)
+        if record is None:
+            continue
+        count += 1
+        if record.Status == FAILED:
+            failed += 1
+            if first_failure is None:
+                first_failure = record
+        records_sent += record.Records
+        requests += record.Requests
+        in_bytes += record.InputBytes
+        out_bytes += record.OutputBytes
+        if record.RunId == run_id:
+            instances.add(record.Instance)
+    final = count == len(listing.files)
     reason = None
     if final:
         status = FAILED if failed else COMPLETED
-        if failed:
-            reason = f"{len(failed)} of {len(finals)} files failed: {failed[0].FailureReason}"
+        if first_failure is not None:
+            reason = f"{failed} of {count} files failed: {first_failure.FailureReason}"
     else:
         status, reason = (STOPPED, stopped) if stopped else (IN_PROGRESS, None)
     summary: dict[str, Any] = {
         "Format": STATE_FORMAT,
         "TransformJobName": job_name,
         "TransformJobStatus": status,
-        "RunId": listing.run_id,
+        "RunId": run_id,
         "TransformStartTime": listing.created_at,
         "TransformEndTime": now_iso(),
         "ExecutionParameters": dict(execution_parameters or {}),
         "FilesTotal": len(listing.files),
-        "FilesCompleted": len(finals) - len(failed),
-        "FilesFailed": len(failed),
-        "Records": sum(r.Records for r in finals),
-        "Requests": sum(r.Requests for r in finals),
-        "InputBytes": sum(r.InputBytes for r in finals),
-        "OutputBytes": sum(r.OutputBytes for r in finals),
-        "Instances": sorted({r.Instance for r in finals if r.RunId == listing.run_id}),
-        "Files": entries,
+        "FilesCompleted": count - failed,
+        "FilesFailed": failed,
+        "Records": records_sent,
+        "Requests": requests,
+        "InputBytes": in_bytes,
+        "OutputBytes": out_bytes,
+        "Instances": sorted(instances),
+        "Files": None,
     }
     if reason:
         summary["FailureReason"] = reason
     return summary, final
+
+
+def summary_entries(
+    listing: Listing, records: Mapping[str, FileRecord], settings_hash: str | None
+) -> Iterator[dict[str, Any]]:
+    """The summary's per-file entries, in listing order, one at a time."""
+    run_id = listing.run_id
+    for item in listing.files:
+        record = _final_record(item, records, settings_hash, run_id)
+        if record is not None:
+            yield record.summary_entry(run_id)
+        else:
+            yield {"Input": str(item.uri), "Status": IN_PROGRESS}
+
+
+def summary_pieces(
+    head: Mapping[str, Any],
+    listing: Listing,
+    records: Mapping[str, FileRecord],
+    settings_hash: str | None,
+) -> Iterator[bytes]:
+    """``summary.json`` in pieces: ``head`` (``summary_head``) with its entries, as
+    ``agent.state.dumps(..., compact=True)`` writes it, each entry serialised as it is made
+    (never a dict per file, nor the whole text at once)."""
+    entries = summary_entries(listing, records, settings_hash)
+    yield from document_pieces(head, "Files", entries)
+    yield b"\n"

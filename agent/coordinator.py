@@ -46,8 +46,9 @@ from agent.commit import (
 from agent.completion import (
     FileRecord,
     RecordCache,
-    build_summary,
     completed,
+    summary_head,
+    summary_pieces,
     write_record,
     write_records,
 )
@@ -121,6 +122,7 @@ class Coordinator:
         # Static mode: records not yet written, written as one object every
         # RECORDS_PER_BATCH files or RECORDS_FLUSH_SECONDS.
         self._pending: list[tuple[str, FileRecord]] = []  # (file id, record)
+        self._last_finished = ""
         self._batches = 0
         self._flushing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -381,11 +383,12 @@ class Coordinator:
     def _closed(self, fid: str) -> None:
         self.held.pop(fid, None)
 
-    async def record(self, item: InputFile, result: FileResult) -> None:
-        """Write ``item``'s completion record from ``result`` (after its commit)."""
+    async def record(self, item: InputFile, result: FileResult) -> FileRecord:
+        """Write ``item``'s completion record from ``result`` (after its commit); return it."""
         assert self.settings_hash is not None
+        uri = str(item.uri)
         record = FileRecord(
-            Input=str(item.uri),
+            Input=result.input_uri if result.input_uri == uri else uri,  # one copy is kept
             InputETag=None if item.info is None else item.info.etag,
             SettingsHash=self.settings_hash,
             Status=result.status,
@@ -399,15 +402,27 @@ class Coordinator:
             OutputBytes=result.output_bytes,
             Seconds=round(result.seconds, 3),
             FailureReason=result.error,
-            FinishedAt=now_iso(),
+            FinishedAt=self._finished_at(),
         )
-        self.final.add(item.id)
         if self.lease_mode:  # another instance may look for this one record at any time
+            self.final.add(item.id)  # (Static mode never asks again: no set of every file)
             await write_record(self.state, self.layout, record)
-            return
+            return record
         self._pending.append((item.id, record))
-        if len(self._pending) >= RECORDS_PER_BATCH:
+        # One flush at a time, and no file waits for one under way (it writes what comes
+        # meanwhile too): files that finish faster than a batch is written never pile up
+        # as waiting tasks.
+        if len(self._pending) >= RECORDS_PER_BATCH and not self._flushing.locked():
             await self.flush_records()
+        return record
+
+    def _finished_at(self) -> str:
+        """``now_iso()``, the same string object for files finished in the same millisecond
+        (many, in a run of small or missing files: each record keeps its time to the end)."""
+        now = now_iso()
+        if now != self._last_finished:
+            self._last_finished = now
+        return self._last_finished
 
     async def flush_records(self) -> None:
         """Write the records not yet written, as one batch object (Static mode).
@@ -416,19 +431,19 @@ class Coordinator:
         matching metadata, so the next run records it without computing it again.
         """
         async with self._flushing:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, []
-            self._batches += 1
-            name = f"{self.holder.token}-{self._batches:06d}"
-            try:
-                key, etag = await write_records(
-                    self.state, self.layout, name, [record for _, record in batch]
-                )
-            except BaseException:
-                self._pending[:0] = batch  # tried again at the next flush
-                raise
-            self.records.remember(key, etag, batch)
+            while self._pending:  # records made while a batch is written: the next one
+                batch = self._pending[:RECORDS_PER_BATCH]
+                del self._pending[:RECORDS_PER_BATCH]
+                self._batches += 1
+                name = f"{self.holder.token}-{self._batches:06d}"
+                try:
+                    key, etag = await write_records(
+                        self.state, self.layout, name, [record for _, record in batch]
+                    )
+                except BaseException:
+                    self._pending[:0] = batch  # tried again at the next flush
+                    raise
+                self.records.remember(key, etag, batch)
 
     async def _flush_every(self, seconds: float) -> None:
         while True:
@@ -444,7 +459,8 @@ class Coordinator:
         stopped: str | None = None,
         execution_parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Write the job summary if every file now has a final record; return it if written.
+        """Write the job summary if every file now has a final record; return it if written
+        (without its per-file entries: ``"Files"`` is ``None``).
 
         Records still pending are written first.
 
@@ -463,7 +479,7 @@ class Coordinator:
                 "another source with the same state prefix); this summary covers it alone",
                 listing.run_id,
             )
-        summary, final = build_summary(
+        summary, final = summary_head(
             self.job.transform_job_name,
             listing,
             records,
@@ -473,7 +489,13 @@ class Coordinator:
         )
         if not final and (stopped is None or not await self._alone()):
             return None
-        return summary if await write_summary(self.state, self.layout, summary) else None
+        written = await write_summary(
+            self.state,
+            self.layout,
+            summary,
+            lambda: summary_pieces(summary, listing, records, self.settings_hash),
+        )
+        return summary if written else None
 
     async def _alone(self) -> bool:
         if not self.lease_mode:

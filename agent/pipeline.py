@@ -28,7 +28,7 @@ import contextlib
 import functools
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent._compat import BytesLike
 from agent.assemble import Assembler, ReorderBudget
@@ -37,12 +37,15 @@ from agent.dataproc import Batch, RecordBatcher, RecordProcessor, make_processor
 from agent.invoke import Body, ModelClient, ModelExitedError
 from agent.job import JobSettings
 from agent.lease import ClaimLost
-from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileResult, Progress
+from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult, Progress
 from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
 from agent.storage import Stores
 from agent.storage._base import ObjectInfo, StorageError, Store
 from agent.storage.gzip import GzipError, gunzip
 from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+
+if TYPE_CHECKING:
+    from agent.completion import FileRecord
 
 # A join over more bytes than this runs in a thread, so the event loop keeps serving the
 # other requests (orjson parsing is ~4 µs a row).
@@ -203,8 +206,9 @@ class Pipeline:
         # DataProcessing; None when it is all defaults (the plain splitter path).
         self.processor: RecordProcessor | None = make_processor(job)
 
-    async def run(self, claims: AsyncIterable[Claim], results: list[FileResult]) -> None:
-        """Transform each file ``claims`` hands out (in its order); one ``FileResult`` each.
+    async def run(self, claims: AsyncIterable[Claim], results: list[FileOutcome]) -> None:
+        """Transform each file ``claims`` hands out (in its order); one entry each in
+        ``results``: its ``FileResult``, replaced by its completion record once written.
 
         The next claim is asked for only when a file may start, so a lease is never won
         long before its file can be worked on.
@@ -215,14 +219,15 @@ class Pipeline:
                 async for claim in claims:
                     item = claim.item
                     result = FileResult(str(item.uri), str(claim.output or item.uri))
+                    index = len(results)
                     results.append(result)
                     if self.fatal is not None:
                         result.finish(FAILED, f"{item.uri}: not started: {self.fatal}")
                         self.progress.file_done(result)
                         async with claim:
-                            await claim.record(result)
+                            _settled(results, index, result, await claim.record(result))
                         continue
-                    group.create_task(self._file(claim, result))
+                    group.create_task(self._file(claim, result, results, index))
                     await self._room()
             finally:
                 self.files_reading.release()  # the room taken for a claim that never came
@@ -232,10 +237,13 @@ class Pipeline:
         await self.files_open.acquire()
         await self.files_reading.acquire()
 
-    async def _file(self, claim: Claim, result: FileResult) -> None:
+    async def _file(
+        self, claim: Claim, result: FileResult, results: list[FileOutcome], index: int
+    ) -> None:
         item = claim.item
         reading = _Place(self.files_reading)
         open_ = _Place(self.files_open)
+        recorded: FileRecord | None = None
         try:
             async with claim:
                 try:
@@ -252,12 +260,12 @@ class Pipeline:
                 # small PUT) need not keep another file from starting.
                 reading.release()
                 open_.release()
-                await claim.record(result)
+                recorded = await claim.record(result)
         except asyncio.CancelledError:
             if claim.committed and result.status != COMPLETED:  # the stop met the commit
                 result.output_etag = claim.output_etag
                 result.finish(COMPLETED)
-                await asyncio.shield(claim.record(result))
+                recorded = await asyncio.shield(claim.record(result))
             else:
                 result.finish(STOPPED, f"{item.uri}: stopped before it finished")
             raise
@@ -265,6 +273,7 @@ class Pipeline:
             reading.release()
             open_.release()
             self.progress.file_done(result)
+            _settled(results, index, result, recorded)
 
     async def _transform_file(self, claim: Claim, result: FileResult, reading: _Place) -> None:
         item, out = claim.item, claim.output
@@ -549,3 +558,12 @@ def _message(item: InputFile, error: BaseException) -> str:
         return text if str(item.uri) in text else f"{item.uri}: {text}"
     text = str(error) or type(error).__name__
     return text if str(item.uri) in text else f"{item.uri}: {text}"
+
+
+def _settled(
+    results: list[FileOutcome], index: int, result: FileResult, record: FileRecord | None
+) -> None:
+    """Keep ``record`` in ``result``'s place when it says the same (each file's facts are
+    then held once until the summary is written, not as a result and a record)."""
+    if record is not None and record.Status == result.status:
+        results[index] = record

@@ -41,6 +41,7 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "current",
+    "dumps_scrubbed",
     "is_credential_name",
     "install",
     "scrub",
@@ -195,6 +196,15 @@ def scrub_state(document: Mapping[str, Any]) -> Mapping[str, Any]:
         scrubbed: Mapping[str, Any] = _current.state(document)
         return scrubbed
     return document
+
+
+def dumps_scrubbed(document: Mapping[str, Any], option: int = 0) -> bytes:
+    """``orjson.dumps(scrub_state(document), option=option)``, serialising it once when it
+    holds no secret (the usual case)."""
+    data = orjson.dumps(document, option=option)
+    if _current.active and _current.found_in(data):
+        data = orjson.dumps(_current.state(document), option=option)
+    return data
 
 
 class RedactingFilter(logging.Filter):

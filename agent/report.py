@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from agent.redact import scrub
 
@@ -46,9 +46,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass
+@dataclass(slots=True)
 class FileResult:
-    """One input's outcome and counts; ``error`` is the sentence a user reads."""
+    """One input's outcome and counts; ``error`` is the sentence a user reads.
+
+    One is kept per file until the run's summary is written: slotted (no ``__dict__``).
+    """
 
     input_uri: str
     output_uri: str
@@ -85,6 +88,26 @@ class FileResult:
         return entry
 
 
+class FileOutcome(Protocol):
+    """What the summary needs of a finished file: a ``FileResult``, or the completion
+    record made from it (``agent.completion.FileRecord``), which the runner keeps in its
+    place so each file's facts are held once."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def input_bytes(self) -> int: ...
+    @property
+    def output_bytes(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    def as_json(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class JobSummary:
     """The job as DescribeTransformJob would show it, plus per-file entries."""
@@ -95,7 +118,7 @@ class JobSummary:
     status: str = "InProgress"
     failure_reason: str | None = None
     ended_at: str | None = None
-    files: list[FileResult] = field(default_factory=list)
+    files: list[FileOutcome] = field(default_factory=list)
     execution_parameters: dict[str, Any] = field(default_factory=dict)
     transform_started: float | None = None  # the model answered: data began to flow
     instance: str | None = None  # this instance's identity and where it came from
@@ -111,6 +134,14 @@ class JobSummary:
         self.ended_at = _now()
 
     def as_json(self) -> dict[str, Any]:
+        """The whole summary, per-file entries included."""
+        summary = self.head_json()
+        summary["Files"] = [f.as_json() for f in self.files]
+        return summary
+
+    def head_json(self) -> dict[str, Any]:
+        """The summary without its per-file entries: ``"Files"`` stands where they go, as
+        ``None`` (``FileResult.as_json`` gives each entry)."""
         now = time.monotonic()
         seconds = now - self.started
         flowing = now - self.transform_started if self.transform_started is not None else 0.0
@@ -135,7 +166,7 @@ class JobSummary:
             "TransformSeconds": round(flowing, 3),
             "InputMBPerSecond": round(in_bytes / 1e6 / flowing, 2) if flowing > 0 else 0.0,
             "PeakRSSBytes": peak_rss_bytes(),
-            "Files": [f.as_json() for f in self.files],
+            "Files": None,
         }
         if self.failure_reason:
             summary["FailureReason"] = self.failure_reason

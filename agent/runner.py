@@ -17,11 +17,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-import orjson
-
+from agent._jsonstream import document_pieces
 from agent.completion import SettingsMismatch
 from agent.coordinator import Coordinator
 from agent.invoke import (
@@ -36,7 +34,7 @@ from agent.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.model_process import ModelCommandError, ModelProcess, ensure_port_free
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity, IdentityError, resolve_identity, static_plan
-from agent.redact import Redactor, install, scrub_state, secrets_of
+from agent.redact import Redactor, install, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
 from agent.storage._base import InputError, StorageError
@@ -229,12 +227,23 @@ def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, re
 
 
 def _write_summary(summary: JobSummary, path: str | None) -> None:
-    """The summary at ``--summary``, or on stdout: without it, or if it cannot be written."""
-    document = scrub_state(summary.as_json())  # secrets out of its free text (agent.redact)
-    data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    """The summary at ``--summary``, or on stdout: without it, or if it cannot be written.
+
+    Indented JSON, written an entry at a time (a run of a million files never holds every
+    entry as a dict, nor the whole text); secrets are out of its free text (agent.redact).
+    """
+    head = summary.head_json()
+
+    def write(stream: BinaryIO) -> None:
+        entries = (f.as_json() for f in summary.files)
+        for piece in document_pieces(head, "Files", entries, indent=True):
+            stream.write(piece)
+        stream.write(b"\n")
+
     if path is not None:
         try:
-            Path(path).write_bytes(data)
+            with open(path, "wb") as file:
+                write(file)
         except OSError as error:
             log.error(
                 "cannot write the summary to --summary %s (%s); it follows on stdout instead",
@@ -244,5 +253,5 @@ def _write_summary(summary: JobSummary, path: str | None) -> None:
         else:
             log.info("summary written to %s", path)
             return
-    sys.stdout.buffer.write(data)
+    write(sys.stdout.buffer)
     sys.stdout.flush()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,7 @@ IN_PROGRESS = "InProgress"
 FINAL_STATUSES = (COMPLETED, FAILED)
 STATE_FORMAT = 1  # "Format" in every state object; bumped on an incompatible change
 READS_IN_FLIGHT = 32  # state objects fetched at once
+SUMMARY_CHUNK_BYTES = 1 << 20  # summary.json is uploaded in pieces of this size
 
 
 class StateError(StorageError):
@@ -282,7 +283,7 @@ async def open_listing(
         if found is not None:
             document = loads(found[0], layout.listing)
             run_id = document.get("RunId")
-            summary = await read_summary(store, layout)
+            summary = await read_summary_head(store, layout)
             if summary is not None and summary.get("RunId") == run_id:
                 log.info("the run %s has ended; taking a new listing snapshot", run_id)
             elif document.get("Fingerprint") == fingerprint:
@@ -324,27 +325,71 @@ async def read_summary(store: Store, layout: StateLayout) -> dict[str, Any] | No
     return None if found is None else loads(found[0], layout.summary)
 
 
-async def write_summary(store: Store, layout: StateLayout, summary: Mapping[str, Any]) -> bool:
+async def read_summary_head(store: Store, layout: StateLayout) -> dict[str, Any] | None:
+    """The stored summary without its per-file entries (run, status, counts), or ``None``."""
+    found = await store.get_bytes(layout.summary.key)
+    return None if found is None else summary_head_of(found[0], layout.summary)
+
+
+_FILES_KEY = b',"Files":['
+
+
+def summary_head_of(data: bytes, where: DataUri) -> dict[str, Any]:
+    """The fields a compact ``summary.json`` has before its ``Files`` (which come after
+    the run, status and counts), parsed without the entries; the whole document when it
+    is not laid out so (an indented one of an older agent, say)."""
+    at = data.find(_FILES_KEY)
+    if at > 0:
+        try:
+            head = orjson.loads(data[:at] + b"}")
+        except orjson.JSONDecodeError:
+            head = None
+        if isinstance(head, dict) and head.get("Format") == STATE_FORMAT and "RunId" in head:
+            return head
+    return loads(data, where)
+
+
+async def write_summary(
+    store: Store,
+    layout: StateLayout,
+    summary: Mapping[str, Any],
+    pieces: Callable[[], Iterable[bytes]] | None = None,
+) -> bool:
     """Store ``summary`` unless a final one for the same run is there; ``True`` if written.
+
+    ``pieces`` gives its bytes a piece at a time (as ``dumps(summary, compact=True)`` would
+    give them whole): they are uploaded as they come, in chunks of ``SUMMARY_CHUNK_BYTES``,
+    so a summary of a million files is never held whole.
 
     Conditional on what was read, so two instances finishing at once write it once.
     """
     found = await store.get_bytes(layout.summary.key)
     if found is not None:
         try:
-            existing = loads(found[0], layout.summary)
+            existing = summary_head_of(found[0], layout.summary)
         except StateError:
             existing = {}
         final = existing.get("TransformJobStatus") in FINAL_STATUSES
         if existing.get("RunId") == summary["RunId"] and final:
             return False
+        del existing
+    etag = None if found is None else found[1]
+    del found
+    fresh = etag is None
     try:
-        await store.put_bytes(
-            layout.summary.key,
-            dumps(summary, compact=True),
-            if_none_match=found is None,
-            if_match=None if found is None else found[1],
-        )
+        if pieces is None:
+            data = dumps(summary, compact=True)
+            await store.put_bytes(layout.summary.key, data, if_none_match=fresh, if_match=etag)
+            return True
+        async with store.open_upload(layout.summary.key) as upload:
+            chunk = bytearray()
+            for piece in pieces():
+                chunk += piece
+                if len(chunk) >= SUMMARY_CHUNK_BYTES:
+                    await upload.write(bytes(chunk))
+                    chunk.clear()
+            await upload.write(bytes(chunk))
+            await upload.commit(if_none_match=fresh, if_match=etag)
     except PreconditionFailed:
         return False  # another instance wrote it meanwhile
     return True

@@ -10,7 +10,10 @@ empty listing is logged as what it is.
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import logging
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -18,7 +21,11 @@ import pytest
 
 from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.coordinator import Coordinator
+from agent.pipeline import Pipeline, PipelineSettings
 from agent.plan import Identity
+from agent.redact import Redactor, install, scrub_state
+from agent.report import FAILED, JobSummary, Progress
+from agent.runner import _write_summary
 from agent.state import StateLayout
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
 from agent.storage.inputs import ManifestError
@@ -222,6 +229,103 @@ async def test_state_documents_stay_small_per_file(tmp_path: Path) -> None:
     assert again.listing.files == coordinator.listing.files  # it reads back as written
     # The shared parts once, then about [relative key, size, ETag] per file.
     assert len(listing) / 1000 < 40, f"{len(listing) / 1000:.0f} bytes a file"
+
+
+async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -> None:
+    """What a run holds per file from its first claim through both summaries written.
+
+    Each file's completion record is kept until the end (the runner keeps it in place of
+    the file's result); the two summaries (``summary.json``, ``--summary``) are written an
+    entry at a time, not built whole.
+    Every entry names a missing object, so each file fails with a long reason, as in
+    ``bench.manifest_scale``.
+    """
+    count = 20_000
+    entries = [f"missing/k-{n:08d}.csv" for n in range(count)]
+    where = manifest(tmp_path / "m.json", tmp_path / "in", entries)
+    (tmp_path / "in").mkdir()
+    summary = JobSummary("job")
+    summary_path = tmp_path / "summary.json"
+    the_job = job(where, tmp_path / "out", "ManifestFile")
+    settings = PipelineSettings.from_job(the_job)
+    progress = Progress(count, 0, io.StringIO())
+    async with open_stores() as stores:
+        coordinator = await Coordinator.open(stores, the_job, IDENTITY)
+        await coordinator.begin("settings")
+        logging.disable(logging.ERROR)  # a line per failed file, each kept by pytest
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            async with coordinator:
+                # Missing objects fail before the model is asked: no model client needed.
+                pipeline = Pipeline(settings, the_job, stores, None, progress)  # type: ignore[arg-type]
+                await pipeline.run(coordinator.files(), summary.files)
+                final = await coordinator.finish()
+            summary.end(FAILED, f"{count} of {count} files failed")
+            _write_summary(summary, str(summary_path))
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+            logging.disable(logging.NOTSET)
+    assert final is not None and final["TransformJobStatus"] == "Failed"
+    stored = orjson.loads(Path(coordinator.layout.summary.key).read_bytes())
+    written = orjson.loads(summary_path.read_bytes())
+    assert len(stored["Files"]) == len(written["Files"]) == count
+    assert written["Files"][-1]["FailureReason"] == coordinator.listing.files[-1].missing_message()
+    # Measured: about 1,000 bytes a file (the listing's objects aside): each file's record,
+    # kept in place of its result, and the failure reason; 3,400 and more when the runner
+    # kept results and records both, each summary was built whole, and files that failed
+    # faster than their records were written waited as tasks.
+    assert peak / count < 1_500, f"{peak / count:.0f} bytes a file at the peak"
+
+
+@pytest.mark.parametrize("indent", [False, True])
+def test_summaries_written_in_pieces_are_the_whole_documents_bytes(indent: bool) -> None:
+    """The streamed summaries are byte for byte what ``orjson.dumps`` of the whole
+    document gives (compact for ``summary.json``, indented for ``--summary``), secrets
+    taken out of free text as ``scrub_state`` does."""
+    from agent._jsonstream import document_pieces  # (new with the streamed summaries)
+
+    option = orjson.OPT_INDENT_2 if indent else 0
+    entries = [
+        {"Input": 's3://b/k é"', "Status": "Failed", "FailureReason": "TOKEN-123456 leaked"},
+        {"Input": "s3://b/TOKEN-123456", "Nested": {"a": [1, {}], "b": {}}, "Empty": []},
+    ]
+    heads = [{}, {"A": 1, "B": {"x": [1, 2]}}]
+    tails = [{}, {"FailureReason": "no TOKEN-123456\nhere", "Z": []}]
+    install(Redactor(["TOKEN-123456"]))
+    try:
+        for head in heads:
+            for tail in tails:
+                for files in ([], entries[:1], entries * 3):
+                    document = {**head, "Files": files, **tail}
+                    pieces = document_pieces(
+                        {**document, "Files": None}, "Files", files, indent=indent
+                    )
+                    assert b"".join(pieces) == orjson.dumps(scrub_state(document), option=option)
+    finally:
+        install(Redactor())
+
+
+def test_a_stored_summarys_run_and_status_are_read_without_its_entries() -> None:
+    """A start (is the run over?) and a finish (is a final summary there?) need the run
+    and the status only: the per-file entries of a compact summary are not parsed."""
+    from agent.state import summary_head_of  # (new with the streamed summaries)
+
+    where = local("/state/summary.json")
+    document = {
+        "Format": 1,
+        "TransformJobStatus": "Failed",
+        "RunId": "r1",
+        "Instances": ["host:1 (instance 0 of 1)"],
+        "Files": [{"Input": "s3://b/k", "Status": "Failed"}],
+        "FailureReason": "1 of 1 files failed",
+    }
+    head = summary_head_of(orjson.dumps(document) + b"\n", where)
+    assert head == {k: v for k, v in document.items() if k not in ("Files", "FailureReason")}
+    # Laid out otherwise (indented, as an older agent wrote it): the whole document.
+    assert summary_head_of(orjson.dumps(document, option=orjson.OPT_INDENT_2), where) == document
 
 
 # ---------------------------------------------------------------------- defect 13
