@@ -37,7 +37,13 @@ import orjson
 from agent._jobtypes import DataUri
 from agent.redact import scrub_state
 from agent.report import COMPLETED, FAILED
-from agent.storage._base import ObjectInfo, PreconditionFailed, StorageError, Store
+from agent.storage._base import (
+    ObjectInfo,
+    ObjectTooLargeError,
+    PreconditionFailed,
+    StorageError,
+    Store,
+)
 from agent.storage.inputs import InputFile, ListingSource
 
 log = logging.getLogger("agent.state")
@@ -326,27 +332,76 @@ async def read_summary(store: Store, layout: StateLayout) -> dict[str, Any] | No
 
 
 async def read_summary_head(store: Store, layout: StateLayout) -> dict[str, Any] | None:
-    """The stored summary without its per-file entries (run, status, counts), or ``None``."""
-    found = await store.get_bytes(layout.summary.key)
-    return None if found is None else summary_head_of(found[0], layout.summary)
+    """The stored summary without its per-file entries (run, status, counts), or ``None``.
+
+    Raises ``StateError`` when the stored object is not a summary this agent can read.
+    """
+    found = await _stored_summary_head(store, layout, strict=True)
+    return None if found is None else found[0]
+
+
+async def _stored_summary_head(
+    store: Store, layout: StateLayout, *, strict: bool
+) -> tuple[dict[str, Any] | None, str] | None:
+    """The stored summary's fields before its entries and its ETag; ``None``: no summary.
+
+    A summary too large for ``get_bytes`` (a job of hundreds of thousands of files) is
+    read from its first ``SUMMARY_HEAD_BYTES`` only: a compact summary puts the run, the
+    status and the counts before its ``Files``. An object that is no readable summary
+    gives ``None`` in place of the fields, or ``StateError`` when ``strict``.
+    """
+    where = layout.summary
+    try:
+        found = await store.get_bytes(where.key)
+    except ObjectTooLargeError:
+        info = await store.head(where.key)
+        if info is None:
+            return None
+        data = bytearray()
+        async with store.read(info, 0, min(info.size, SUMMARY_HEAD_BYTES)) as chunks:
+            async for chunk in chunks:
+                data += chunk
+        head = _head_before_files(bytes(data))
+        if head is None and strict:
+            raise StateError(
+                f"{where} is {info.size} bytes and its first {SUMMARY_HEAD_BYTES} do not "
+                "hold a summary's run and status; delete it to start over"
+            ) from None
+        return head, info.etag
+    if found is None:
+        return None
+    try:
+        return summary_head_of(found[0], where), found[1]
+    except StateError:
+        if strict:
+            raise
+        return None, found[1]
 
 
 _FILES_KEY = b',"Files":['
+SUMMARY_HEAD_BYTES = 64 << 10  # where a large summary's run, status and counts are read
+
+
+def _head_before_files(data: bytes) -> dict[str, Any] | None:
+    """The fields of a compact summary before its ``Files``, or ``None`` if not so laid out."""
+    at = data.find(_FILES_KEY)
+    if at <= 0:
+        return None
+    try:
+        head = orjson.loads(data[:at] + b"}")
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(head, dict) and head.get("Format") == STATE_FORMAT and "RunId" in head:
+        return head
+    return None
 
 
 def summary_head_of(data: bytes, where: DataUri) -> dict[str, Any]:
     """The fields a compact ``summary.json`` has before its ``Files`` (which come after
     the run, status and counts), parsed without the entries; the whole document when it
     is not laid out so (an indented one of an older agent, say)."""
-    at = data.find(_FILES_KEY)
-    if at > 0:
-        try:
-            head = orjson.loads(data[:at] + b"}")
-        except orjson.JSONDecodeError:
-            head = None
-        if isinstance(head, dict) and head.get("Format") == STATE_FORMAT and "RunId" in head:
-            return head
-    return loads(data, where)
+    head = _head_before_files(data)
+    return head if head is not None else loads(data, where)
 
 
 async def write_summary(
@@ -363,16 +418,12 @@ async def write_summary(
 
     Conditional on what was read, so two instances finishing at once write it once.
     """
-    found = await store.get_bytes(layout.summary.key)
-    if found is not None:
-        try:
-            existing = summary_head_of(found[0], layout.summary)
-        except StateError:
-            existing = {}
+    found = await _stored_summary_head(store, layout, strict=False)
+    if found is not None and found[0] is not None:
+        existing = found[0]
         final = existing.get("TransformJobStatus") in FINAL_STATUSES
         if existing.get("RunId") == summary["RunId"] and final:
             return False
-        del existing
     etag = None if found is None else found[1]
     del found
     fresh = etag is None

@@ -116,6 +116,10 @@ class ObjectChangedError(StorageError):
     """The object changed (or vanished) after it was listed: a new ETag mid-read."""
 
 
+class ObjectTooLargeError(StorageError):
+    """``get_bytes`` of an object over ``max_small_object_bytes``; read it in ranges instead."""
+
+
 class PreconditionFailed(StorageError):
     """A conditional write was refused: the key exists (If-None-Match) or has another ETag."""
 

@@ -37,6 +37,7 @@ from agent.storage._base import (
     ChunkReader,
     ObjectChangedError,
     ObjectInfo,
+    ObjectTooLargeError,
     PendingUpload,
     PreconditionFailed,
     StorageError,
@@ -312,7 +313,7 @@ class LocalStore:
             except (FileNotFoundError, NotADirectoryError):
                 return None
             if len(data) > limit:
-                raise StorageError(f"file://{key} is larger than {limit} bytes")
+                raise ObjectTooLargeError(f"file://{key} is larger than {limit} bytes")
             return data, version
 
         return await self._run("read", key, load)

@@ -35,6 +35,7 @@ from agent.storage._base import (
     ObjectChangedError,
     ObjectInfo,
     ObjectNotFoundError,
+    ObjectTooLargeError,
     PendingUpload,
     PreconditionFailed,
     StorageError,
@@ -262,7 +263,7 @@ class S3Store:
                 return None
             if int(response["ContentLength"]) > self.settings.max_small_object_bytes:
                 response["Body"].close()
-                raise StorageError(
+                raise ObjectTooLargeError(
                     f"{self.uri(key)} is {response['ContentLength']} bytes, more than the "
                     f"{self.settings.max_small_object_bytes} bytes allowed here"
                 )

@@ -345,3 +345,23 @@ async def test_an_empty_listing_is_not_called_a_run(
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "the run" in m], messages
     assert any("no run was taken, nothing was stored" in m for m in messages), messages
+
+
+async def test_a_summary_too_large_to_read_whole_is_judged_by_its_head(tmp_path: Path) -> None:
+    """A start and a finish read a stored summary over the small-object limit (a job of
+    hundreds of thousands of files) from its first bytes, instead of failing."""
+    from agent.state import read_summary_head, write_summary
+    from agent.storage.local import LocalStore
+
+    store = LocalStore(StorageSettings(max_small_object_bytes=4096))
+    layout = StateLayout(DataUri("file", "", f"{tmp_path}/state/"))
+    entries = [{"Input": f"file:///in/{i:06d}.csv", "Status": "Failed"} for i in range(2000)]
+    head = {"Format": 1, "TransformJobName": "job", "TransformJobStatus": "Failed"}
+    summary = {**head, "RunId": "r1", "Files": entries}
+    assert await write_summary(store, layout, summary)
+    assert (tmp_path / "state" / "summary.json").stat().st_size > 4096
+    assert await read_summary_head(store, layout) == {**head, "RunId": "r1"}
+    # The same run's final summary is not written twice; the next run's replaces it.
+    assert not await write_summary(store, layout, summary)
+    assert await write_summary(store, layout, {**summary, "RunId": "r2"})
+    assert (await read_summary_head(store, layout) or {}).get("RunId") == "r2"
