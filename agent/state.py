@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from agent._jobtypes import DataUri
-from agent.redact import scrub_state
+from agent.redact import dumps_scrubbed
 from agent.report import COMPLETED, FAILED
 from agent.storage._base import (
     ObjectInfo,
@@ -108,11 +108,9 @@ class StateLayout:
 
 def dumps(document: Mapping[str, Any], *, compact: bool = False) -> bytes:
     """A state object's bytes: indented for people, or ``compact`` for ones that grow with
-    the number of files. Secrets are taken out of free-text fields first (agent.redact)."""
-    document = scrub_state(document)
-    if compact:
-        return orjson.dumps(document) + b"\n"
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    the number of files. Secrets are out of free-text fields (``agent.redact``); a document
+    holding none (the usual case, a listing of any size) is serialised once."""
+    return dumps_scrubbed(document, 0 if compact else orjson.OPT_INDENT_2) + b"\n"
 
 
 def loads(data: bytes, where: DataUri) -> dict[str, Any]:
