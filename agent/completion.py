@@ -22,7 +22,7 @@ from typing import Any
 
 from agent._jobtypes import DataUri
 from agent._jsonstream import document_pieces
-from agent.report import COMPLETED, FAILED, STOPPED
+from agent.report import COMPLETED, FAILED, STOPPED, file_entry
 from agent.state import (
     IN_PROGRESS,
     READS_IN_FLIGHT,
@@ -92,21 +92,18 @@ class FileRecord:
 
     def as_json(self) -> dict[str, Any]:
         """The file's entry in the runner's summary, as ``FileResult.as_json`` gives it."""
-        entry: dict[str, Any] = {
-            "Input": self.Input,
-            "Output": self.Output,
-            "Status": self.Status,
-            "Records": self.Records,
-            "Requests": self.Requests,
-            "InputBytes": self.InputBytes,
-            "OutputBytes": self.OutputBytes,
-            "Seconds": round(self.Seconds, 3),
-        }
-        if self.OutputETag:
-            entry["OutputETag"] = self.OutputETag
-        if self.FailureReason:
-            entry["FailureReason"] = self.FailureReason
-        return entry
+        return file_entry(
+            self.Input,
+            self.Output,
+            self.Status,
+            self.Records,
+            self.Requests,
+            self.InputBytes,
+            self.OutputBytes,
+            self.Seconds,
+            self.OutputETag,
+            self.FailureReason,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a flat dict (every field is a plain value: no deep copy needed)."""

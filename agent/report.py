@@ -71,21 +71,48 @@ class FileResult:
         self.seconds = time.monotonic() - self.started
 
     def as_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "Input": self.input_uri,
-            "Output": self.output_uri,
-            "Status": self.status,
-            "Records": self.records,
-            "Requests": self.requests,
-            "InputBytes": self.input_bytes,
-            "OutputBytes": self.output_bytes,
-            "Seconds": round(self.seconds, 3),
-        }
-        if self.output_etag:
-            entry["OutputETag"] = self.output_etag
-        if self.error:
-            entry["FailureReason"] = self.error
-        return entry
+        return file_entry(
+            self.input_uri,
+            self.output_uri,
+            self.status,
+            self.records,
+            self.requests,
+            self.input_bytes,
+            self.output_bytes,
+            self.seconds,
+            self.output_etag,
+            self.error,
+        )
+
+
+def file_entry(
+    input_uri: str,
+    output_uri: str,
+    status: str,
+    records: int,
+    requests: int,
+    input_bytes: int,
+    output_bytes: int,
+    seconds: float,
+    output_etag: str | None,
+    error: str | None,
+) -> dict[str, Any]:
+    """A file's entry in the runner's summary (from a ``FileResult`` or a completion record)."""
+    entry: dict[str, Any] = {
+        "Input": input_uri,
+        "Output": output_uri,
+        "Status": status,
+        "Records": records,
+        "Requests": requests,
+        "InputBytes": input_bytes,
+        "OutputBytes": output_bytes,
+        "Seconds": round(seconds, 3),
+    }
+    if output_etag:
+        entry["OutputETag"] = output_etag
+    if error:
+        entry["FailureReason"] = error
+    return entry
 
 
 class FileOutcome(Protocol):
