@@ -91,8 +91,7 @@ class Claim:
                     "was written by something other than this job meanwhile; find what "
                     "writes there, then run the job again"
                 ) from error
-            if self.lease is not None:
-                self.lease.lose("another instance committed the output first")
+            self.lease.lose("another instance committed the output first")
             self.lost.set()
             raise ClaimLost(
                 f"{self.item.uri}: not committed ({self.rule} was refused): another instance "
