@@ -63,7 +63,7 @@ def file_etag(info: os.stat_result) -> str:
 # any case). Before this form, temporary names were ``.<name>.bt-agent-tmp-<hex>``, which
 # did not fit next to a final name of more than ~230 bytes; those are still recognised
 # (as leftovers to clean up, and never listed as inputs).
-TEMP_PREFIX = TEMP_MARKER  # ".bt-agent-tmp-"
+#
 # Every name the agent gives a temporary file, of this form or the earlier one: listings
 # leave these out, and only these are ever deleted as leftovers.
 TEMP_NAME_PATTERN = re.compile(
@@ -167,7 +167,7 @@ def _open_temps_under(under: str, keys: Iterable[str]) -> list[PendingUpload]:
     """The temporary files anywhere below ``under`` that are uploads of ``keys``.
 
     One walk finds the temporary files; ``keys`` is read only if there are any, and only
-    the names in directories that hold some are hashed.
+    the keys in directories that hold some are kept and hashed.
     """
     base = os.path.normpath(under)
     if not os.path.isdir(base):  # outputs go below a directory: none, none open either
@@ -176,39 +176,55 @@ def _open_temps_under(under: str, keys: Iterable[str]) -> list[PendingUpload]:
     for dirpath, _, filenames in os.walk(base):
         if names := [name for name in filenames if is_temp_name(name)]:
             temps[dirpath] = names
-    found: list[PendingUpload] = []
-    for key in keys if temps else ():
-        directory, name = os.path.split(key)
-        for temp in temps.get(directory, ()):
-            if _temp_is_for(temp, name):
-                found.append(PendingUpload(key, os.path.join(directory, temp)))
-    found.sort(key=lambda upload: (upload.key, upload.upload_id))
-    return found
+    if not temps:
+        return []
+    wanted = _by_directory(key for key in keys if os.path.dirname(key) in temps)
+    return _sorted(
+        upload
+        for directory, names in wanted.items()
+        for upload in _temps_of(directory, names, temps[directory])
+    )
 
 
 def _open_temps(keys: Iterable[str]) -> list[PendingUpload]:
     """The temporary files in the directories of ``keys`` that are uploads of those keys."""
-    by_directory: dict[str, dict[str, str]] = {}
-    for key in keys:
-        directory, name = os.path.split(key)
-        by_directory.setdefault(directory, {})[name] = key
     found: list[PendingUpload] = []
-    for directory, names in by_directory.items():
-        hashes = {_name_hash(name): key for name, key in names.items()}
+    for directory, names in _by_directory(keys).items():
         try:
             entries = os.listdir(directory)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        for entry in entries:
-            temp = TEMP_NAME_PATTERN.fullmatch(entry)
-            if temp is None:
-                continue
-            hashed: str | None = temp["hash"]
-            owner = hashes.get(hashed) if hashed is not None else names.get(temp["name"])
-            if owner is not None:
-                found.append(PendingUpload(owner, os.path.join(directory, entry)))
-    found.sort(key=lambda upload: (upload.key, upload.upload_id))
+        found += _temps_of(directory, names, entries)
+    return _sorted(found)
+
+
+def _by_directory(keys: Iterable[str]) -> dict[str, dict[str, str]]:
+    """``keys`` by directory: directory -> {file name: key}."""
+    grouped: dict[str, dict[str, str]] = {}
+    for key in keys:
+        directory, name = os.path.split(key)
+        grouped.setdefault(directory, {})[name] = key
+    return grouped
+
+
+def _temps_of(directory: str, names: dict[str, str], entries: Iterable[str]) -> list[PendingUpload]:
+    """Which of ``entries`` (file names in ``directory``) are temporary files of the keys
+    ``names`` maps to (file name -> key, all in ``directory``)."""
+    hashes = {_name_hash(name): key for name, key in names.items()}
+    found: list[PendingUpload] = []
+    for entry in entries:
+        temp = TEMP_NAME_PATTERN.fullmatch(entry)
+        if temp is None:
+            continue
+        hashed: str | None = temp["hash"]
+        owner = hashes.get(hashed) if hashed is not None else names.get(temp["name"])
+        if owner is not None:
+            found.append(PendingUpload(owner, os.path.join(directory, entry)))
     return found
+
+
+def _sorted(uploads: Iterable[PendingUpload]) -> list[PendingUpload]:
+    return sorted(uploads, key=lambda upload: (upload.key, upload.upload_id))
 
 
 def _os_error(error: OSError, action: str, path: str) -> StorageError:
@@ -400,7 +416,7 @@ class LocalUpload(Upload):
     def _temp_name(self) -> str:
         directory, name = os.path.split(self.key)
         serial = f"{_TEMP_TAG}{next(_TEMP_SERIAL):x}"
-        return os.path.join(directory, f"{TEMP_PREFIX}{_name_hash(name)}-{serial}")
+        return os.path.join(directory, f"{TEMP_MARKER}{_name_hash(name)}-{serial}")
 
     async def _open(self) -> BinaryIO:
         if self._file is None:
