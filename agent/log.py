@@ -61,15 +61,13 @@ class JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": scrub(record.getMessage()),
+            "message": record.getMessage(),
         }
-        entry.update(
-            (key, scrub(value) if isinstance(value, str) else value)
-            for key, value in _extras(record).items()
-        )
+        entry.update(_extras(record))
         if record.exc_info:
-            entry["exception"] = scrub(self.formatException(record.exc_info))
-        # Values of other types are written with str(): scrub the JSON text too.
+            entry["exception"] = self.formatException(record.exc_info)
+        # One pass over the serialised line: every form of a secret that text can hold
+        # appears there JSON-escaped, in whichever field (values of other types via str()).
         return scrub_json(orjson.dumps(entry, default=str).decode())
 
 
