@@ -391,33 +391,23 @@ def lone_surrogates(document: object) -> list[Problem]:
     except orjson.JSONEncodeError:
         pass  # a surrogate, or what orjson does not write (a huge integer, deep nesting): look
     problems: list[Problem] = []
+
+    def look(path: str, text: str, what: str) -> None:
+        if (found := _SURROGATE.search(text)) is not None:
+            code = f"\\u{ord(found.group()):04x}"
+            message = f"{what} holds an unpaired surrogate {code} at character {found.start()}"
+            problems.append(Problem(path, f"{message} ({_SURROGATE_RULE})"))
+
     stack: list[tuple[str, object]] = [("$", document)]
     while stack:  # not recursive: a deeply nested document is no error of its own
         path, value = stack.pop()
         if isinstance(value, str):
-            found = _SURROGATE.search(value)
-            if found is not None:
-                code = f"\\u{ord(found.group()):04x}"
-                problems.append(
-                    Problem(
-                        path,
-                        f"the value holds an unpaired surrogate {code} at character "
-                        f"{found.start()} ({_SURROGATE_RULE})",
-                    )
-                )
+            look(path, value, "the value")
         elif isinstance(value, dict):
             items: list[tuple[str, object]] = []
             for key, item in value.items():
-                found = _SURROGATE.search(key) if isinstance(key, str) else None
-                if found is not None:
-                    code = f"\\u{ord(found.group()):04x}"
-                    problems.append(
-                        Problem(
-                            child(path, key),
-                            f"the key holds an unpaired surrogate {code} at character "
-                            f"{found.start()} ({_SURROGATE_RULE})",
-                        )
-                    )
+                if isinstance(key, str):
+                    look(child(path, key), key, "the key")
                 items.append((child(path, key), item))
             stack.extend(reversed(items))
         elif isinstance(value, list):
