@@ -28,6 +28,7 @@ from agent.state import (
     StateLayout,
     read_listing,
     read_summary,
+    read_summary_head,
 )
 from agent.storage import Stores, list_inputs, open_stores
 from agent.storage._base import InputError, StorageError
@@ -47,7 +48,7 @@ async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | N
     )
     listing = await read_listing(state, layout)
     if listing is not None and listing.fingerprint == source.fingerprint:
-        summary = await read_summary(state, layout)
+        summary = await read_summary_head(state, layout)  # its run is all that is asked
         if summary is None or summary.get("RunId") != listing.run_id:
             return listing, True
     exclude = (job.output.uri, job.state_uri)
