@@ -274,11 +274,16 @@ async def list_inputs(
     if output is not None:
         states.append(output.join(STATE_DIRECTORY, directory=True))
     found = await store.list_objects(uri.key, exclude=exclusions(uri, states))
-    same_place = output is not None and (output.scheme, output.bucket) == (uri.scheme, uri.bucket)
+    # The agent's outputs can be among the listed keys only when the output is in this bucket.
+    outputs_here = (
+        output
+        if output is not None and (output.scheme, output.bucket) == (uri.scheme, uri.bucket)
+        else None
+    )
     return [
         InputFile(DataUri(uri.scheme, uri.bucket, info.key), relative_key(info.key, base), info)
         for info in found
-        if not (same_place and output is not None and is_agent_output(info.key, output))
+        if outputs_here is None or not is_agent_output(info.key, outputs_here)
     ]
 
 
