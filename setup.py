@@ -32,7 +32,7 @@ def ext(name: str, source: str) -> Extension:
 setup(
     ext_modules=cythonize(
         [
-            ext("agent._crc32c_c", "_native/_crc32c_c.pyx"),
+            ext("agent.codec._crc32c_c", "_native/_crc32c_c.pyx"),
             ext("agent.split._splitters_c", "_native/_splitters_c.pyx"),
             ext("agent.dataproc._dataproc_c", "_native/_dataproc_c.pyx"),
         ],

@@ -22,7 +22,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from libc.string cimport memchr, memcpy
 
 from agent.dataproc.csv import RowError, after_quote, unclosed_quote
-from agent.dataproc.jsonpath import PathMiss
+from agent.job.jsonpath import PathMiss
 
 
 cdef enum:

@@ -7,7 +7,7 @@ the credentials in the agent's own environment (``secrets_of``). From then on:
   the serialised JSON line too), and ``RedactingFilter`` does the same on Python's
   last-resort handler (libraries' warnings), as ``sys.excepthook`` does on a traceback
   nothing caught;
-* ``agent.state.dumps`` serialises every state object, and the runner the summary it
+* ``agent.coordination.state.dumps`` serialises every state object, and the runner the summary it
   writes to stdout or ``--summary``, with ``dumps_scrubbed`` (``scrub_state`` without a
   second serialisation), which rewrites the free-text fields
   (``FailureReason`` and any key ending in ``Reason``, ``Error`` or ``Message``) and nothing

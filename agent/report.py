@@ -117,7 +117,7 @@ def file_entry(
 
 class FileOutcome(Protocol):
     """What the summary needs of a finished file: a ``FileResult``, or the completion
-    record made from it (``agent.completion.FileRecord``), which the runner keeps in its
+    record made from it (``agent.coordination.records.FileRecord``), which the runner keeps in its
     place so each file's facts are held once."""
 
     @property

@@ -2,7 +2,7 @@
 
 ``run(options)`` is what ``bt-agent --job F`` calls. It lists the inputs, starts the
 model command if the job has one, waits for ``/ping``, resolves the execution
-parameters, transforms every file (``agent.pipeline``), and ends with the summary (SPEC
+parameters, transforms every file (``agent.pipeline.file``), and ends with the summary (SPEC
 §6 fields) on stdout or at ``--summary``. SIGTERM and SIGINT cancel the run: uploads
 in flight are aborted, the model command is stopped, completed outputs stay, and the
 exit code is 143 or 130.
@@ -19,29 +19,29 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from agent._jsonstream import document_pieces
-from agent.completion import SettingsMismatch
-from agent.coordinator import Coordinator
-from agent.invoke import (
+from agent.coordination.coordinator import Coordinator
+from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
+from agent.coordination.plan import Identity, IdentityError, resolve_identity, static_plan
+from agent.coordination.records import SettingsMismatch
+from agent.job import JobSettings, settings_hash
+from agent.jsonstream import document_pieces
+from agent.model.client import (
     ModelClient,
     ModelClientSettings,
     ModelError,
     format_execution_parameters,
     resolve_execution_parameters,
 )
-from agent.job import JobSettings, settings_hash
-from agent.lease import ConditionalWritesUnsupported, LeaseSettings
-from agent.model_process import ModelCommandError, ModelProcess, ensure_port_free
-from agent.pipeline import Pipeline, PipelineSettings
-from agent.plan import Identity, IdentityError, resolve_identity, static_plan
+from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
+from agent.pipeline.file import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
-from agent.storage._base import InputError, StorageError
+from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import InputFile, output_uri
 
 if TYPE_CHECKING:
-    from agent.cli import RunOptions
+    from agent.cli.app import RunOptions
 
 log = logging.getLogger("agent.run")
 

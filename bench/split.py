@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import ModuleType
 
-from agent import crc32c
+from agent.codec import crc32c
 from agent.split import _splitters_py
 
 try:

@@ -78,7 +78,7 @@ def twin_fixture(compiled: str, pure: str) -> Any:
     return fixture
 
 
-crc32c_twin = twin_fixture("agent._crc32c_c", "agent._crc32c_py")
+crc32c_twin = twin_fixture("agent.codec._crc32c_c", "agent.codec._crc32c_py")
 splitters_twin = twin_fixture("agent.split._splitters_c", "agent.split._splitters_py")
 dataproc_twin = twin_fixture("agent.dataproc._dataproc_c", "agent.dataproc._dataproc_py")
 

@@ -22,7 +22,7 @@ import orjson
 from runjob import MIB, Agent, AgentRun, Record, line, request_bodies, write_job
 from servers import REPO_ROOT
 
-# Every variable an orchestrator may set to say who an instance is (agent.plan).
+# Every variable an orchestrator may set to say who an instance is (agent.coordination.plan).
 IDENTITY_VARIABLES = (
     "JOB_COMPLETION_INDEX",
     "AWS_BATCH_JOB_ARRAY_INDEX",

@@ -248,13 +248,13 @@ def run_agent(
 def run_in_process(
     job: Mapping[str, Any], directory: Path, *, args: Sequence[str] = ()
 ) -> AgentRun:
-    """Run the job through ``agent.cli.main`` in this process: the same code path as the
+    """Run the job through ``agent.cli.app.main`` in this process: the same code path as the
     command without the interpreter's start-up, for the many cases that only check outputs.
 
     The agent logs to this process's stderr (pytest shows it with a failure); ``log`` is empty.
     It must be called from a test that is not a coroutine: the agent runs its own event loop.
     """
-    from agent.cli import main
+    from agent.cli.app import main
 
     path = write_job(job, directory)
     summary_path = path.with_suffix(".summary.json")

@@ -31,7 +31,7 @@ Usage in the per-file pipeline, one processor per job and one batcher per input 
 
 Lower-level pieces: ``RecordProcessor.filter_rows`` filters a run of whole lines and
 ``filter_input`` one record; :func:`parse_path` parses a filter; :mod:`agent.dataproc.csv`
-reads and writes rows; :mod:`agent.dataproc.rules` holds the validation the job parser
+reads and writes rows; :mod:`agent.job.processing` holds the validation the job parser
 calls. CSV work runs in the compiled ``_dataproc_c`` when it is built (``IMPLEMENTATION``
 says ``native``), else in its pure twin ``_dataproc_py``; ``BT_AGENT_NO_EXTENSIONS=1``
 forces the twin.
@@ -41,9 +41,9 @@ from __future__ import annotations
 
 from agent.dataproc.batching import Batch, RecordBatcher
 from agent.dataproc.csv import CsvError, format_row, parse_row
-from agent.dataproc.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
 from agent.dataproc.processor import RecordProcessor, make_processor
 from agent.dataproc.records import IMPLEMENTATION, DataProcessingError
+from agent.job.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
 
 __all__ = [
     "IMPLEMENTATION",

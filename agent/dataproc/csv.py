@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
-from agent.dataproc.jsonpath import JsonPath
+from agent.job.jsonpath import JsonPath
 
 _QUOTE = 0x22
 _COMMA = 0x2C

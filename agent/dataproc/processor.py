@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent._compat import BytesLike
-from agent._jobschema import Checker
 from agent.dataproc.csv import RowError
-from agent.dataproc.jsonpath import PathMiss
 from agent.dataproc.records import (
     DataProcessingError,
     Rows,
@@ -23,10 +21,12 @@ from agent.dataproc.records import (
     line_offset,
     reason,
 )
-from agent.dataproc.rules import Plan, check_processing, is_default
+from agent.job.jsonpath import PathMiss
+from agent.job.processing import Plan, check_processing, is_default
+from agent.job.schema import Checker
 
 if TYPE_CHECKING:
-    from agent._jobtypes import JobSettings
+    from agent.job.types import JobSettings
 
 
 def make_processor(job: JobSettings) -> RecordProcessor | None:

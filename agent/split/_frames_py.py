@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from agent import _crc32c_py as crc32c
+from agent.codec import _crc32c_py as crc32c
 from agent.split import _errors as err
 from agent.split._base_py import EMPTY_VIEW, Base, Body
 

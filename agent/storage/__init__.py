@@ -28,8 +28,9 @@ from typing import Any, Self
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from agent._jobtypes import DataUri
-from agent.storage._base import (
+from agent.codec.gzip import Gunzip, GzipError, gunzip
+from agent.job.types import DataUri
+from agent.storage.base import (
     MAX_PARTS,
     ChunkReader,
     InputError,
@@ -45,7 +46,6 @@ from agent.storage._base import (
     UploadIdCallback,
     part_size,
 )
-from agent.storage.gzip import Gunzip, GzipError, gunzip
 from agent.storage.inputs import (
     InputFile,
     ManifestError,
@@ -57,7 +57,7 @@ from agent.storage.inputs import (
     relative_key,
 )
 from agent.storage.local import LocalStore
-from agent.storage.s3 import S3Store
+from agent.storage.s3.store import S3Store
 
 __all__ = [
     "MAX_PARTS",

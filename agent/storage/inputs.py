@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from agent._jobtypes import DataUri, parse_data_uri
-from agent.storage._base import InputError, ObjectInfo, StorageError
+from agent.job.types import DataUri, parse_data_uri
+from agent.storage.base import InputError, ObjectInfo, StorageError
 
 if TYPE_CHECKING:
     from agent.storage import Stores

@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import BinaryIO, TypeVar
 
 from agent._compat import BytesLike
-from agent.storage._base import (
+from agent.storage.base import (
     TEMP_MARKER,
     ChunkReader,
     ObjectChangedError,

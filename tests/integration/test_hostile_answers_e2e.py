@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from runjob import AgentRun, local_outputs, run_agent, transform_job
 
-from agent import invoke
-from agent.invoke import ModelClient, ModelClientSettings
+from agent.model import client as invoke
+from agent.model.client import ModelClient, ModelClientSettings
 from bench.answer_size import ENDLESS, Answer, HostileModel
 
 pytestmark = pytest.mark.integration

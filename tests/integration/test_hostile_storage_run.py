@@ -37,9 +37,9 @@ from runjob import (
 )
 from servers import HOST, ModelServer, SeaweedFS, wait_until
 
-from agent._jobtypes import DataUri
-from agent.commit import UploadRecorder, abort_orphans
-from agent.state import StateLayout
+from agent.coordination.commit import UploadRecorder, abort_orphans
+from agent.coordination.state import StateLayout
+from agent.job.types import DataUri
 from agent.storage import open_stores
 from agent.storage.inputs import file_id
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from servers import ModelServer
 
-from agent.invoke import (
+from agent.job import JobSettings, parse_job
+from agent.model.client import (
     InvocationError,
     ModelClient,
     ModelClientSettings,
     ModelNotReadyError,
     resolve_execution_parameters,
 )
-from agent.job import JobSettings, parse_job
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ import orjson
 import pytest
 from servers import SeaweedFS
 
-from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.claim import Claim
-from agent.coordinator import Coordinator
-from agent.lease import ClaimLost, LeaseLost, LeaseSettings
-from agent.plan import Identity
+from agent.coordination.claim import Claim
+from agent.coordination.coordinator import Coordinator
+from agent.coordination.lease import ClaimLost, LeaseLost, LeaseSettings
+from agent.coordination.plan import Identity
+from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.report import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
 

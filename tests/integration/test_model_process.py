@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from servers import REPO_ROOT, process_alive
 
-from agent.invoke import (
+from agent.job import JobSettings, parse_job
+from agent.model.client import (
     ModelClient,
     ModelClientSettings,
     ModelExitedError,
     ModelNotReadyError,
 )
-from agent.job import JobSettings, parse_job
-from agent.model_process import ModelCommandError, ModelExit, ModelProcess, model_environment
+from agent.model.process import ModelCommandError, ModelExit, ModelProcess, model_environment
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from servers import SeaweedFS
 
-from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.claim import OutputTaken
-from agent.commit import (
+from agent.cli.status import plan_lines, run_status, status_report
+from agent.coordination.claim import OutputTaken
+from agent.coordination.commit import (
     META_INPUT_ETAG,
     META_SETTINGS_HASH,
     CommitRule,
@@ -20,13 +20,13 @@ from agent.commit import (
     abort_orphans,
     head_output,
 )
-from agent.completion import SettingsMismatch
-from agent.coordinator import Coordinator
-from agent.lease import check_conditional_writes
-from agent.plan import Identity
+from agent.coordination.coordinator import Coordinator
+from agent.coordination.lease import check_conditional_writes
+from agent.coordination.plan import Identity
+from agent.coordination.records import SettingsMismatch
+from agent.coordination.state import StateLayout
+from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.report import COMPLETED, FAILED, FileResult
-from agent.state import StateLayout
-from agent.status import plan_lines, run_status, status_report
 from agent.storage import StorageSettings, Stores, open_stores
 from agent.storage.inputs import file_id
 

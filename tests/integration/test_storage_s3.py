@@ -14,7 +14,7 @@ import orjson
 import pytest
 from servers import SeaweedFS, free_port_block
 
-from agent._jobtypes import DataUri
+from agent.job.types import DataUri
 from agent.storage import (
     ObjectChangedError,
     ObjectInfo,

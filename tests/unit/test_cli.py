@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import agent
-from agent import cli
-from agent.cli import RunOptions, main
+from agent.cli import app as cli
+from agent.cli.app import RunOptions, main
 from agent.log import LogFormat, setup_logging
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,9 +242,9 @@ def test_split_forwards_to_the_splitter(
         calls.append((path, options))
         return 0
 
-    module = types.ModuleType("agent.split.command")
+    module = types.ModuleType("agent.cli.split")
     module.run_split = run_split  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "agent.split.command", module)
+    monkeypatch.setitem(sys.modules, "agent.cli.split", module)
     argv = ["split", "data.rec", "--split-type", "RecordIO", "--batch-strategy", "SingleRecord"]
     assert main([*argv, "--max-payload-mb", "0", "--output-dir", "bodies"]) == 0
     (path, options) = calls[0]
@@ -262,7 +262,7 @@ def test_split_forwards_to_the_splitter(
 def test_split_not_built_yet(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "agent.split.command", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "agent.cli.split", None)  # import raises ImportError
     argv = ["split", "x.csv", "--split-type", "Line", "--batch-strategy", "MultiRecord"]
     assert main([*argv, "--max-payload-mb", "6", "--compression", "Gzip"]) == 2
     assert "split is not built yet" in capsys.readouterr().err

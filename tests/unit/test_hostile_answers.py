@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.cli import main
-from agent.invoke import ModelClientSettings
+from agent.cli.app import main
 from agent.job import JobError, JobSettings, parse_job, with_overrides
+from agent.model.client import ModelClientSettings
 
 SECRET = "tok-9b1e77c0aa5f4d2e"
 MIB = 1 << 20

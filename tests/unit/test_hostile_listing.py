@@ -19,14 +19,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.coordinator import Coordinator
-from agent.pipeline import Pipeline, PipelineSettings
-from agent.plan import Identity
+from agent.coordination.coordinator import Coordinator
+from agent.coordination.plan import Identity
+from agent.coordination.state import StateLayout
+from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.pipeline.file import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, scrub_state
 from agent.report import FAILED, JobSummary, Progress
 from agent.runner import _write_summary
-from agent.state import StateLayout
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
 from agent.storage.inputs import ManifestError
 
@@ -285,7 +285,7 @@ def test_summaries_written_in_pieces_are_the_whole_documents_bytes(indent: bool)
     """The streamed summaries are byte for byte what ``orjson.dumps`` of the whole
     document gives (compact for ``summary.json``, indented for ``--summary``), secrets
     taken out of free text as ``scrub_state`` does."""
-    from agent._jsonstream import document_pieces  # (new with the streamed summaries)
+    from agent.jsonstream import document_pieces  # (new with the streamed summaries)
 
     option = orjson.OPT_INDENT_2 if indent else 0
     entries = [
@@ -311,7 +311,7 @@ def test_summaries_written_in_pieces_are_the_whole_documents_bytes(indent: bool)
 def test_a_stored_summarys_run_and_status_are_read_without_its_entries() -> None:
     """A start (is the run over?) and a finish (is a final summary there?) need the run
     and the status only: the per-file entries of a compact summary are not parsed."""
-    from agent.state import summary_head_of  # (new with the streamed summaries)
+    from agent.coordination.state import summary_head_of  # (new with the streamed summaries)
 
     where = local("/state/summary.json")
     document = {
@@ -350,7 +350,7 @@ async def test_an_empty_listing_is_not_called_a_run(
 async def test_a_summary_too_large_to_read_whole_is_judged_by_its_head(tmp_path: Path) -> None:
     """A start and a finish read a stored summary over the small-object limit (a job of
     hundreds of thousands of files) from its first bytes, instead of failing."""
-    from agent.state import read_summary_head, write_summary
+    from agent.coordination.state import read_summary_head, write_summary
     from agent.storage.local import LocalStore
 
     store = LocalStore(StorageSettings(max_small_object_bytes=4096))

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.cli import main, summary_path_problem
+from agent.cli.app import main, summary_path_problem
+from agent.coordination.state import dumps
 from agent.job import JobError, JobSettings, parse_job
 from agent.log import setup_logging
-from agent.model_process import model_environment
+from agent.model.process import model_environment
 from agent.redact import MASK, Redactor, install, scrub_state, secrets_of
-from agent.state import dumps
 
 SECRET = "SUPERSECRET123"
 AWKWARD = 'pa"ss\\wörd€\n42'  # a quote, a backslash, non-ASCII and a control character

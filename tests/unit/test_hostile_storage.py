@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent._jobparse import parse_job
-from agent._jobschema import JobError
-from agent._jobtypes import DataUri
-from agent.cli import main
-from agent.plan import IdentityError, format_plan, resolve_identity, static_plan
+from agent.cli.app import main
+from agent.coordination.plan import IdentityError, format_plan, resolve_identity, static_plan
+from agent.job.parse import parse_job
+from agent.job.schema import JobError
+from agent.job.types import DataUri
 from agent.storage import InputFile, ObjectInfo, StorageError, StorageSettings
-from agent.storage._base import PendingUpload
+from agent.storage.base import PendingUpload
 from agent.storage.local import LocalStore
 
 HUGE = 100_000_000

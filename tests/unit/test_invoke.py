@@ -8,9 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent._execparams import DEFAULTS, parse_execution_parameters
-from agent._modelpolicy import backoff_seconds, describe_error, invocation_failure
-from agent.invoke import (
+from agent.job import JobSettings, parse_job
+from agent.model.client import (
     RETRYABLE_ERRORS,
     ExecutionParametersError,
     ModelClient,
@@ -23,8 +22,9 @@ from agent.invoke import (
     format_execution_parameters,
     resolve_execution_parameters,
 )
-from agent.job import JobSettings, parse_job
-from agent.model_process import ModelExit, model_environment
+from agent.model.execparams import DEFAULTS, parse_execution_parameters
+from agent.model.policy import backoff_seconds, describe_error, invocation_failure
+from agent.model.process import ModelExit, model_environment
 
 WHAT = "s3://b/in/x.csv bytes 0-6291455"
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from agent.coordination.lease import LeaseSettings
 from agent.job import JobError, parse_job
-from agent.lease import LeaseSettings
 
 
 def job_with_agent(**agent: Any) -> dict[str, Any]:

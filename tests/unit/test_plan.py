@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from agent._jobtypes import DataUri
-from agent.cli import main
-from agent.log import setup_logging
-from agent.plan import (
+from agent.cli.app import main
+from agent.coordination.plan import (
     IdentityError,
     format_plan,
     largest_first,
     resolve_identity,
     static_plan,
 )
+from agent.job.types import DataUri
+from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo
 
 

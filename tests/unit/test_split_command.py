@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_split_support import MAGIC_BYTES, rio_frame, rio_record, tf_frame
 
-from agent.split.command import run_split
+from agent.cli.split import run_split
 
 MiB = 1 << 20
 

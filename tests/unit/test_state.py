@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent._jobtypes import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.commit import (
+from agent.cli.status import progress_lines
+from agent.coordination.commit import (
     META_INPUT_ETAG,
     META_SETTINGS_HASH,
     CommitRule,
@@ -20,16 +20,8 @@ from agent.commit import (
     commit_rule,
     output_metadata,
 )
-from agent.completion import (
-    FileRecord,
-    RecordCache,
-    SettingsMismatch,
-    build_summary,
-    completed,
-    write_record,
-)
-from agent.coordinator import Coordinator
-from agent.lease import (
+from agent.coordination.coordinator import Coordinator
+from agent.coordination.lease import (
     ConditionalWritesUnsupported,
     Holder,
     LeaseBook,
@@ -37,9 +29,16 @@ from agent.lease import (
     LeaseSettings,
     check_conditional_writes,
 )
-from agent.plan import Identity
-from agent.report import FileResult
-from agent.state import (
+from agent.coordination.plan import Identity
+from agent.coordination.records import (
+    FileRecord,
+    RecordCache,
+    SettingsMismatch,
+    build_summary,
+    completed,
+    write_record,
+)
+from agent.coordination.state import (
     COMPLETED,
     FAILED,
     Listing,
@@ -49,9 +48,10 @@ from agent.state import (
     open_listing,
     write_summary,
 )
-from agent.status import progress_lines
+from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.report import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
-from agent.storage._base import StorageError
+from agent.storage.base import StorageError
 from agent.storage.inputs import file_id
 
 FAST = LeaseSettings(

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent._jobtypes import DataUri
+from agent.job.types import DataUri
 from agent.storage import (
     MAX_PARTS,
     ChunkReader,

@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from agent._jobtypes import DataUri
-from agent.state import STATE_FORMAT, StateLayout, dumps, now_iso
+from agent.coordination.state import STATE_FORMAT, StateLayout, dumps, now_iso
+from agent.job.types import DataUri
 from agent.storage import S3Store, Stores
-from agent.storage._base import ObjectNotFoundError, PendingUpload, StorageError, Store
+from agent.storage.base import ObjectNotFoundError, PendingUpload, StorageError, Store
 
 log = logging.getLogger("agent.state")
 

@@ -1,6 +1,6 @@
 """The model command's supervisor: it ends the whole model process group when the agent dies.
 
-``agent.model_process`` starts this file, not the model command, as its child:
+``agent.model.process`` starts this file, not the model command, as its child:
 
     python -I _supervise.py PARENT_PID GRACE_SECONDS STATUS_FD -- COMMAND ARGS...
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-from agent._jobschema import (
+from agent.job.processing import check_processing, filter_problem, processing_notes
+from agent.job.schema import (
     AGENT,
     CLIENT,
     ENV_KEY,
@@ -43,7 +44,7 @@ from agent._jobschema import (
     quote,
     type_name,
 )
-from agent._jobtypes import (
+from agent.job.types import (
     ASSEMBLY_TYPES,
     BATCH_STRATEGIES,
     COMPRESSION_TYPES,
@@ -64,7 +65,6 @@ from agent._jobtypes import (
     check_model_url,
     parse_data_uri,
 )
-from agent.dataproc.rules import check_processing, filter_problem, processing_notes
 
 
 def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:

@@ -41,7 +41,7 @@ from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
 from agent import __version__
-from agent._execparams import (
+from agent.model.execparams import (
     ExecutionParametersError,
     ResolvedParams,
     Source,
@@ -49,7 +49,7 @@ from agent._execparams import (
     parse_execution_parameters,
     resolve_execution_parameters,
 )
-from agent._modelpolicy import (
+from agent.model.policy import (
     RETRYABLE_ERRORS,
     InvocationError,
     ModelClientSettings,
@@ -63,7 +63,7 @@ from agent._modelpolicy import (
     describe_error,
     invocation_failure,
 )
-from agent.model_process import ModelExit
+from agent.model.process import ModelExit
 
 __all__ = [
     "RETRYABLE_ERRORS",
@@ -86,7 +86,7 @@ __all__ = [
     "resolve_execution_parameters",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent.invoke")
 
 USER_AGENT = f"bt-agent/{__version__}"
 # aiohttp adds these unless told not to; SPEC §4 sends only what the job sets.

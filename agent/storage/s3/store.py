@@ -29,7 +29,7 @@ from botocore.exceptions import (
 )
 
 from agent._compat import BytesLike
-from agent.storage._base import (
+from agent.storage.base import (
     Backoff,
     ChunkReader,
     ObjectChangedError,
@@ -43,7 +43,7 @@ from agent.storage._base import (
     UploadIdCallback,
     describe,
 )
-from agent.storage.s3upload import S3Upload, conditions
+from agent.storage.s3.upload import S3Upload, conditions
 
 log = logging.getLogger("agent.storage")
 

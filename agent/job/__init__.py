@@ -22,9 +22,9 @@ import json
 import os
 from dataclasses import replace
 
-from agent._jobparse import parse_job
-from agent._jobschema import MAX_INSTANCE_COUNT, JobError, Problem, json_object
-from agent._jobtypes import (
+from agent.job.parse import parse_job
+from agent.job.schema import MAX_INSTANCE_COUNT, JobError, Problem, json_object
+from agent.job.types import (
     DEFAULT_MODEL_URL,
     MIB,
     AgentConfig,

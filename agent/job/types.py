@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent._jobschema import URI_FORMS, control_character, quote
+from agent.job.schema import URI_FORMS, control_character, quote
 
 BatchStrategy = Literal["MultiRecord", "SingleRecord"]
 S3DataType = Literal["S3Prefix", "ManifestFile"]

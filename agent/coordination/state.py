@@ -5,7 +5,7 @@ Layout under ``Agent.StateUri`` (default ``<S3OutputPath>/_bt-agent/<TransformJo
     listing.json             the run's listing snapshot: RunId, every input's key, size, ETag
     done/<file-id>.json      one record per finished file (Completed or Failed), written only
                              after the file's .out was committed
-    leases/<file-id>.json    Lease coordination: who holds which file (agent.lease)
+    leases/<file-id>.json    Lease coordination: who holds which file (agent.coordination.lease)
     uploads/<file-id>/<h>.json  one per open multipart upload, so orphans can be aborted
     probe/<token>.json       the start-up check of conditional writes (deleted at once)
     summary.json             the job summary, DescribeTransformJob-like, with RunId
@@ -34,10 +34,10 @@ from typing import Any
 
 import orjson
 
-from agent._jobtypes import DataUri
+from agent.job.types import DataUri
 from agent.redact import dumps_scrubbed
 from agent.report import COMPLETED, FAILED
-from agent.storage._base import (
+from agent.storage.base import (
     ObjectInfo,
     ObjectTooLargeError,
     PreconditionFailed,

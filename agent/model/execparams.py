@@ -4,7 +4,7 @@ SPEC §4: the job file first, then the model's ``GET /execution-parameters`` ans
 the defaults of SPEC §1. A field the job sets is taken as it is, whatever the model says,
 and the model's value for it is not checked. A field the model supplies must be in range,
 or the job fails: guessing would send the model bodies or concurrency it said it cannot
-take. Pure functions, no I/O; ``agent.invoke`` re-exports the public names.
+take. Pure functions, no I/O; ``agent.model.client`` re-exports the public names.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Literal, TypeVar
 
 import orjson
 
-from agent._modelpolicy import ModelError
 from agent.job import BatchStrategy, JobSettings
+from agent.model.policy import ModelError
 
 Source = Literal["job file", "/execution-parameters", "default"]
 FIELDS = ("MaxConcurrentTransforms", "MaxPayloadInMB", "BatchStrategy")

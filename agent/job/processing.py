@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent._jobschema import Checker, child, quote
-from agent._jobtypes import DataProcessing, TransformInput, TransformOutput
-from agent.dataproc.jsonpath import JsonPath, PathSyntaxError, parse_path
+from agent.job.jsonpath import JsonPath, PathSyntaxError, parse_path
+from agent.job.schema import Checker, child, quote
+from agent.job.types import DataProcessing, TransformInput, TransformOutput
 
 CSV = "text/csv"
 JSON = "application/json"

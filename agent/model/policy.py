@@ -1,7 +1,7 @@
 """The model client's policy: its settings, its errors, what is retried and how long it waits.
 
 Every final error is a sentence naming the batch (file URI and byte range), the status or
-the exception, and the start of the model's answer. No I/O here; ``agent.invoke``
+the exception, and the start of the model's answer. No I/O here; ``agent.model.client``
 re-exports the public names.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from agent.job import JobSettings
-from agent.model_process import ModelExit
+from agent.model.process import ModelExit
 
 
 class ModelError(Exception):

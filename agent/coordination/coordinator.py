@@ -13,11 +13,12 @@ The runner's side of coordination, for ``Static`` and ``Lease`` alike::
                 await claim.record(result)               # the completion record
         await coordinator.finish(...)                    # the job summary, if final
 
-``files()`` yields :class:`~agent.claim.Claim` objects lazily: ask for the next one only
-when there is room for it (a claim's lease is renewed from the moment it is won). In
+``files()`` yields :class:`~agent.coordination.claim.Claim` objects lazily: ask for the next
+one only when there is room for it (a claim's lease is renewed from the moment it is
+won). In
 Static mode the claims are this instance's share of the plan minus what is completed;
 in Lease mode each claim holds a lease and files are tried largest first (see
-``agent.lease`` and the README).
+``agent.coordination.lease`` and the README).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
-from agent._jobtypes import DataUri, JobSettings
-from agent.claim import Claim
-from agent.commit import (
+from agent.coordination.claim import Claim
+from agent.coordination.commit import (
     CommitRule,
     LeftoverUploads,
     UploadRecorder,
@@ -43,7 +43,15 @@ from agent.commit import (
     head_output,
     output_metadata,
 )
-from agent.completion import (
+from agent.coordination.lease import (
+    HeldLease,
+    Holder,
+    LeaseBook,
+    LeaseSettings,
+    check_conditional_writes,
+)
+from agent.coordination.plan import Identity, largest_first, static_plan
+from agent.coordination.records import (
     FileRecord,
     RecordCache,
     completed,
@@ -52,24 +60,17 @@ from agent.completion import (
     write_record,
     write_records,
 )
-from agent.lease import (
-    HeldLease,
-    Holder,
-    LeaseBook,
-    LeaseSettings,
-    check_conditional_writes,
-)
-from agent.plan import Identity, largest_first, static_plan
-from agent.report import COMPLETED, FileResult
-from agent.state import (
+from agent.coordination.state import (
     Listing,
     StateLayout,
     now_iso,
     open_listing,
     write_summary,
 )
+from agent.job.types import DataUri, JobSettings
+from agent.report import COMPLETED, FileResult
 from agent.storage import Stores, list_inputs
-from agent.storage._base import StorageError, Store
+from agent.storage.base import StorageError, Store
 from agent.storage.inputs import (
     InputFile,
     ListingSource,

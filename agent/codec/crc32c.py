@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 from agent._compat import NO_EXTENSIONS
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from agent._crc32c_py import implementation, masked, value
+    from agent.codec._crc32c_py import implementation, masked, value
 else:
     try:
-        from agent._crc32c_c import implementation, masked, value
+        from agent.codec._crc32c_c import implementation, masked, value
     except ImportError:  # pragma: no cover - a source tree that was never built
-        from agent._crc32c_py import implementation, masked, value
+        from agent.codec._crc32c_py import implementation, masked, value
 
 __all__ = ["implementation", "masked", "value", "IS_NATIVE"]
 

@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from agent._compat import BytesLike
-from agent.storage._base import (
+from agent.storage.base import (
     MAX_PARTS,
     StorageError,
     Upload,
@@ -26,7 +26,7 @@ from agent.storage._base import (
 )
 
 if TYPE_CHECKING:
-    from agent.storage.s3 import S3Store
+    from agent.storage.s3.store import S3Store
 
 log = logging.getLogger("agent.storage")
 

@@ -31,21 +31,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from agent._compat import BytesLike
-from agent.assemble import Assembler, ReorderBudget
-from agent.claim import Claim
+from agent.codec.gzip import GzipError, gunzip
+from agent.coordination.claim import Claim
+from agent.coordination.lease import ClaimLost
 from agent.dataproc import Batch, RecordBatcher, RecordProcessor, make_processor
-from agent.invoke import Body, ModelClient, ModelExitedError
 from agent.job import JobSettings
-from agent.lease import ClaimLost
+from agent.model.client import Body, ModelClient, ModelExitedError
+from agent.pipeline.ordering import Assembler, ReorderBudget
 from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult, Progress
 from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
 from agent.storage import Stores
-from agent.storage._base import ObjectInfo, StorageError, Store
-from agent.storage.gzip import GzipError, gunzip
+from agent.storage.base import ObjectInfo, StorageError, Store
 from agent.storage.inputs import InputFile, OutputKeyError, output_uri
 
 if TYPE_CHECKING:
-    from agent.completion import FileRecord
+    from agent.coordination.records import FileRecord
 
 # A join over more bytes than this runs in a thread, so the event loop keeps serving the
 # other requests (orjson parsing is ~4 µs a row).

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent import __version__
-from agent._jobschema import MAX_INSTANCE_COUNT
 from agent.job import JobError, JobSettings, LoadedJob, load_job, with_overrides
+from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.log import LOG_FORMATS, LogFormat, setup_logging
 
 EXIT_COMPLETED = 0  # every file succeeded
@@ -28,7 +28,7 @@ EXIT_SIGTERM = 143  # stopped by SIGTERM
 
 COMMANDS = ("run", "validate", "split", "status", "plan")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent.cli")
 
 _USAGE = """bt-agent [run] --job JOB [options]
        bt-agent {validate,split,status,plan} ..."""
@@ -152,9 +152,9 @@ def _validate(namespace: argparse.Namespace) -> int:
 
 def _split(namespace: argparse.Namespace) -> int:
     try:
-        from agent.split.command import run_split  # type: ignore[import-not-found, unused-ignore]
+        from agent.cli.split import run_split  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
-        if exc.name not in ("agent.split", "agent.split.command"):
+        if exc.name not in ("agent.split", "agent.cli.split"):
             raise  # a broken dependency is a bug to see, not a missing feature
         _error("split is not built yet")
         return EXIT_USAGE
@@ -189,14 +189,14 @@ def _state_settings(namespace: argparse.Namespace) -> JobSettings | None:
 
 
 def _status(namespace: argparse.Namespace) -> int:
-    from agent.status import run_status
+    from agent.cli.status import run_status
 
     settings = _state_settings(namespace)
     return EXIT_USAGE if settings is None else run_status(settings, sys.stdout)
 
 
 def _plan(namespace: argparse.Namespace) -> int:
-    from agent.status import run_plan
+    from agent.cli.status import run_plan
 
     settings = _state_settings(namespace)
     if settings is None:

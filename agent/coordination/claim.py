@@ -14,15 +14,15 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
-from agent._jobtypes import DataUri
-from agent.commit import CommitRule, UploadRecorder
-from agent.lease import ClaimLost, HeldLease, LeaseLost
+from agent.coordination.commit import CommitRule, UploadRecorder
+from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
+from agent.job.types import DataUri
 from agent.report import COMPLETED, FAILED, FileResult
-from agent.storage._base import PreconditionFailed, Upload
+from agent.storage.base import PreconditionFailed, Upload
 from agent.storage.inputs import InputFile
 
 if TYPE_CHECKING:
-    from agent.completion import FileRecord
+    from agent.coordination.records import FileRecord
 
 _T = TypeVar("_T")
 

@@ -20,10 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from agent._jobtypes import DataUri
-from agent._jsonstream import document_pieces
-from agent.report import COMPLETED, FAILED, STOPPED, file_entry
-from agent.state import (
+from agent.coordination.state import (
     IN_PROGRESS,
     READS_IN_FLIGHT,
     STATE_FORMAT,
@@ -34,7 +31,10 @@ from agent.state import (
     loads,
     now_iso,
 )
-from agent.storage._base import ObjectInfo, Store
+from agent.job.types import DataUri
+from agent.jsonstream import document_pieces
+from agent.report import COMPLETED, FAILED, STOPPED, file_entry
+from agent.storage.base import ObjectInfo, Store
 from agent.storage.inputs import InputFile, file_id
 
 log = logging.getLogger("agent.state")
@@ -419,8 +419,8 @@ def summary_pieces(
     settings_hash: str | None,
 ) -> Iterator[bytes]:
     """``summary.json`` in pieces: ``head`` (``summary_head``) with its entries, as
-    ``agent.state.dumps(..., compact=True)`` writes it, each entry serialised as it is made
-    (never a dict per file, nor the whole text at once)."""
+    ``agent.coordination.state.dumps(..., compact=True)`` writes it, each entry serialised
+    as it is made (never a dict per file, nor the whole text at once)."""
     entries = summary_entries(listing, records, settings_hash)
     yield from document_pieces(head, "Files", entries)
     yield b"\n"

@@ -44,7 +44,7 @@ __all__ = [
     "model_environment",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent.model_process")
 
 # Set from the job file only; copies inherited from the agent's own environment are dropped
 # so the model never sees a value the agent does not act on.

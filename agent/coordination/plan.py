@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agent._jobschema import MAX_INSTANCE_COUNT
+from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.storage.inputs import InputFile
 
 

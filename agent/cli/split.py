@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
+from agent.codec.gzip import Gunzip, GzipError
 from agent.split import (
     BATCH_STRATEGIES,
     SPLIT_TYPES,
@@ -20,7 +21,6 @@ from agent.split import (
     make_splitter,
     max_payload_bytes,
 )
-from agent.storage.gzip import Gunzip, GzipError
 
 READ_CHUNK_BYTES = 1 << 20
 MAX_PAYLOAD_MB = 100  # SPEC §1: MaxPayloadInMB is 0 to 100

@@ -18,20 +18,20 @@ from typing import Any, TextIO
 
 import orjson
 
-from agent._jobtypes import JobSettings
-from agent.completion import FileRecord, RecordCache, build_summary
-from agent.lease import read_leases
-from agent.plan import format_plan, static_plan
-from agent.report import COMPLETED, FAILED
-from agent.state import (
+from agent.coordination.lease import read_leases
+from agent.coordination.plan import format_plan, static_plan
+from agent.coordination.records import FileRecord, RecordCache, build_summary
+from agent.coordination.state import (
     Listing,
     StateLayout,
     read_listing,
     read_summary,
     read_summary_head,
 )
+from agent.job.types import JobSettings
+from agent.report import COMPLETED, FAILED
 from agent.storage import Stores, list_inputs, open_stores
-from agent.storage._base import InputError, StorageError
+from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import ListingSource
 
 log = logging.getLogger("agent.status")

@@ -32,8 +32,8 @@ from typing import Any, Self
 
 import orjson
 
-from agent.state import STATE_FORMAT, StateLayout, dumps, now_iso
-from agent.storage._base import PreconditionFailed, StorageError, Store
+from agent.coordination.state import STATE_FORMAT, StateLayout, dumps, now_iso
+from agent.storage.base import PreconditionFailed, StorageError, Store
 
 log = logging.getLogger("agent.lease")
 

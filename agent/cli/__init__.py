@@ -1,0 +1,5 @@
+"""The command line: ``bt-agent run|validate|split|status|plan``."""
+
+from agent.cli.app import main
+
+__all__ = ["main"]
