@@ -33,7 +33,7 @@ from agent.model.client import (
     resolve_execution_parameters,
 )
 from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
-from agent.pipeline.file import Pipeline, PipelineSettings
+from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores

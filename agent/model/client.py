@@ -68,7 +68,7 @@ from agent.model.process import ModelExit
 __all__ = [
     "RETRYABLE_ERRORS",
     "USER_AGENT",
-    "Body",
+    "RequestBody",
     "BodySource",
     "ExecutionParametersError",
     "InvocationError",
@@ -97,7 +97,7 @@ EXECUTION_PARAMETERS_MAX_BYTES = 64 << 10
 _READ_BYTES = 1 << 20  # the most one read of an answer's body asks for
 
 BodySource: TypeAlias = Callable[[], AsyncIterator[bytes]]
-Body: TypeAlias = bytes | bytearray | memoryview | BodySource
+RequestBody: TypeAlias = bytes | bytearray | memoryview | BodySource
 _T = TypeVar("_T")
 
 
@@ -134,7 +134,7 @@ class _SourceFailed(Exception):
         self.error = error
 
 
-class _StreamedBody:
+class _AttemptStream:
     """One attempt's chunked body, opened from its source; notes the source's own errors."""
 
     def __init__(self, source: BodySource) -> None:
@@ -344,7 +344,7 @@ class ModelClient:
             log.warning("GET /execution-parameters did not answer a JSON object; taken as absent")
         return answer
 
-    async def invoke(self, body: Body, *, what: str) -> bytearray:
+    async def invoke(self, body: RequestBody, *, what: str) -> bytearray:
         """POST ``body`` to ``/invocations``; the answer's body, or ``InvocationError``.
 
         An answer over ``max_response_bytes`` raises ``ResponseTooLargeError`` at once.
@@ -399,12 +399,12 @@ class ModelClient:
                 raise ModelExitedError(what, death.exit, attempt) from cause
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _attempt(self, body: Body) -> bytearray:
+    async def _attempt(self, body: RequestBody) -> bytearray:
         s = self.settings
-        streamed: _StreamedBody | None = None
+        streamed: _AttemptStream | None = None
         data: Payload
         if callable(body):
-            streamed = _StreamedBody(body)
+            streamed = _AttemptStream(body)
             data = AsyncIterablePayload(streamed.chunks)
         else:
             data = _BufferPayload(body)

@@ -19,6 +19,9 @@ Bounds, each a setting and none a function of input size:
 
 A file's failure stops that file only: its requests are cancelled and its upload aborted,
 so no partial ``.out`` is ever visible; the other files go on.
+
+The module is a little over 400 lines because the slot, budget and place protocol above
+is kept in one class, where each acquire can be read beside its release.
 """
 
 from __future__ import annotations
@@ -26,20 +29,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from agent._compat import BytesLike
-from agent.codec.gzip import GzipError, gunzip
+from agent.codec.gzip import GzipError
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
-from agent.dataproc import Batch, RecordBatcher, RecordProcessor, make_processor
+from agent.dataproc import Batch, RecordProcessor, make_processor
 from agent.job import JobSettings
-from agent.model.client import Body, ModelClient, ModelExitedError
-from agent.pipeline.ordering import Assembler, ReorderBudget
+from agent.model.client import ModelClient, ModelExitedError, RequestBody
+from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
+from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
+from agent.pipeline.settings import PipelineSettings
 from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult, Progress
-from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
+from agent.split import BodyLike, RecordTooLargeError, SplitError
 from agent.storage import Stores
 from agent.storage.base import ObjectInfo, StorageError, Store
 from agent.storage.inputs import InputFile, OutputKeyError, output_uri
@@ -52,113 +57,8 @@ if TYPE_CHECKING:
 JOIN_INLINE_BYTES = 256 << 10
 
 
-@dataclass(frozen=True, slots=True)
-class PipelineSettings:
-    """What shapes the pipeline, resolved: units in the names."""
-
-    split_type: str
-    batch_strategy: str
-    max_payload_bytes: int  # 0: no bound, bodies streamed
-    max_inflight: int  # requests alive at once, over every file
-    files_reading: int  # files being read and split at once
-    files_open: int  # files open at once: being read, awaiting answers, or committing
-    reorder_buffer_bytes: int
-    gzip: bool
-    assemble_with: str
-    kms_key_id: str | None
-
-    @classmethod
-    def from_job(cls, job: JobSettings) -> PipelineSettings:
-        """From a job whose execution parameters are resolved (``ResolvedParams.apply``)."""
-        inflight = job.max_concurrent_transforms or 1
-        return cls(
-            split_type=job.input.split_type,
-            batch_strategy=job.batch_strategy or "MultiRecord",
-            max_payload_bytes=(job.max_payload_mb if job.max_payload_mb is not None else 6) << 20,
-            max_inflight=inflight,
-            files_reading=max(2, inflight),
-            files_open=4 * max(2, inflight),
-            reorder_buffer_bytes=job.agent.reorder_buffer_bytes,
-            gzip=job.input.compression == "Gzip",
-            assemble_with=job.output.assemble_with,
-            kms_key_id=job.output.kms_key_id,
-        )
-
-
-class _Cutter(Protocol):
-    """A splitter, or DataProcessing's batcher: chunks in, bodies out."""
-
-    def feed(self, chunk: bytes) -> Sequence[BodyLike]: ...
-    def finish(self) -> Sequence[BodyLike]: ...
-
-
 class FileFailed(Exception):
     """A file cannot be transformed; the message names it and says why."""
-
-
-class _StreamedBody:
-    """One unbounded body (MaxPayloadInMB = 0) for ``ModelClient.invoke``.
-
-    The first attempt streams the parts the splitter cuts as they come; a retry calls
-    ``reopen``, which reads the body's bytes again from the source. Parts are handed over
-    through a small queue, so the reader waits for the model, not the other way round.
-    """
-
-    def __init__(self, reopen: Callable[[], AsyncIterator[bytes]]) -> None:
-        self._reopen = reopen
-        self._queue: asyncio.Queue[bytes | memoryview | None] = asyncio.Queue(maxsize=4)
-        self._listening = True
-        self._calls = 0
-
-    async def put(self, data: bytes | memoryview) -> None:
-        if self._listening:
-            await self._queue.put(data)
-
-    async def close(self) -> None:
-        if self._listening:
-            await self._queue.put(None)
-
-    def __call__(self) -> AsyncIterator[bytes]:
-        self._calls += 1
-        if self._calls == 1:
-            return self._live()
-        self._abandon()  # a retry: the live parts are of no use any more
-        return self._reopen()
-
-    async def _live(self) -> AsyncIterator[bytes]:
-        try:
-            while (data := await self._queue.get()) is not None:
-                yield bytes(data) if isinstance(data, memoryview) else data
-        finally:
-            self._abandon()
-
-    def _abandon(self) -> None:
-        self._listening = False
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
-
-class _Line:
-    """One file's requests in input order: which have finished, and whether all before one did."""
-
-    __slots__ = ("issued", "frontier", "finished")
-
-    def __init__(self) -> None:
-        self.issued = 0  # sequence numbers handed out
-        self.frontier = 0  # every request before this one has finished
-        self.finished: set[int] = set()  # finished requests at or past the frontier
-
-    def issue(self) -> int:
-        self.issued += 1
-        return self.issued - 1
-
-    def finish(self, seq: int) -> bool:
-        """Record ``seq`` as finished; ``True`` if every request before it had finished."""
-        self.finished.add(seq)
-        while self.frontier in self.finished:
-            self.finished.discard(self.frontier)
-            self.frontier += 1
-        return seq < self.frontier
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +105,13 @@ class Pipeline:
         self.fatal: str | None = None  # set when no further file can succeed
         # DataProcessing; None when it is all defaults (the plain splitter path).
         self.processor: RecordProcessor | None = make_processor(job)
+        self.reader = BodyReader(
+            settings.split_type,
+            settings.batch_strategy,
+            settings.max_payload_bytes,
+            settings.gzip,
+            self.processor,
+        )
 
     async def run(self, claims: AsyncIterable[Claim], results: list[FileOutcome]) -> None:
         """Transform each file ``claims`` hands out (in its order); one entry each in
@@ -323,7 +230,7 @@ class Pipeline:
         result: FileResult,
         reading: _Place,
     ) -> None:
-        async with contextlib.aclosing(self._bodies(info, source, 0)) as bodies:
+        async with contextlib.aclosing(self.reader.bodies(info, source, 0)) as bodies:
             ahead: list[BodyLike] = []
             body = await anext(bodies, None)
             if body is not None and self._whole_file(body, info):
@@ -377,16 +284,16 @@ class Pipeline:
         reading: _Place,
     ) -> None:
         order: asyncio.Queue[asyncio.Task[_Answer] | None] = asyncio.Queue()
-        line = _Line()
+        line = RequestOrder()
         try:
             async with (
-                contextlib.aclosing(_chain(ahead, rest)) as chained,
+                contextlib.aclosing(chain(ahead, rest)) as chained,
                 asyncio.TaskGroup() as group,
             ):
                 group.create_task(self._write(order, assembler))
-                streamed: _StreamedBody | None = None
+                streamed: UnboundedBody | None = None
                 async for body in chained:
-                    payload: Body
+                    payload: RequestBody
                     if body.first:
                         await self.budget.wait_for_room()
                         await self.slots.acquire()
@@ -394,8 +301,8 @@ class Pipeline:
                             payload = body.data
                             what = f"{item.uri} bytes [{body.start}, {body.end})"
                         else:
-                            reopen = functools.partial(self._reopen, info, source, body.start)
-                            streamed = _StreamedBody(reopen)
+                            reopen = functools.partial(self.reader.reread, info, source, body.start)
+                            streamed = UnboundedBody(reopen)
                             payload, what = streamed, f"{item.uri} body from byte {body.start}"
                         batch = body if isinstance(body, Batch) else None
                         request = self._request(payload, what, line, line.issue(), batch)
@@ -421,7 +328,12 @@ class Pipeline:
             await self._drop_waiting(order)
 
     async def _request(
-        self, payload: Body, what: str, line: _Line, seq: int, batch: Batch | None = None
+        self,
+        payload: RequestBody,
+        what: str,
+        line: RequestOrder,
+        seq: int,
+        batch: Batch | None = None,
     ) -> _Answer:
         data: BytesLike = await self.client.invoke(payload, what=what)
         if batch is not None and self.processor is not None and self.processor.processes_output:
@@ -476,59 +388,6 @@ class Pipeline:
             if task is not None and task.done() and not task.cancelled():
                 if task.exception() is None:
                     await self._settle(task.result())
-
-    async def _chunks(
-        self, info: ObjectInfo, source: Store, start: int
-    ) -> AsyncGenerator[bytes, None]:
-        """The input's (uncompressed) bytes from offset ``start``."""
-        if not self.settings.gzip:
-            async with source.read(info, start) as reader:
-                async for chunk in reader:
-                    yield chunk
-            return
-        skip = start
-        async with source.read(info) as reader:
-            async for chunk in gunzip(reader):
-                if skip >= len(chunk):
-                    skip -= len(chunk)
-                    continue
-                yield chunk[skip:] if skip else chunk
-                skip = 0
-
-    async def _bodies(
-        self, info: ObjectInfo, source: Store, start: int
-    ) -> AsyncGenerator[BodyLike, None]:
-        s = self.settings
-        splitter: _Cutter
-        if self.processor is not None:
-            splitter = RecordBatcher(self.processor, s.batch_strategy, s.max_payload_bytes)
-        else:
-            splitter = make_splitter(s.split_type, s.batch_strategy, s.max_payload_bytes)
-        async with contextlib.aclosing(self._chunks(info, source, start)) as chunks:
-            async for chunk in chunks:
-                for body in splitter.feed(chunk):
-                    yield body
-        for body in splitter.finish():
-            yield body
-
-    async def _reopen(self, info: ObjectInfo, source: Store, start: int) -> AsyncIterator[bytes]:
-        """A streamed body again, for a retry: its bytes re-read from the source."""
-        async with contextlib.aclosing(self._bodies(info, source, start)) as parts:
-            async for part in parts:
-                if part.data:
-                    yield bytes(part.data)
-                if part.last:
-                    return
-
-
-async def _chain(
-    ahead: list[BodyLike], rest: AsyncIterator[BodyLike]
-) -> AsyncGenerator[BodyLike, None]:
-    """The bodies already taken from ``rest``, then ``rest``."""
-    for body in ahead:
-        yield body
-    async for body in rest:
-        yield body
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

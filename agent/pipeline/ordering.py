@@ -18,6 +18,31 @@ from agent._compat import BytesLike
 Write = Callable[[BytesLike], Awaitable[None]]
 
 
+class RequestOrder:
+    """One file's requests in input order: which have finished, and whether every request
+    before a given one had finished when it did (then its answer is written at once;
+    otherwise it finished early and waits in the :class:`ReorderBudget`)."""
+
+    __slots__ = ("issued", "frontier", "finished")
+
+    def __init__(self) -> None:
+        self.issued = 0  # sequence numbers handed out
+        self.frontier = 0  # every request before this one has finished
+        self.finished: set[int] = set()  # finished requests at or past the frontier
+
+    def issue(self) -> int:
+        self.issued += 1
+        return self.issued - 1
+
+    def finish(self, seq: int) -> bool:
+        """Record ``seq`` as finished; ``True`` if every request before it had finished."""
+        self.finished.add(seq)
+        while self.frontier in self.finished:
+            self.finished.discard(self.frontier)
+            self.frontier += 1
+        return seq < self.frontier
+
+
 class ReorderBudget:
     """Bytes of responses that finished early and wait for their turn, capped.
 
@@ -60,17 +85,15 @@ class Assembler:
     ends its answer with a newline; an empty body becomes one ``\\n``).
     """
 
-    __slots__ = ("_write", "_line", "bytes_written", "responses")
+    __slots__ = ("_write", "_line", "bytes_written")
 
     def __init__(self, write: Write, assemble_with: str) -> None:
         self._write = write
         self._line = assemble_with == "Line"
         self.bytes_written = 0
-        self.responses = 0
 
     async def add(self, body: BytesLike) -> None:
         """Write the next response in input order."""
-        self.responses += 1
         size = len(body)
         if size:
             await self._write(body)

@@ -23,7 +23,7 @@ from agent.coordination.coordinator import Coordinator
 from agent.coordination.plan import Identity
 from agent.coordination.state import StateLayout
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.pipeline.file import Pipeline, PipelineSettings
+from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, scrub_state
 from agent.report import FAILED, JobSummary, Progress
 from agent.runner import _write_summary

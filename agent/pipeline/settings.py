@@ -1,0 +1,41 @@
+"""What shapes the pipeline, resolved from the job: the bounds it enforces (see the
+docstring of :mod:`agent.pipeline.file`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.job import JobSettings
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """What shapes the pipeline, resolved: units in the names."""
+
+    split_type: str
+    batch_strategy: str
+    max_payload_bytes: int  # 0: no bound, bodies streamed
+    max_inflight: int  # requests alive at once, over every file
+    files_reading: int  # files being read and split at once
+    files_open: int  # files open at once: being read, awaiting answers, or committing
+    reorder_buffer_bytes: int
+    gzip: bool
+    assemble_with: str
+    kms_key_id: str | None
+
+    @classmethod
+    def from_job(cls, job: JobSettings) -> PipelineSettings:
+        """From a job whose execution parameters are resolved (``ResolvedParams.apply``)."""
+        inflight = job.max_concurrent_transforms or 1
+        return cls(
+            split_type=job.input.split_type,
+            batch_strategy=job.batch_strategy or "MultiRecord",
+            max_payload_bytes=(job.max_payload_mb if job.max_payload_mb is not None else 6) << 20,
+            max_inflight=inflight,
+            files_reading=max(2, inflight),
+            files_open=4 * max(2, inflight),
+            reorder_buffer_bytes=job.agent.reorder_buffer_bytes,
+            gzip=job.input.compression == "Gzip",
+            assemble_with=job.output.assemble_with,
+            kms_key_id=job.output.kms_key_id,
+        )
