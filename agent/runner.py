@@ -17,7 +17,8 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from dataclasses import dataclass
+from typing import BinaryIO
 
 from agent.coordination.coordinator import Coordinator
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
@@ -25,6 +26,7 @@ from agent.coordination.plan import Identity, IdentityError, resolve_identity, s
 from agent.coordination.records import SettingsMismatch
 from agent.job import JobSettings, settings_hash
 from agent.jsonstream import document_pieces
+from agent.log import LogFormat
 from agent.model.client import (
     ModelClient,
     ModelClientSettings,
@@ -40,10 +42,20 @@ from agent.storage import open_stores
 from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import InputFile, output_uri
 
-if TYPE_CHECKING:
-    from agent.cli.app import RunOptions
-
 log = logging.getLogger("agent.run")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Everything ``run`` needs: the job with flags applied, and per-process choices."""
+
+    settings: JobSettings  # --model-url, --state-uri, --instance-count already applied
+    instance_index: int | None  # --instance-index; None: from the orchestrator, else 0
+    instance_count: int | None  # --instance-count as given; None: not on the command line
+    force: bool  # run although the state prefix holds results of different settings
+    summary_path: str | None  # also write the job summary here
+    log_format: LogFormat
+
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}

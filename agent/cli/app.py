@@ -13,12 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.job import JobError, JobSettings, LoadedJob, load_job, with_overrides
+from agent.cli.validate import error, load, log_notes, print_problems, validate
+from agent.job import JobError, JobSettings, with_overrides
 from agent.job.schema import MAX_INSTANCE_COUNT
-from agent.log import LOG_FORMATS, LogFormat, setup_logging
+from agent.log import LOG_FORMATS, setup_logging
+
+if TYPE_CHECKING:
+    from agent.runner import RunOptions
 
 EXIT_COMPLETED = 0  # every file succeeded
 EXIT_FAILED = 1  # some file failed; the others still finished
@@ -32,18 +36,6 @@ log = logging.getLogger("agent.cli")
 
 _USAGE = """bt-agent [run] --job JOB [options]
        bt-agent {validate,split,status,plan} ..."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """Everything ``run`` needs: the job with flags applied, and per-process choices."""
-
-    settings: JobSettings  # --model-url, --state-uri, --instance-count already applied
-    instance_index: int | None  # --instance-index; None: from the orchestrator, else 0
-    instance_count: int | None  # --instance-count as given; None: not on the command line
-    force: bool  # run although the state prefix holds results of different settings
-    summary_path: str | None  # also write the job summary here
-    log_format: LogFormat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(namespace: argparse.Namespace) -> int:
     setup_logging(namespace.log_format)
-    loaded = _load(namespace.job)
+    loaded = load(namespace.job)
     if loaded is None:
         return EXIT_USAGE
     try:
@@ -83,20 +75,22 @@ def _run(namespace: argparse.Namespace) -> int:
             instance_count=namespace.instance_count,
         )
     except JobError as exc:
-        _print_problems("the command line", exc)
+        print_problems("the command line", exc)
         return EXIT_USAGE
     index, count = namespace.instance_index, settings.instance_count
     if index is not None and index >= count:
-        _error(
+        error(
             f"--instance-index {index} is out of range: the job has {count} instance(s), "
             f"numbered 0 to {count - 1}; set --instance-count or TransformResources.InstanceCount"
         )
         return EXIT_USAGE
     problem = summary_path_problem(namespace.summary)
     if problem is not None:
-        _error(f"--summary {namespace.summary}: {problem}")
+        error(f"--summary {namespace.summary}: {problem}")
         return EXIT_USAGE
-    _log_notes(loaded)
+    log_notes(loaded)
+    from agent.runner import RunOptions  # imported here: validate and split need none of it
+
     options = RunOptions(
         settings=settings,
         instance_index=index,
@@ -141,23 +135,9 @@ def _start(options: RunOptions) -> int:
     return run(options)
 
 
-def _validate(namespace: argparse.Namespace) -> int:
-    loaded = _load(namespace.job)
-    if loaded is None:
-        return EXIT_USAGE
-    for line in describe(loaded, namespace.job):
-        print(line)
-    return EXIT_COMPLETED
-
-
 def _split(namespace: argparse.Namespace) -> int:
-    try:
-        from agent.cli.split import run_split  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        if exc.name not in ("agent.split", "agent.cli.split"):
-            raise  # a broken dependency is a bug to see, not a missing feature
-        _error("split is not built yet")
-        return EXIT_USAGE
+    from agent.cli.split import run_split  # imported here: the other commands need none of it
+
     return int(
         run_split(
             namespace.file,
@@ -174,7 +154,7 @@ def _split(namespace: argparse.Namespace) -> int:
 def _state_settings(namespace: argparse.Namespace) -> JobSettings | None:
     """The job with ``--state-uri`` (and ``--instance-count``) applied, or ``None`` (exit 2)."""
     setup_logging(namespace.log_format)
-    loaded = _load(namespace.job)
+    loaded = load(namespace.job)
     if loaded is None:
         return None
     try:
@@ -184,7 +164,7 @@ def _state_settings(namespace: argparse.Namespace) -> JobSettings | None:
             instance_count=getattr(namespace, "instance_count", None),
         )
     except JobError as exc:
-        _print_problems("the command line", exc)
+        print_problems("the command line", exc)
         return None
 
 
@@ -202,113 +182,6 @@ def _plan(namespace: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     return run_plan(settings, settings.instance_count, sys.stdout)
-
-
-# ---------------------------------------------------------------------- output
-
-
-def _load(path: str) -> LoadedJob | None:
-    """The validated job, or ``None`` after printing every problem to stderr."""
-    try:
-        return load_job(path)
-    except JobError as exc:
-        _print_problems(path, exc)
-        return None
-
-
-def _print_problems(source: str, exc: JobError) -> None:
-    if len(exc.problems) == 1 and not exc.problems[0].path:
-        _error(exc.problems[0].message)  # the file as a whole: unreadable, not JSON
-        return
-    count = len(exc.problems)
-    _error(f"{source} is not a valid job ({count} problem{'s' if count != 1 else ''}):")
-    for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
-
-
-def _error(message: str) -> None:
-    print(f"bt-agent: {message}", file=sys.stderr)
-
-
-def _log_notes(loaded: LoadedJob) -> None:
-    if loaded.ignored:
-        log.info(
-            "accepted and ignored (SageMaker fields with no effect here): %s",
-            ", ".join(loaded.ignored),
-        )
-    for warning in loaded.warnings:
-        log.warning("%s", warning)
-
-
-def describe(loaded: LoadedJob, source: str) -> list[str]:
-    """A short human summary of a valid job. Environment values are never shown."""
-    job = loaded.settings
-    unset = "resolved from the model at start"
-    command = job.agent.model_command
-    started = (
-        f", started by the agent ({command[0]} with {len(command) - 1} arguments)"
-        if command
-        else ", expected to be running already"
-    )
-    env = sorted(job.environment)
-    lease = job.agent.coordination == "Lease"
-    rows = [
-        ("model", f"{job.model_name or '(no ModelName)'} at {job.agent.model_url}{started}"),
-        (
-            "input",
-            f"{job.input.uri} ({job.input.data_type}), SplitType {job.input.split_type}, "
-            f"CompressionType {job.input.compression}, "
-            f"Content-Type {job.input.content_type or '(not sent)'}",
-        ),
-        (
-            "output",
-            f"{job.output.uri}, AssembleWith {job.output.assemble_with}, "
-            f"Accept {job.output.accept or '(not sent)'}, "
-            f"KMS key {job.output.kms_key_id or '(none)'}",
-        ),
-        (
-            "batching",
-            f"BatchStrategy {job.batch_strategy or unset}, "
-            f"MaxPayloadInMB {_or(job.max_payload_mb, unset)}, "
-            f"MaxConcurrentTransforms {_or(job.max_concurrent_transforms, unset)}",
-        ),
-        (
-            "requests",
-            f"timeout {job.model_client.invocations_timeout_seconds} s, "
-            f"up to {job.model_client.invocations_max_retries} retries, answers up to "
-            + (
-                f"{job.agent.max_response_mb} MiB"
-                if job.agent.max_response_mb is not None
-                else "max(64, 4 × MaxPayloadInMB) MiB"
-            ),
-        ),
-        ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
-        (
-            "processing",
-            f"InputFilter {job.data_processing.input_filter}, JoinSource "
-            f"{job.data_processing.join_source}, OutputFilter {job.data_processing.output_filter}",
-        ),
-        (
-            "instances",
-            f"{job.instance_count}, coordination {job.agent.coordination}"
-            + (f" (lease TTL {job.agent.lease_ttl_seconds} s)" if lease else "")
-            + f", reorder buffer {job.agent.reorder_buffer_mb} MiB",
-        ),
-        ("state", str(job.state_uri)),
-    ]
-    if loaded.ignored:
-        rows.append(("ignored", f"{', '.join(loaded.ignored)} (no effect here)"))
-    rows.extend(("warning", warning) for warning in loaded.warnings)
-    lines = [f"{source}: valid transform job {job.transform_job_name}"]
-    lines.extend(f"  {label:<12} {text}" for label, text in rows)
-    return lines
-
-
-def _or(value: int | None, unset: str) -> str:
-    return unset if value is None else str(value)
-
-
-# ---------------------------------------------------------------------- parser
 
 
 def _bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -372,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", metavar="PATH", help="also write the job summary JSON here")
     run.set_defaults(handler=_run)
 
-    validate = commands.add_parser(
+    validate_parser = commands.add_parser(
         "validate",
         parents=[job],
         help="check a job file and summarise it",
         description="Check a job file: exit 0 and print a summary, or exit 2 and print "
         "every problem with its JSON path. Environment values are never printed.",
     )
-    validate.set_defaults(handler=_validate)
+    validate_parser.set_defaults(handler=validate)
 
     split = commands.add_parser(
         "split",

@@ -117,17 +117,9 @@ def format_row(fields: Sequence[bytes]) -> bytes:
     )
 
 
-def join_rows(left: bytes, right: bytes) -> bytes:
-    """Two lines as one row: the fields of ``left`` then those of ``right``, bytes kept."""
-    if not left:
-        return right
-    if not right:
-        return left
-    return left + b"," + right
-
-
 def join_many(lefts: list[bytes], rights: list[bytes]) -> list[bytes]:
-    """``join_rows`` pairwise."""
+    """Pairs of lines as rows: the fields of each ``left`` then those of its ``right``,
+    bytes kept (an empty side adds no comma)."""
     return [
         (left + b"," + right if right else left) if left else right
         for left, right in zip(lefts, rights, strict=True)

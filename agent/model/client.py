@@ -60,7 +60,7 @@ from agent.model.policy import (
     RetryableStatusError,
     StatusError,
     backoff_seconds,
-    describe_error,
+    failure_reason,
     invocation_failure,
 )
 from agent.model.process import ModelExit
@@ -172,7 +172,7 @@ class _AttemptStream:
 
 class _Died(Exception):
     def __init__(self, exit: ModelExit) -> None:
-        super().__init__(exit.describe())
+        super().__init__(exit.explain())
         self.exit = exit
 
 
@@ -287,11 +287,11 @@ class ModelClient:
             try:
                 status, _ = await self._race(self._get("/ping", s.ping_timeout_seconds), died)
             except _Died as death:
-                how = death.exit.describe(f"before {self.url}/ping answered 200")
+                how = death.exit.explain(f"before {self.url}/ping answered 200")
                 message = f"the model command {how}"
                 raise ModelNotReadyError(message, exit=death.exit) from None
             except (aiohttp.ClientError, TimeoutError) as error:
-                last = describe_error(error, s.ping_timeout_seconds)
+                last = failure_reason(error, s.ping_timeout_seconds)
             else:
                 if status == 200:
                     log.info("the model at %s is ready after %.1f s", self.url, began - start)
@@ -323,7 +323,7 @@ class ModelClient:
         try:
             status, body = await self._race(get, self.died)
         except _Died as death:
-            how = death.exit.describe("while asked for /execution-parameters")
+            how = death.exit.explain("while asked for /execution-parameters")
             raise ModelNotReadyError(f"the model command {how}", exit=death.exit) from None
         except _TooLarge as large:
             log.warning(
@@ -333,7 +333,7 @@ class ModelClient:
             )
             return None
         except (aiohttp.ClientError, TimeoutError) as error:
-            reason = describe_error(error, timeout)
+            reason = failure_reason(error, timeout)
             log.warning("GET /execution-parameters failed (%s); taken as absent", reason)
             return None
         if status != 200:
@@ -390,7 +390,7 @@ class ModelClient:
                 what,
                 attempt,
                 attempts,
-                describe_error(cause, s.invocations_timeout_seconds),
+                failure_reason(cause, s.invocations_timeout_seconds),
                 delay,
             )
             try:

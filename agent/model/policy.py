@@ -51,7 +51,7 @@ class ModelExitedError(InvocationError):
     """The model command exited while a batch was unfinished; ``exit`` says how."""
 
     def __init__(self, what: str, exit: ModelExit, attempts: int) -> None:
-        how = exit.describe("while requests were in flight")
+        how = exit.explain("while requests were in flight")
         super().__init__(f"{what}: the model command {how}", what=what, attempts=attempts)
         self.exit = exit
 
@@ -85,11 +85,8 @@ class StatusError(Exception):
 
     def __init__(self, status: int, reason: str | None, body_excerpt: str) -> None:
         self.status, self.reason, self.body_excerpt = status, reason or "", body_excerpt
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        status = f"{self.status} {self.reason}".rstrip()
-        return f"status {status}, response body {self.body_excerpt!r}"
+        line = f"{self.status} {self.reason}".rstrip()
+        super().__init__(f"status {line}, response body {self.body_excerpt!r}")
 
 
 class RetryableStatusError(StatusError):
@@ -108,10 +105,10 @@ RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def describe_error(error: BaseException, timeout_seconds: float) -> str:
+def failure_reason(error: BaseException, timeout_seconds: float) -> str:
     """One line for what went wrong with one request."""
     if isinstance(error, StatusError):
-        return error.describe()
+        return str(error)
     if isinstance(error, TimeoutError) and not isinstance(error, aiohttp.ClientError):
         return f"no complete answer within {timeout_seconds:g} s"
     text = " ".join(str(error).split())  # aiohttp's parser errors span several lines
@@ -123,7 +120,7 @@ def invocation_failure(
 ) -> InvocationError:
     """The final error for a batch, after ``attempts`` attempts ended with ``error``."""
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    reason = describe_error(error, timeout_seconds)
+    reason = failure_reason(error, timeout_seconds)
     if isinstance(error, StatusError) and not isinstance(error, RetryableStatusError):
         message = f"{what}: the model refused the request with {reason}"
         message += " (not retried: only 429 and 5xx answers are)"

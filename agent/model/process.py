@@ -127,7 +127,7 @@ class ModelExit:
             name = "an unknown signal"
         return f"was killed by signal {-self.returncode} ({name})"
 
-    def describe(self, context: str = "") -> str:
+    def explain(self, context: str = "") -> str:
         """``exited with status 3 <context>; its last output: …``, for error messages."""
         how = f"{self.summary} {context}" if context else self.summary
         if not self.tail.strip():

@@ -159,7 +159,7 @@ class Pipeline:
                 except ClaimLost as lost:  # another instance has the file now: not a failure
                     result.finish(LOST, str(lost))
                 except ModelExitedError as error:  # no later file can succeed: start none
-                    self.fatal = f"the model command {error.exit.describe()}"
+                    self.fatal = f"the model command {error.exit.explain()}"
                     result.finish(FAILED, _message(item, error))
                 except Exception as error:  # one file's failure leaves the others running
                     result.finish(FAILED, _message(item, error))

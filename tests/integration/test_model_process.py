@@ -53,7 +53,7 @@ async def listening_url(model: ModelProcess, timeout: float = 30.0) -> str:
         if found:
             return found.group(1)
         if model.died.done():
-            raise AssertionError(model.died.result().describe())
+            raise AssertionError(model.died.result().explain())
         await asyncio.sleep(0.02)
     raise AssertionError(f"the server never said where it listens: {model.tail()}")
 
@@ -205,7 +205,7 @@ async def test_stop_ends_the_whole_group(stubborn: bool) -> None:
     assert not any(process_alive(pid) for pid in pids)
     exit = model.died.result()
     assert exit.stopped and exit.returncode == (-9 if stubborn else -15)
-    assert "killed by signal" in exit.describe()
+    assert "killed by signal" in exit.explain()
     assert time.monotonic() - began < 10
 
 
@@ -228,7 +228,7 @@ async def test_cancellation_stops_the_command() -> None:
 
 
 def test_exit_descriptions() -> None:
-    assert ModelExit(3, "boom\n").describe("mid-job") == (
+    assert ModelExit(3, "boom\n").explain("mid-job") == (
         "exited with status 3 mid-job; its last output:\nboom"
     )
-    assert ModelExit(-9, "").describe() == "was killed by signal 9 (SIGKILL); it printed nothing"
+    assert ModelExit(-9, "").explain() == "was killed by signal 9 (SIGKILL); it printed nothing"

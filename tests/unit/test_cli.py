@@ -16,8 +16,9 @@ import pytest
 
 import agent
 from agent.cli import app as cli
-from agent.cli.app import RunOptions, main
+from agent.cli.app import main
 from agent.log import LogFormat, setup_logging
+from agent.runner import RunOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "job.json")
@@ -257,15 +258,6 @@ def test_split_forwards_to_the_splitter(
         "output_dir": "bodies",
         "out": sys.stdout,
     }
-
-
-def test_split_not_built_yet(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "agent.cli.split", None)  # import raises ImportError
-    argv = ["split", "x.csv", "--split-type", "Line", "--batch-strategy", "MultiRecord"]
-    assert main([*argv, "--max-payload-mb", "6", "--compression", "Gzip"]) == 2
-    assert "split is not built yet" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

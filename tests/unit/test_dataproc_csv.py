@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agent.dataproc import CsvError, PathMiss, format_row, parse_path, parse_row
-from agent.dataproc.csv import _NEEDS_QUOTES, ColumnPicker, join_many, join_rows, quote_free
+from agent.dataproc.csv import _NEEDS_QUOTES, ColumnPicker, join_many, quote_free
 
 
 @pytest.mark.parametrize(
@@ -69,9 +69,9 @@ def test_quoted_fields_come_back_intact() -> None:
 
 
 def test_join_rows() -> None:
-    assert join_rows(b"a,b", b"0.9") == b"a,b,0.9"
-    assert join_rows(b"", b"0.9") == b"0.9"
-    assert join_rows(b"a", b"") == b"a"
+    assert join_many([b"a,b"], [b"0.9"]) == [b"a,b,0.9"]
+    assert join_many([b""], [b"0.9"]) == [b"0.9"]
+    assert join_many([b"a"], [b""]) == [b"a"]
     assert join_many([b"a,b", b"", b"c"], [b"1", b"2", b""]) == [b"a,b,1", b"2", b"c"]
 
 

@@ -23,7 +23,7 @@ from agent.model.client import (
     resolve_execution_parameters,
 )
 from agent.model.execparams import DEFAULTS, parse_execution_parameters
-from agent.model.policy import backoff_seconds, describe_error, invocation_failure
+from agent.model.policy import backoff_seconds, failure_reason, invocation_failure
 from agent.model.process import ModelExit, model_environment
 
 WHAT = "s3://b/in/x.csv bytes 0-6291455"
@@ -165,9 +165,9 @@ def test_a_timeout_suggests_the_setting() -> None:
 
 def test_client_errors_are_one_line() -> None:
     error = aiohttp.ClientPayloadError("Bad status line:\n  Expected HTTP/\n    ^")
-    text = describe_error(error, 1)
+    text = failure_reason(error, 1)
     assert text == "ClientPayloadError: Bad status line: Expected HTTP/ ^"
-    assert describe_error(aiohttp.ServerDisconnectedError(), 1).startswith(
+    assert failure_reason(aiohttp.ServerDisconnectedError(), 1).startswith(
         "ServerDisconnectedError"
     )
 
@@ -248,10 +248,10 @@ def test_model_environment_follows_the_job_file_only() -> None:
 
 
 def test_exit_descriptions() -> None:
-    assert ModelExit(3, "a\nb\n").describe("mid-job") == (
+    assert ModelExit(3, "a\nb\n").explain("mid-job") == (
         "exited with status 3 mid-job; its last output:\na\nb"
     )
-    assert ModelExit(-9, " \n").describe() == (
+    assert ModelExit(-9, " \n").explain() == (
         "was killed by signal 9 (SIGKILL); it printed nothing"
     )
 

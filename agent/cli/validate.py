@@ -1,0 +1,125 @@
+"""``bt-agent validate``: the job loaded and checked, its problems printed with their JSON
+paths, and a short overview of a valid job (Environment values never shown)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agent.job import JobError, LoadedJob, load_job
+
+log = logging.getLogger("agent.cli")
+
+
+def validate(namespace: argparse.Namespace) -> int:
+    loaded = load(namespace.job)
+    if loaded is None:
+        return 2
+    for line in overview(loaded, namespace.job):
+        print(line)
+    return 0
+
+
+def load(path: str) -> LoadedJob | None:
+    """The validated job, or ``None`` after printing every problem to stderr."""
+    try:
+        return load_job(path)
+    except JobError as exc:
+        print_problems(path, exc)
+        return None
+
+
+def print_problems(source: str, exc: JobError) -> None:
+    if len(exc.problems) == 1 and not exc.problems[0].path:
+        error(exc.problems[0].message)  # the file as a whole: unreadable, not JSON
+        return
+    count = len(exc.problems)
+    error(f"{source} is not a valid job ({count} problem{'s' if count != 1 else ''}):")
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def error(message: str) -> None:
+    print(f"bt-agent: {message}", file=sys.stderr)
+
+
+def log_notes(loaded: LoadedJob) -> None:
+    if loaded.ignored:
+        log.info(
+            "accepted and ignored (SageMaker fields with no effect here): %s",
+            ", ".join(loaded.ignored),
+        )
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+
+
+def overview(loaded: LoadedJob, source: str) -> list[str]:
+    """A short human summary of a valid job. Environment values are never shown."""
+    job = loaded.settings
+    unset = "resolved from the model at start"
+    command = job.agent.model_command
+    started = (
+        f", started by the agent ({command[0]} with {len(command) - 1} arguments)"
+        if command
+        else ", expected to be running already"
+    )
+    env = sorted(job.environment)
+    lease = job.agent.coordination == "Lease"
+    rows = [
+        ("model", f"{job.model_name or '(no ModelName)'} at {job.agent.model_url}{started}"),
+        (
+            "input",
+            f"{job.input.uri} ({job.input.data_type}), SplitType {job.input.split_type}, "
+            f"CompressionType {job.input.compression}, "
+            f"Content-Type {job.input.content_type or '(not sent)'}",
+        ),
+        (
+            "output",
+            f"{job.output.uri}, AssembleWith {job.output.assemble_with}, "
+            f"Accept {job.output.accept or '(not sent)'}, "
+            f"KMS key {job.output.kms_key_id or '(none)'}",
+        ),
+        (
+            "batching",
+            f"BatchStrategy {job.batch_strategy or unset}, "
+            f"MaxPayloadInMB {_or(job.max_payload_mb, unset)}, "
+            f"MaxConcurrentTransforms {_or(job.max_concurrent_transforms, unset)}",
+        ),
+        (
+            "requests",
+            f"timeout {job.model_client.invocations_timeout_seconds} s, "
+            f"up to {job.model_client.invocations_max_retries} retries, answers up to "
+            + (
+                f"{job.agent.max_response_mb} MiB"
+                if job.agent.max_response_mb is not None
+                else "max(64, 4 × MaxPayloadInMB) MiB"
+            ),
+        ),
+        ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
+        (
+            "processing",
+            f"InputFilter {job.data_processing.input_filter}, JoinSource "
+            f"{job.data_processing.join_source}, OutputFilter {job.data_processing.output_filter}",
+        ),
+        (
+            "instances",
+            f"{job.instance_count}, coordination {job.agent.coordination}"
+            + (f" (lease TTL {job.agent.lease_ttl_seconds} s)" if lease else "")
+            + f", reorder buffer {job.agent.reorder_buffer_mb} MiB",
+        ),
+        ("state", str(job.state_uri)),
+    ]
+    if loaded.ignored:
+        rows.append(("ignored", f"{', '.join(loaded.ignored)} (no effect here)"))
+    rows.extend(("warning", warning) for warning in loaded.warnings)
+    lines = [f"{source}: valid transform job {job.transform_job_name}"]
+    lines.extend(f"  {label:<12} {text}" for label, text in rows)
+    return lines
+
+
+def _or(value: int | None, unset: str) -> str:
+    return unset if value is None else str(value)
+
+
+# ---------------------------------------------------------------------- parser
