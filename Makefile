@@ -38,11 +38,12 @@ bench: build
 	$(PY) -m bench.split
 	$(PY) -m bench.e2e $(E2E_ARGS)
 
-## lint: ruff (style, imports, bugbear) and mypy --strict on agent/
+## lint: ruff (style, imports, bugbear), mypy --strict on agent/, and the import contracts
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests bench examples
 	$(VENV)/bin/ruff format --check agent tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 ## demo: a real job: SeaweedFS, generated CSV and gzip inputs, the example model server
 demo: build
