@@ -29,18 +29,17 @@ The runner's sequence (execution parameters are known only once the model answer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
 from agent import __version__
+from agent.model import wire
 from agent.model.execparams import (
     ExecutionParametersError,
     ResolvedParams,
@@ -64,6 +63,15 @@ from agent.model.policy import (
     invocation_failure,
 )
 from agent.model.process import ModelExit
+from agent.model.wire import (
+    AttemptStream,
+    BodySource,
+    BufferPayload,
+    RequestBody,
+    SourceFailed,
+    TooLarge,
+    read_capped,
+)
 
 __all__ = [
     "RETRYABLE_ERRORS",
@@ -94,77 +102,7 @@ _SUPPRESSED_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
 
 # /execution-parameters answers a few fields; a longer body is taken as absent, unread.
 EXECUTION_PARAMETERS_MAX_BYTES = 64 << 10
-_READ_BYTES = 1 << 20  # the most one read of an answer's body asks for
-
-BodySource: TypeAlias = Callable[[], AsyncIterator[bytes]]
-RequestBody: TypeAlias = bytes | bytearray | memoryview | BodySource
 _T = TypeVar("_T")
-
-
-# ----------------------------------------------------------------------------- bodies
-
-
-class _BufferPayload(Payload):
-    """A bytes-like body, sent without a copy (aiohttp's BytesPayload warns above 1 MiB)."""
-
-    _autoclose = True
-
-    def __init__(self, value: bytes | bytearray | memoryview) -> None:
-        super().__init__(value)
-        self._size = memoryview(value).nbytes
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return bytes(self._value).decode(encoding, errors)
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await writer.write(self._value)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        view = memoryview(self._value)
-        await writer.write(view if content_length is None else view[:content_length])
-
-
-class _SourceFailed(Exception):
-    """The body's source (not the model) failed: not a reason to retry."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class _AttemptStream:
-    """One attempt's chunked body, opened from its source; notes the source's own errors."""
-
-    def __init__(self, source: BodySource) -> None:
-        self.stream = source()
-        self.error: Exception | None = None
-        self.started = False
-        self.chunks = self._chunks()
-
-    async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        self.started = True
-        try:
-            async for chunk in self.stream:
-                yield chunk
-        except Exception as error:
-            self.error = error
-            raise
-        finally:
-            await self._close_stream()
-
-    async def _close_stream(self) -> None:
-        close = getattr(self.stream, "aclose", None)
-        if close is not None:
-            await close()
-
-    async def close(self) -> None:
-        if not self.started:
-            await self._close_stream()
-        # RuntimeError: aiohttp's writer task is still inside it; its cancellation closes it.
-        with contextlib.suppress(RuntimeError):
-            await self.chunks.aclose()
 
 
 # ----------------------------------------------------------------------------- the client
@@ -259,7 +197,7 @@ class ModelClient:
         self, path: str, timeout_seconds: float, *, body_cap: int = 0
     ) -> tuple[int, bytearray]:
         """``GET path``: the status and, for a 200, the body, read only when ``body_cap`` > 0
-        and up to it (``_TooLarge`` above it). An unread body is never waited for: leaving
+        and up to it (``TooLarge`` above it). An unread body is never waited for: leaving
         the response closes the connection when the body has not fully arrived."""
         async with asyncio.timeout(timeout_seconds):
             async with self._open().get(
@@ -267,7 +205,7 @@ class ModelClient:
             ) as response:
                 if response.status != 200 or body_cap <= 0:
                     return response.status, bytearray()
-                return response.status, await _read_capped(response, body_cap)
+                return response.status, await read_capped(response, body_cap)
 
     async def wait_ready(
         self, timeout_seconds: float, *, died: asyncio.Future[ModelExit] | None = None
@@ -325,7 +263,7 @@ class ModelClient:
         except _Died as death:
             how = death.exit.explain("while asked for /execution-parameters")
             raise ModelNotReadyError(f"the model command {how}", exit=death.exit) from None
-        except _TooLarge as large:
+        except TooLarge as large:
             log.warning(
                 "GET /execution-parameters answered more than %d KiB (%s); taken as absent",
                 cap >> 10,
@@ -364,9 +302,9 @@ class ModelClient:
                     return await self._race(self._attempt(body), self.died)
             except _Died as death:
                 raise ModelExitedError(what, death.exit, attempt) from death.__cause__
-            except _SourceFailed as failed:
+            except SourceFailed as failed:
                 raise failed.error from None  # its own message and traceback tell it all
-            except _TooLarge as large:  # the same request would get the same answer
+            except TooLarge as large:  # the same request would get the same answer
                 raise ResponseTooLargeError(
                     what,
                     size=large.size,
@@ -401,13 +339,13 @@ class ModelClient:
 
     async def _attempt(self, body: RequestBody) -> bytearray:
         s = self.settings
-        streamed: _AttemptStream | None = None
+        streamed: AttemptStream | None = None
         data: Payload
         if callable(body):
-            streamed = _AttemptStream(body)
+            streamed = AttemptStream(body)
             data = AsyncIterablePayload(streamed.chunks)
         else:
-            data = _BufferPayload(body)
+            data = BufferPayload(body)
         try:
             async with asyncio.timeout(s.invocations_timeout_seconds):
                 async with self._open().post(
@@ -417,74 +355,15 @@ class ModelClient:
                     allow_redirects=False,
                 ) as response:
                     if 200 <= response.status < 300:
-                        return await _read_capped(response, s.max_response_bytes)
-                    excerpt = await _excerpt(response, s.error_body_bytes)
+                        return await read_capped(response, s.max_response_bytes)
+                    excerpt = await wire.excerpt(response, s.error_body_bytes)
                     retry = response.status >= 500 or response.status == 429
                     kind = RetryableStatusError if retry else StatusError
                     raise kind(response.status, response.reason, excerpt)
         except Exception as error:
             if streamed is not None and streamed.error is not None:
-                raise _SourceFailed(streamed.error) from error
+                raise SourceFailed(streamed.error) from error
             raise
         finally:
             if streamed is not None:
                 await streamed.close()
-
-
-class _TooLarge(Exception):
-    """An answer's body is over ``cap`` bytes: ``size`` is its Content-Length when
-    ``declared``, else the bytes read when reading stopped (``cap`` + 1)."""
-
-    def __init__(self, size: int, cap: int, *, declared: bool) -> None:
-        if declared:
-            text = f"Content-Length {size} bytes, over the {cap}-byte cap"
-        else:
-            text = f"{size} bytes arrived, over the {cap}-byte cap; reading stopped there"
-        super().__init__(text)
-        self.size, self.cap, self.declared = size, cap, declared
-
-
-async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytearray:
-    """The body of ``response``, at most ``cap`` bytes, in one buffer and no other copy.
-
-    A Content-Length over ``cap`` fails before any byte is read (unless the body is
-    compressed: its length then says nothing of the size decoded). Otherwise the body is
-    counted as it arrives and reading stops at ``cap`` + 1 bytes; leaving the response
-    then closes its connection, so the rest is never read.
-    """
-    length = response.content_length
-    encoded = "Content-Encoding" in response.headers
-    if length is not None and not encoded:
-        if length > cap:
-            raise _TooLarge(length, cap, declared=True)
-        data = bytearray(length)  # filled in place: no growth, no copy
-    else:
-        data = bytearray()
-    filled = 0
-    content = response.content
-    while chunk := await content.read(min(_READ_BYTES, cap + 1 - filled)):
-        end = filled + len(chunk)
-        if end > cap:
-            raise _TooLarge(end, cap, declared=False)
-        if end <= len(data):
-            data[filled:end] = chunk
-        else:
-            del data[filled:]
-            data += chunk
-        filled = end
-    del data[filled:]  # a body shorter than announced raises in aiohttp; just in case
-    return data
-
-
-async def _excerpt(response: aiohttp.ClientResponse, limit: int) -> str:
-    """The first ``limit`` bytes of a failed answer's body, decoded for a message."""
-    data = bytearray()
-    try:
-        while len(data) < limit:
-            chunk = await response.content.read(limit - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except (aiohttp.ClientError, TimeoutError):
-        pass  # the status says enough; show what arrived
-    return data.decode("utf-8", "replace")

@@ -2,11 +2,10 @@
 
 ``ModelProcess`` is an async context manager. On entry it starts the command (an argv list,
 no shell) in a session and process group of its own, under a small supervisor
-(``agent/_supervise.py``) that ends the whole group if the agent dies, even by SIGKILL. The
-command gets a few of the agent's variables (``PASSED_VARIABLES``, ``PASSED_PREFIXES``: no
-credentials), the job's ``Environment`` and the ``SAGEMAKER_*`` execution variables
-(``model_environment``). Its stdout and stderr go into one bounded buffer whose tail ends up
-in error messages; none of it reaches the agent's log except at debug level. ``died``
+(``agent/model/_supervise.py``) that ends the whole group if the agent dies, even by
+SIGKILL. The command gets a few of the agent's variables (no credentials), the job's
+``Environment`` and the ``SAGEMAKER_*`` execution variables (``agent.model.environment``). Its stdout and stderr go into one bounded buffer whose tail
+ends up in error messages; none of it reaches the agent's log except at debug level. ``died``
 resolves to a ``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and
 every in-flight request can fail at once instead of timing out. On exit, whatever the
 outcome (cancellation included), the whole group gets SIGTERM, then SIGKILL after
@@ -31,55 +30,17 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from agent.job import JobSettings
-from agent.redact import is_credential_name
+from agent.model.environment import model_environment
 
 __all__ = [
-    "EXECUTION_VARIABLES",
     "ModelCommandError",
     "ModelExit",
-    "PASSED_PREFIXES",
-    "PASSED_VARIABLES",
     "ModelProcess",
     "ensure_port_free",
-    "model_environment",
 ]
 
 log = logging.getLogger("agent.model_process")
 
-# Set from the job file only; copies inherited from the agent's own environment are dropped
-# so the model never sees a value the agent does not act on.
-EXECUTION_VARIABLES = (
-    "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
-    "SAGEMAKER_MAX_PAYLOAD_IN_MB",
-    "SAGEMAKER_BATCH_STRATEGY",
-)
-# The agent's own variables the model gets: what a program needs to run, find its files and
-# its accelerators. Anything else it needs goes in the job's Environment.
-PASSED_VARIABLES = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LANGUAGE",
-    "TZ",
-    "TMPDIR",
-    "LD_LIBRARY_PATH",
-    "PYTHONPATH",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-)
-PASSED_PREFIXES = (
-    "LC_",
-    "CUDA_",
-    "NVIDIA_",
-    "HIP_",
-    "ROCR_",
-    "NEURON_RT_",
-    "SAGEMAKER_",
-    "SM_",
-)
-_STRATEGY_VALUES = {"MultiRecord": "MULTI_RECORD", "SingleRecord": "SINGLE_RECORD"}
 _READ_CHUNK_BYTES = 1 << 16
 _EOF_WAIT_SECONDS = 0.5  # after the exit, how long a grandchild may keep the pipe open
 _KILL_WAIT_SECONDS = 5.0  # how long the kernel may take to end a SIGKILLed group
@@ -133,34 +94,6 @@ class ModelExit:
         if not self.tail.strip():
             return f"{how}; it printed nothing"
         return f"{how}; its last output:\n{self.tail.rstrip()}"
-
-
-def model_environment(
-    settings: JobSettings, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The model command's environment, and nothing else of the agent's.
-
-    From ``base`` (default ``os.environ``), the agent's own environment: only the variables
-    of ``PASSED_VARIABLES`` and those starting with one of ``PASSED_PREFIXES``, none whose
-    name says it holds a credential. Then the job's ``Environment``, ``SAGEMAKER_BATCH=true``,
-    and the execution variables the job sets.
-    """
-    env = {
-        name: value
-        for name, value in (os.environ if base is None else base).items()
-        if (name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES))
-        and name not in EXECUTION_VARIABLES
-        and not is_credential_name(name)
-    }
-    env.update(settings.environment)
-    env["SAGEMAKER_BATCH"] = "true"
-    if settings.max_concurrent_transforms is not None:
-        env["SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"] = str(settings.max_concurrent_transforms)
-    if settings.max_payload_mb is not None:
-        env["SAGEMAKER_MAX_PAYLOAD_IN_MB"] = str(settings.max_payload_mb)
-    if settings.batch_strategy is not None:
-        env["SAGEMAKER_BATCH_STRATEGY"] = _STRATEGY_VALUES[settings.batch_strategy]
-    return env
 
 
 async def ensure_port_free(model_url: str, timeout_seconds: float = 2.0) -> None:

@@ -20,7 +20,8 @@ from agent.model.client import (
     ModelExitedError,
     ModelNotReadyError,
 )
-from agent.model.process import ModelCommandError, ModelExit, ModelProcess, model_environment
+from agent.model.environment import model_environment
+from agent.model.process import ModelCommandError, ModelExit, ModelProcess
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from agent.cli.app import main, summary_path_problem
 from agent.coordination.state import dumps
 from agent.job import JobError, JobSettings, parse_job
 from agent.log import setup_logging
-from agent.model.process import model_environment
+from agent.model.environment import model_environment
 from agent.redact import MASK, Redactor, install, scrub_state, secrets_of
 
 SECRET = "SUPERSECRET123"

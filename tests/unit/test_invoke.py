@@ -22,9 +22,10 @@ from agent.model.client import (
     format_execution_parameters,
     resolve_execution_parameters,
 )
+from agent.model.environment import model_environment
 from agent.model.execparams import DEFAULTS, parse_execution_parameters
 from agent.model.policy import backoff_seconds, failure_reason, invocation_failure
-from agent.model.process import ModelExit, model_environment
+from agent.model.process import ModelExit
 
 WHAT = "s3://b/in/x.csv bytes 0-6291455"
 
