@@ -1,14 +1,15 @@
 """``Agent.ModelCommand``: the model server the agent starts, watches and stops itself.
 
-``ModelProcess`` is an async context manager. On entry it starts the command (an argv list,
-no shell) in a session and process group of its own, under a small supervisor
+``ModelProcess`` is an async context manager. On entry it starts the command (an argv
+list, no shell) in a session and process group of its own, under a small supervisor
 (``agent/model/_supervise.py``) that ends the whole group if the agent dies, even by
 SIGKILL. The command gets a few of the agent's variables (no credentials), the job's
-``Environment`` and the ``SAGEMAKER_*`` execution variables (``agent.model.environment``). Its stdout and stderr go into one bounded buffer whose tail
-ends up in error messages; none of it reaches the agent's log except at debug level. ``died``
-resolves to a ``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and
-every in-flight request can fail at once instead of timing out. On exit, whatever the
-outcome (cancellation included), the whole group gets SIGTERM, then SIGKILL after
+``Environment`` and the ``SAGEMAKER_*`` execution variables (``agent.model.environment``).
+Its stdout and stderr go into one bounded buffer whose tail ends up in error messages;
+none of it reaches the agent's log except at debug level. ``died`` resolves to a
+``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and every in-
+flight request can fail at once instead of timing out. On exit, whatever the outcome
+(cancellation included), the whole group gets SIGTERM, then SIGKILL after
 ``grace_seconds``, and is reaped.
 
 The variables are the job's, never logged: ``Environment`` values may be secrets, and the
