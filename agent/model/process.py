@@ -7,8 +7,8 @@ SIGKILL. The command gets a few of the agent's variables (no credentials), the j
 ``Environment`` and the ``SAGEMAKER_*`` execution variables (``agent.model.environment``).
 Its stdout and stderr go into one bounded buffer whose tail ends up in error messages;
 none of it reaches the agent's log except at debug level. ``died`` resolves to a
-``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and every in-
-flight request can fail at once instead of timing out. On exit, whatever the outcome
+``ModelExit`` when the command exits by itself, so waiting for ``/ping`` and every
+in-flight request can fail at once instead of timing out. On exit, whatever the outcome
 (cancellation included), the whole group gets SIGTERM, then SIGKILL after
 ``grace_seconds``, and is reaped.
 
