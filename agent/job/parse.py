@@ -1,9 +1,12 @@
 """Reading a decoded job document section by section into ``JobSettings``.
 
-The shape (in ``_jobschema``) is SageMaker's CreateTransformJob request, field names and
+The shape (in :mod:`agent.job.schema`) is SageMaker's CreateTransformJob request, field names and
 enums spelled exactly as SageMaker does, plus the ``Agent`` object. Fields that SageMaker defines
 but this agent has no use for are accepted and their JSON paths returned, so a
 described job replays unchanged; any other key is an error.
+
+The module is a little over 400 lines: one function per section of the job file, kept
+together so that the whole grammar reads in one place.
 """
 
 from __future__ import annotations
