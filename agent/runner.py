@@ -2,8 +2,8 @@
 
 ``run(options)`` is what ``bt-agent --job F`` calls. It lists the inputs, starts the
 model command if the job has one, waits for ``/ping``, resolves the execution
-parameters, transforms every file (``agent.pipeline.file``), and ends with the summary (SPEC
-§6 fields) on stdout or at ``--summary``. SIGTERM and SIGINT cancel the run: uploads
+parameters, transforms every file (``agent.pipeline.file``), and ends with the summary
+(docs/design.md §1.10) on stdout or at ``--summary``. SIGTERM and SIGINT cancel the run: uploads
 in flight are aborted, the model command is stopped, completed outputs stay, and the
 exit code is 143 or 130.
 """
@@ -66,7 +66,7 @@ class _Usage(Exception):
 
 
 def run(options: RunOptions) -> int:
-    """Run the job on this instance; return the exit code of SPEC §7."""
+    """Run the job on this instance; return its exit code (docs/design.md §6)."""
     # From here on every log line, summary and state object is free of the job's secrets.
     install(Redactor(secrets_of(options.settings.environment, os.environ)))
     summary = JobSummary(options.settings.transform_job_name)

@@ -49,7 +49,7 @@ def _num(value: float, width: int) -> str:
 
 
 def memory_bound(bench: Bench) -> float:
-    """SPEC's ceiling: 200 MB + 3 × MaxConcurrentTransforms × MaxPayload."""
+    """Scenario e's ceiling (bench/README.md): 200 MB + 3 × MaxConcurrentTransforms × MaxPayload."""
     args = bench.args
     return 200e6 + 3 * int(args.concurrency) * int(args.payload_mb) * MIB
 

@@ -1,4 +1,4 @@
-"""The ``bt-agent`` command: argument parsing and exit codes (SPEC §7), nothing else.
+"""The ``bt-agent`` command: argument parsing and exit codes (docs/design.md §6), nothing else.
 
 ``bt-agent --job job.json`` runs a job (``run`` may be written out); ``validate``,
 ``split``, ``status`` and ``plan`` are subcommands. ``main`` returns the exit code

@@ -1,4 +1,4 @@
-"""``bt-agent split``: show how a local file would be cut into request bodies (SPEC §7).
+"""``bt-agent split``: how a local file would be cut into request bodies (README, Command line).
 
 The file is streamed through the same splitter the data plane uses, decompressed on the
 fly for ``Gzip`` (concatenated members too), so its memory is the bound plus one chunk.
@@ -23,7 +23,7 @@ from agent.split import (
 )
 
 READ_CHUNK_BYTES = 1 << 20
-MAX_PAYLOAD_MB = 100  # SPEC §1: MaxPayloadInMB is 0 to 100
+MAX_PAYLOAD_MB = 100  # MaxPayloadInMB is 0 to 100 (README, The job file)
 COMPRESSIONS = ("None", "Gzip")
 
 

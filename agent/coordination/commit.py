@@ -1,4 +1,4 @@
-"""Exactly-once commits (SPEC §6): ``.out`` metadata, the conditional commit rule, UploadIds.
+"""Exactly-once commits (docs/design.md §4.5, §4.6): ``.out`` metadata, the commit rule, UploadIds.
 
 Every ``.out`` carries, as S3 object metadata, the ETag of the input it was made from and
 the hash of the settings that shaped it. Before a file is processed its output is looked

@@ -1,4 +1,4 @@
-"""Which files this instance does, and the bookkeeping around each one (SPEC §6).
+"""Which files this instance does, and the bookkeeping around each one (docs/design.md §4).
 
 The runner's side of coordination, for ``Static`` and ``Lease`` alike::
 

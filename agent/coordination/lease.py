@@ -1,4 +1,4 @@
-"""Lease coordination (SPEC §6): files claimed through lease objects and S3 conditional writes.
+"""Lease coordination (docs/design.md §4.4): files claimed by lease objects and conditional writes.
 
 A lease is ``<state>/leases/<file-id>.json``. The rules, and why they are safe:
 

@@ -1,4 +1,4 @@
-"""Which instance does which file: the instance's identity, and the static plan (SPEC §6).
+"""Which instance does which file: its identity, and the static plan (docs/design.md §4.1, §4.3).
 
 ``resolve_identity`` is pure: it takes the command-line values, the job's InstanceCount
 and an environment mapping, and says which instance this is, of how many, and where that

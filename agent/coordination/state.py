@@ -1,4 +1,4 @@
-"""The state prefix (SPEC §6): listing snapshot, completion records and the job summary.
+"""The state prefix (docs/design.md §5): listing snapshot, completion records and the job summary.
 
 Layout under ``Agent.StateUri`` (default ``<S3OutputPath>/_bt-agent/<TransformJobName>/``)::
 

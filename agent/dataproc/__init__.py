@@ -1,4 +1,4 @@
-"""DataProcessing (SPEC §5): InputFilter → model → JoinSource → OutputFilter, per record.
+"""DataProcessing (docs/design.md §2.5): InputFilter → model → JoinSource → OutputFilter per record.
 
 Usage in the per-file pipeline, one processor per job and one batcher per input object::
 

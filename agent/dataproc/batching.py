@@ -1,4 +1,4 @@
-"""Request bodies for a job with DataProcessing: records cut, filtered, then packed (SPEC §3, §5).
+"""Bodies with DataProcessing: records cut, filtered, then packed (docs/design.md §2.4, §2.5).
 
 :class:`RecordBatcher` takes one input object's chunks, as the splitters do, and returns
 :class:`Batch` objects: the body to send (filtered records, under the MaxPayload bound)

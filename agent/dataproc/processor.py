@@ -1,5 +1,5 @@
 """The processor the pipeline calls: InputFilter per record, then per response JoinSource and
-OutputFilter, with the one-answer-per-record rule (SPEC §5).
+OutputFilter, with the one-answer-per-record rule (docs/design.md §2.5).
 
 Decisions where SageMaker is silent: with SplitType None the whole response is the one
 answer of the one record sent; with SplitType Line each answer is one line, a final

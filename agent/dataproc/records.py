@@ -1,5 +1,5 @@
 """The per-record work of DataProcessing over whole buffers: InputFilter, and (after the
-model) JoinSource and OutputFilter, for CSV rows and JSON values (SPEC §5).
+model) JoinSource and OutputFilter, for CSV rows and JSON values (docs/design.md §2.5).
 
 With SplitType Line a record is one line; its terminator (``\\n``, and a ``\\r`` before
 it) is not part of the value, and every line written here ends with ``\\n``. With

@@ -8,7 +8,7 @@ network or the model; the only I/O is reading the job file.
 
 ``MaxConcurrentTransforms``, ``MaxPayloadInMB`` and ``BatchStrategy`` stay ``None`` when
 the file leaves them out: they are resolved against the model's /execution-parameters at
-start (SPEC §4). A ``MaxConcurrentTransforms`` of 0 means "absent", as in SageMaker.
+start (docs/design.md §1.4). A ``MaxConcurrentTransforms`` of 0 means "absent", as in SageMaker.
 
 The work is split over private modules: ``_jobtypes`` (the dataclasses and locations),
 ``_jobparse`` (the sections of the document) and ``_jobschema`` (the problem-collecting

@@ -1,4 +1,4 @@
-"""The JSONPath subset SageMaker's DataProcessing accepts (SPEC §5), parsed once per job.
+"""The JSONPath subset SageMaker's DataProcessing accepts (docs/design.md §2.5), parsed once a job.
 
 Grammar, after the leading ``$`` (the whole record)::
 
@@ -8,7 +8,7 @@ Grammar, after the leading ``$`` (the whole record)::
               | "[" item ("," item)* "]"               item: int | [int] ":" [int]
 
 Indexes may be negative (``-1`` is the last element). A slice ``[start:end]`` includes
-its end (decision, SPEC §5: SageMaker's guide reads ``$[1:4]`` as columns 2 to 5); an
+its end (decision, README DataProcessing: SageMaker's guide reads ``$[1:4]`` as columns 2 to 5); an
 omitted start is the first element, an omitted end the last, and a slice reaching past
 the array is clipped. A filter holds at most one slice, and a list of names
 (``['id','SageMakerOutput']``, which yields an object of those keys) must end it.

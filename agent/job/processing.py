@@ -1,4 +1,4 @@
-"""Which DataProcessing settings a job may combine, checked at validation (SPEC §5).
+"""Which DataProcessing settings a job may combine, checked at validation (docs/design.md §2.5).
 
 Each side of the model has a record format. The input side (InputFilter, and the records
 JoinSource joins) reads ``ContentType``; the output side (the answers JoinSource and

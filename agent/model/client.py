@@ -2,7 +2,7 @@
 
 One ``ModelClient`` owns one aiohttp session; its connector keeps up to ``max_inflight``
 connections alive and a semaphore of that size bounds the requests in flight, shared by
-every file of the job (SPEC §4). Only the headers the job sets are sent (aiohttp's
+every file of the job (docs/design.md §1.7). Only the headers the job sets are sent (aiohttp's
 ``Accept``, ``Accept-Encoding`` and ``Content-Type`` are suppressed); the ``User-Agent`` is
 ``bt-agent/<version>``. ``InvocationsTimeoutInSeconds`` bounds each attempt as a whole;
 ``RETRYABLE_ERRORS`` lists what earns another. Every body read from the model is bounded:
@@ -97,7 +97,7 @@ __all__ = [
 log = logging.getLogger("agent.invoke")
 
 USER_AGENT = f"bt-agent/{__version__}"
-# aiohttp adds these unless told not to; SPEC §4 sends only what the job sets.
+# aiohttp adds these unless told not to; only what the job sets is sent (docs/design.md §1.7).
 _SUPPRESSED_HEADERS = ("Accept", "Accept-Encoding", "Content-Type")
 
 # /execution-parameters answers a few fields; a longer body is taken as absent, unread.

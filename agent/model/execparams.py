@@ -1,7 +1,7 @@
 """Execution parameters: which MaxConcurrentTransforms, MaxPayloadInMB and BatchStrategy apply.
 
-SPEC §4: the job file first, then the model's ``GET /execution-parameters`` answer, then
-the defaults of SPEC §1. A field the job sets is taken as it is, whatever the model says,
+docs/design.md §1.4: the job file first, then the model's ``GET /execution-parameters``, then
+the defaults (README, The job file). A field the job sets is taken as is, whatever the model says,
 and the model's value for it is not checked. A field the model supplies must be in range,
 or the job fails: guessing would send the model bodies or concurrency it said it cannot
 take. Pure functions, no I/O; ``agent.model.client`` re-exports the public names.

@@ -1,4 +1,4 @@
-"""Assembly (SPEC §5): responses back into input order, joined as AssembleWith says.
+"""Assembly (docs/design.md §1.8): responses back into input order, joined as AssembleWith says.
 
 Requests finish in any order; an output is written in input order. A response that
 finishes before the one ahead of it waits in memory, and :class:`ReorderBudget` caps the

@@ -1,4 +1,4 @@
-"""Records and request bodies (SPEC §3): input chunks in, request bodies out.
+"""Records and request bodies (docs/design.md §2): input chunks in, request bodies out.
 
 Usage, one splitter per input object::
 

@@ -12,7 +12,7 @@ _MIB = 1 << 20
 
 
 class SplitError(ValueError):
-    """Input that cannot be cut into records and request bodies as SPEC §3 says.
+    """Input that cannot be cut into records and request bodies as docs/design.md §2 says.
 
     ``offset`` is the absolute byte offset (in the uncompressed input) the message
     names; ``str(error)`` is a sentence without the file name.

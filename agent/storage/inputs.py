@@ -1,4 +1,4 @@
-"""Which objects are a job's inputs (SPEC §2), and where each one's output goes (SPEC §5).
+"""Which objects are a job's inputs (docs/design.md §1.3), and where each one's output goes (§1.9).
 
 ``list_inputs`` turns an ``S3Prefix`` or a ``ManifestFile`` into :class:`InputFile`
 records: the object's location, its listed version, and the relative key that names its

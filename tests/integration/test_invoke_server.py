@@ -1,4 +1,4 @@
-"""The model client against the real example model server (SPEC §4)."""
+"""The model client against the real example model server (docs/design.md §1.7)."""
 
 from __future__ import annotations
 

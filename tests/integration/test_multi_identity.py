@@ -1,4 +1,4 @@
-"""Instance identity from the orchestrators' variables, with real agent processes (SPEC §6).
+"""Instance identity from orchestrators' variables, with real agent processes (docs/design.md §4.1).
 
 One test per family: a Kubernetes indexed Job (``JOB_COMPLETION_INDEX``, the count from
 ``--instance-count`` or from the job's ``InstanceCount``), an AWS Batch array job

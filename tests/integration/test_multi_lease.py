@@ -1,4 +1,4 @@
-"""Lease coordination with several real agent processes (SPEC §6), TTL 3 s.
+"""Lease coordination with several real agent processes (docs/design.md §4.4), TTL 3 s.
 
 * Three instances; the one holding the big file is SIGKILLed while its multipart upload is
   open. The two others finish that file once its lease has stood still a whole TTL: every

@@ -1,4 +1,4 @@
-"""Stop, resume, redo what changed (SPEC §6), with real agent processes, and ``bt-agent status``.
+"""Stop, resume, redo what changed (docs/design.md §4.7) with real agents, and ``bt-agent status``.
 
 One job, run again and again over the same state prefix:
 

@@ -1,4 +1,4 @@
-"""Static coordination with several real agent processes (SPEC §6).
+"""Static coordination with several real agent processes (docs/design.md §4.3).
 
 Three instances given ``--instance-index i --instance-count 3`` share 30 files of very
 different sizes: every ``.out`` is right, the model received each file's bodies exactly

@@ -1,4 +1,4 @@
-"""The model-server contract of SPEC §4, end to end, and a job in SageMaker's own shape.
+"""The model-server contract (README, The model server) end to end, and a job in SageMaker's shape.
 
 * ``Content-Type``/``Accept``: absent when the job leaves them out (no client defaults),
   exactly the job's values when it sets them.

@@ -1,4 +1,4 @@
-"""Faults of the model and of S3 during a run (SPEC §4, §5, §7), through ``python -m agent``.
+"""Faults of the model and of S3 in a run (docs/design.md §1.7, §1.9, §6), via ``python -m agent``.
 
 Transient model faults (5xx, a reset or a truncated answer) are retried and the output is
 exact; a 4xx fails its file at once and only that file; a request slower than the timeout

@@ -1,4 +1,4 @@
-"""Which objects a job reads (SPEC §2) and where their outputs go (SPEC §5), end to end.
+"""Which objects a job reads (docs/design.md §1.3) and where their outputs go (§1.9), end to end.
 
 Gzip objects of several members, manifests (with an entry whose object is missing), more
 than one listing page of nested keys with an empty object among them, outputs written under
@@ -182,7 +182,7 @@ def test_outputs_under_the_input_prefix_are_not_inputs(
     job = transform_job(
         "overlap", base + source, base + output, model_url=model.url, split_type="Line"
     )
-    directory = source[: source.rfind("/") + 1]  # output names are relative to it (SPEC §5)
+    directory = source[: source.rfind("/") + 1]  # outputs are named from here (docs/design.md §1.9)
     out = output.rstrip("/") + "/"
     expected = {f"{out}{key.removeprefix(directory)}.out": key.encode() + b"\n" for key in keys}
 

@@ -3,7 +3,7 @@
 Each case writes three files (a big one cut into several bodies, a small one of edge cases
 under a nested key, an empty one), runs the job against the echo model answering after a
 random delay (so answers come back out of order), and checks, against expectations worked
-out here from SPEC §3 and §5:
+out here from docs/design.md §2 and §1.8:
 
 * every ``.out`` is byte-exact, and nothing else was written;
 * the model received exactly the expected bodies: same sha256 and length, as a multiset

@@ -1,4 +1,4 @@
-"""The command line (SPEC §7): subcommands, exit codes, flags over the file, no secrets shown."""
+"""The command line (README, Command line): subcommands, exit codes, flag overrides, no secrets."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def test_known_values(crc32c_twin: ModuleType, data: bytes, expected: int) -> No
 
 
 def test_tfrecord_vectors(crc32c_twin: ModuleType) -> None:
-    # SPEC §3: the empty payload's masked length CRC and "hello"'s two CRCs.
+    # docs/design.md §2.3: the empty payload's masked length CRC and "hello"'s two CRCs.
     assert crc32c_twin.masked(b"\x00" * 8).to_bytes(4, "little").hex() == "29039807"
     assert crc32c_twin.masked(b"").to_bytes(4, "little").hex() == "d8ea82a2"
     length = (5).to_bytes(8, "little")

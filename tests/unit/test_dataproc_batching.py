@@ -1,4 +1,4 @@
-"""Request bodies with DataProcessing: records filtered, then packed under the bound (SPEC §3)."""
+"""DataProcessing bodies: records filtered, then packed under the bound (docs/design.md §2.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The JSONPath subset (SPEC §5): what parses, what each filter selects, and the errors."""
+"""The JSONPath subset (docs/design.md §2.5): what parses, what each filter selects, the errors."""
 
 from __future__ import annotations
 

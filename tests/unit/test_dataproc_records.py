@@ -1,4 +1,4 @@
-"""InputFilter, JoinSource and OutputFilter per record (SPEC §5), through ``make_processor``.
+"""InputFilter, JoinSource and OutputFilter per record (docs/design.md §2.5) via ``make_processor``.
 
 Each documented SageMaker example has a test here; the job settings go through the job
 parser, so every combination used is one validation accepts.

@@ -1,4 +1,4 @@
-"""DataProcessing at validation: filters parsed with positions, combinations checked (SPEC §5)."""
+"""DataProcessing at validation: filters parsed, combinations checked (docs/design.md §2.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The job file (SPEC §1): every validation rule, the defaults, and the settings object."""
+"""The job file (README, The job file): every validation rule, the defaults, the settings object."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Instance identity from flags and orchestrator variables, and the static LPT plan (SPEC §6)."""
+"""Identity from flags and orchestrator variables; the static plan (docs/design.md §4.1, §4.3)."""
 
 from __future__ import annotations
 

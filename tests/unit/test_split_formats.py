@@ -1,4 +1,4 @@
-"""Each format as SPEC §3 defines it, and each hostile input failing with its exact offset.
+"""Each format as docs/design.md §2 defines it, and each hostile input failing at its exact offset.
 
 Every case runs over both twins and over two cuttings of the input: whole, and one byte
 at a time; the outcome must not depend on the cutting.

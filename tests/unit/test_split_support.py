@@ -1,4 +1,4 @@
-"""Frame builders and runners the split tests share, checked here against SPEC §3.
+"""Frame builders and runners the split tests share, checked here against docs/design.md §2.
 
 The builders follow the formats as the references define them (dmlc-core recordio.h,
 TensorFlow record_writer.cc) using the ``crc32c`` package from PyPI, independent of
