@@ -14,6 +14,7 @@ import orjson
 import pytest
 from servers import SeaweedFS, free_port_block
 
+from agent._compat import MIB
 from agent.job.types import DataUri
 from agent.storage import (
     ObjectChangedError,
@@ -28,8 +29,6 @@ from agent.storage import (
 )
 
 pytestmark = pytest.mark.integration
-
-MIB = 1 << 20
 
 
 def s3(bucket: str, key: str) -> DataUri:
