@@ -16,7 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agent import __version__
-from agent.job import JobError, JobSettings, LoadedJob, load_job, with_overrides
+from agent.job import (
+    BATCH_STRATEGIES,
+    MAX_PAYLOAD_MB,
+    SPLIT_TYPES,
+    JobError,
+    JobSettings,
+    LoadedJob,
+    load_job,
+    with_overrides,
+)
 from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.log import LOG_FORMATS, LogFormat, setup_logging
 
@@ -388,14 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with --output-dir each request body as DIR/000000.bin, 000001.bin, ...",
     )
     split.add_argument("file", metavar="FILE", help="a local input file")
-    split.add_argument(
-        "--split-type", required=True, choices=("None", "Line", "RecordIO", "TFRecord")
-    )
-    split.add_argument("--batch-strategy", required=True, choices=("SingleRecord", "MultiRecord"))
+    split.add_argument("--split-type", required=True, choices=SPLIT_TYPES)
+    split.add_argument("--batch-strategy", required=True, choices=BATCH_STRATEGIES)
     split.add_argument(
         "--max-payload-mb",
         required=True,
-        type=_bounded_int(0, 100),
+        type=_bounded_int(0, MAX_PAYLOAD_MB),
         metavar="M",
         help="body bound in MiB, 0 to 100; 0 means no bound",
     )
