@@ -1,4 +1,4 @@
-"""Streaming gunzip for ``CompressionType: Gzip`` (SPEC §2).
+"""Streaming gunzip for ``CompressionType: Gzip`` (README, "The job file").
 
 An object is one or more gzip members back to back (``cat a.gz b.gz`` is valid gzip, and
 so is zero padding between members, which ``gzip -d`` accepts); each is decompressed as
