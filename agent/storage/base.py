@@ -1,6 +1,6 @@
 """What both storage backends share: settings, errors, the object record, read-ahead, uploads.
 
-The backends (``s3/``, ``local.py``) implement :class:`Store`; callers never need to
+The backends (``s3/``, ``local/``) implement :class:`Store`; callers never need to
 know which one they hold. Everything that can wait on the network or the disk is async;
 everything that holds bytes is bounded by a field of :class:`StorageSettings`.
 """
@@ -21,7 +21,7 @@ GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
 PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
-TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local.TEMP_NAME_PATTERN)
+TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local/upload.py, TEMP_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
