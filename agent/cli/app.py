@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_bounded_int(0, MAX_PAYLOAD_MB),
         metavar="M",
-        help="body bound in MiB, 0 to 100; 0 means no bound",
+        help=f"body bound in MiB, 0 to {MAX_PAYLOAD_MB}; 0 means no bound",
     )
     split.add_argument("--compression", choices=("None", "Gzip"), default="None")
     split.add_argument("--output-dir", metavar="DIR", help="write each request body here")
