@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli.validate import error, load, log_notes, print_problems, validate
-from agent.job import JobError, JobSettings, with_overrides
+from agent.job import (
+    BATCH_STRATEGIES,
+    MAX_PAYLOAD_MB,
+    SPLIT_TYPES,
+    JobError,
+    JobSettings,
+    with_overrides,
+)
 from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.log import LOG_FORMATS, setup_logging
 
@@ -261,16 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with --output-dir each request body as DIR/000000.bin, 000001.bin, ...",
     )
     split.add_argument("file", metavar="FILE", help="a local input file")
-    split.add_argument(
-        "--split-type", required=True, choices=("None", "Line", "RecordIO", "TFRecord")
-    )
-    split.add_argument("--batch-strategy", required=True, choices=("SingleRecord", "MultiRecord"))
+    split.add_argument("--split-type", required=True, choices=SPLIT_TYPES)
+    split.add_argument("--batch-strategy", required=True, choices=BATCH_STRATEGIES)
     split.add_argument(
         "--max-payload-mb",
         required=True,
-        type=_bounded_int(0, 100),
+        type=_bounded_int(0, MAX_PAYLOAD_MB),
         metavar="M",
-        help="body bound in MiB, 0 to 100; 0 means no bound",
+        help=f"body bound in MiB, 0 to {MAX_PAYLOAD_MB}; 0 means no bound",
     )
     split.add_argument("--compression", choices=("None", "Gzip"), default="None")
     split.add_argument("--output-dir", metavar="DIR", help="write each request body here")

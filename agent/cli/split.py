@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from agent.codec.gzip import Gunzip, GzipError
+from agent.job import BATCH_STRATEGIES, MAX_PAYLOAD_MB, SPLIT_TYPES
 from agent.split import (
-    BATCH_STRATEGIES,
-    SPLIT_TYPES,
     BodyLike,
     SplitError,
     make_splitter,
@@ -23,7 +22,6 @@ from agent.split import (
 )
 
 READ_CHUNK_BYTES = 1 << 20
-MAX_PAYLOAD_MB = 100  # MaxPayloadInMB is 0 to 100 (README, The job file)
 COMPRESSIONS = ("None", "Gzip")
 
 

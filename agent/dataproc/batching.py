@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from agent._compat import BytesLike
+from agent._compat import MIB, BytesLike
 from agent.dataproc.processor import RecordProcessor
+from agent.job import BATCH_STRATEGIES
 from agent.split import BodyLike, RecordTooLargeError, make_splitter
 
-MIB = 1 << 20
 UNBOUNDED_BODY_BYTES = 100 * MIB  # MaxPayloadInMB=0 with DataProcessing
 INPUT_FACTOR = 4  # unfiltered bytes a batch may hold, per byte of bound
 
@@ -71,7 +71,7 @@ class RecordBatcher:
         *,
         max_input_bytes: int | None = None,
     ) -> None:
-        if batch_strategy not in ("MultiRecord", "SingleRecord") or max_payload_bytes < 0:
+        if batch_strategy not in BATCH_STRATEGIES or max_payload_bytes < 0:
             raise ValueError(f"bad batching: {batch_strategy!r}, {max_payload_bytes} bytes")
         self.processor = processor
         self.bound = max_payload_bytes or UNBOUNDED_BODY_BYTES

@@ -22,11 +22,16 @@ import json
 import os
 from dataclasses import replace
 
+from agent._compat import MIB  # re-exported: job sizes are in MiB
 from agent.job.parse import parse_job
-from agent.job.schema import MAX_INSTANCE_COUNT, JobError, Problem, json_object
+from agent.job.schema import MAX_INSTANCE_COUNT, MAX_PAYLOAD_MB, JobError, Problem, json_object
 from agent.job.types import (
+    BATCH_STRATEGIES,
+    DEFAULT_BATCH_STRATEGY,
+    DEFAULT_MAX_CONCURRENT_TRANSFORMS,
+    DEFAULT_MAX_PAYLOAD_MB,
     DEFAULT_MODEL_URL,
-    MIB,
+    SPLIT_TYPES,
     AgentConfig,
     AssemblyType,
     BatchStrategy,
@@ -47,8 +52,14 @@ from agent.job.types import (
 )
 
 __all__ = [
+    "BATCH_STRATEGIES",
+    "DEFAULT_BATCH_STRATEGY",
+    "DEFAULT_MAX_CONCURRENT_TRANSFORMS",
+    "DEFAULT_MAX_PAYLOAD_MB",
     "DEFAULT_MODEL_URL",
+    "MAX_PAYLOAD_MB",
     "MIB",
+    "SPLIT_TYPES",
     "AgentConfig",
     "AssemblyType",
     "BatchStrategy",

@@ -27,6 +27,7 @@ from agent.job.schema import (
     JOB_NAME,
     KMS_KEY,
     MAX_INSTANCE_COUNT,
+    MAX_PAYLOAD_MB,
     MAX_RESPONSE_MB,
     MISSING_HINTS,
     MODEL_NAME,
@@ -109,7 +110,7 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
         allowed=NAME_RULE,
     )
     concurrency = check.integer(top, "MaxConcurrentTransforms", "$", minimum=0)
-    payload_mb = check.integer(top, "MaxPayloadInMB", "$", minimum=0, maximum=100)
+    payload_mb = check.integer(top, "MaxPayloadInMB", "$", minimum=0, maximum=MAX_PAYLOAD_MB)
     strategy = check.enum(top, "BatchStrategy", "$", BATCH_STRATEGIES)
     client = _model_client(check, top)
     environment = _environment(check, top)

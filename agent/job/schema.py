@@ -352,6 +352,7 @@ ENV_MAX_ENTRIES = 16
 ENV_VALUE_MAX_CHARS = 10240
 FILTER_MAX_CHARS = 63
 MAX_RESPONSE_MB = 16_384  # Agent.MaxResponseMB: 1 MiB to 16 GiB per answer
+MAX_PAYLOAD_MB = 100  # MaxPayloadInMB: 0 (no bound) to 100 MiB per request body
 
 
 def control_character(text: str) -> str | None:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.job.schema import URI_FORMS, control_character, quote
+from agent._compat import MIB
+from agent.job.schema import MAX_PAYLOAD_MB, URI_FORMS, control_character, quote
 
 BatchStrategy = Literal["MultiRecord", "SingleRecord"]
 S3DataType = Literal["S3Prefix", "ManifestFile"]
@@ -32,7 +33,12 @@ ASSEMBLY_TYPES: tuple[AssemblyType, ...] = ("None", "Line")
 JOIN_SOURCES: tuple[JoinSource, ...] = ("None", "Input")
 COORDINATIONS: tuple[Coordination, ...] = ("Static", "Lease")
 
-MIB = 1 << 20
+# The execution parameters when neither the job file nor the model's
+# /execution-parameters sets them (``agent.model.execparams`` resolves them).
+DEFAULT_MAX_CONCURRENT_TRANSFORMS = 1
+DEFAULT_MAX_PAYLOAD_MB = 6
+DEFAULT_BATCH_STRATEGY: BatchStrategy = "MultiRecord"
+
 DEFAULT_MODEL_URL = "http://127.0.0.1:8080"
 DEFAULT_MIN_RESPONSE_MB = 64  # the least default cap on one model answer
 
@@ -244,7 +250,11 @@ class JobSettings:
         (SageMaker's largest bound) and an unresolved one as the default 6."""
         if self.agent.max_response_mb is not None:
             return self.agent.max_response_mb * MIB
-        payload_mb = 6 if self.max_payload_mb is None else self.max_payload_mb or 100
+        payload_mb = (
+            DEFAULT_MAX_PAYLOAD_MB
+            if self.max_payload_mb is None
+            else self.max_payload_mb or MAX_PAYLOAD_MB
+        )
         return max(DEFAULT_MIN_RESPONSE_MB, 4 * payload_mb) * MIB
 
     @property

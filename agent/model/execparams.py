@@ -15,12 +15,18 @@ from typing import Literal, TypeVar
 
 import orjson
 
-from agent.job import BatchStrategy, JobSettings
+from agent.job import (
+    DEFAULT_BATCH_STRATEGY,
+    DEFAULT_MAX_CONCURRENT_TRANSFORMS,
+    DEFAULT_MAX_PAYLOAD_MB,
+    MAX_PAYLOAD_MB,
+    BatchStrategy,
+    JobSettings,
+)
 from agent.model.policy import ModelError
 
 Source = Literal["job file", "/execution-parameters", "default"]
 FIELDS = ("MaxConcurrentTransforms", "MaxPayloadInMB", "BatchStrategy")
-MAX_PAYLOAD_MB = 100
 
 # SageMaker containers answer in the environment variables' spelling; accept the API's too.
 _STRATEGIES: dict[str, BatchStrategy] = {
@@ -56,7 +62,9 @@ class ResolvedParams:
 
 
 DEFAULTS = ResolvedParams(
-    max_concurrent_transforms=1, max_payload_mb=6, batch_strategy="MultiRecord"
+    max_concurrent_transforms=DEFAULT_MAX_CONCURRENT_TRANSFORMS,
+    max_payload_mb=DEFAULT_MAX_PAYLOAD_MB,
+    batch_strategy=DEFAULT_BATCH_STRATEGY,
 )
 
 

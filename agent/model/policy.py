@@ -7,13 +7,14 @@ re-exports the public names.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 
+# The delay between two attempts: full jitter (the default ``floor`` 0) with the client's
+# ``retry_base_seconds`` and ``retry_cap_seconds``; re-exported for ``agent.model.client``.
+from agent.backoff import backoff_seconds as backoff_seconds
 from agent.job import JobSettings
 from agent.model.process import ModelExit
 
@@ -133,17 +134,6 @@ def invocation_failure(
     return InvocationError(
         message, what=what, attempts=attempts, status=status, body_excerpt=excerpt
     )
-
-
-def backoff_seconds(
-    retry: int,
-    *,
-    base_seconds: float,
-    cap_seconds: float,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Exponential backoff with full jitter before retry number ``retry`` (1, 2, …)."""
-    return rng() * min(cap_seconds, base_seconds * 2.0 ** (retry - 1))
 
 
 @dataclass(frozen=True, slots=True)

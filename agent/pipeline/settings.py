@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.job import JobSettings
+from agent.job import (
+    DEFAULT_BATCH_STRATEGY,
+    DEFAULT_MAX_CONCURRENT_TRANSFORMS,
+    DEFAULT_MAX_PAYLOAD_MB,
+    JobSettings,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +31,12 @@ class PipelineSettings:
     @classmethod
     def from_job(cls, job: JobSettings) -> PipelineSettings:
         """From a job whose execution parameters are resolved (``ResolvedParams.apply``)."""
-        inflight = job.max_concurrent_transforms or 1
+        inflight = job.max_concurrent_transforms or DEFAULT_MAX_CONCURRENT_TRANSFORMS
+        payload_mb = DEFAULT_MAX_PAYLOAD_MB if job.max_payload_mb is None else job.max_payload_mb
         return cls(
             split_type=job.input.split_type,
-            batch_strategy=job.batch_strategy or "MultiRecord",
-            max_payload_bytes=(job.max_payload_mb if job.max_payload_mb is not None else 6) << 20,
+            batch_strategy=job.batch_strategy or DEFAULT_BATCH_STRATEGY,
+            max_payload_bytes=payload_mb << 20,
             max_inflight=inflight,
             files_reading=max(2, inflight),
             files_open=4 * max(2, inflight),

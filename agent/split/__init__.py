@@ -66,7 +66,6 @@ else:
         from agent.split._splitters_py import Body, Packer, implementation, make_splitter
 
 __all__ = [
-    "BATCH_STRATEGIES",
     "Body",
     "BodyLike",
     "CorruptInputError",
@@ -74,7 +73,6 @@ __all__ = [
     "Packer",
     "PackerLike",
     "RecordTooLargeError",
-    "SPLIT_TYPES",
     "SplitError",
     "SplitterLike",
     "SplitterStateError",
@@ -83,8 +81,6 @@ __all__ = [
     "max_payload_bytes",
 ]
 
-SPLIT_TYPES = ("None", "Line", "RecordIO", "TFRecord")
-BATCH_STRATEGIES = ("MultiRecord", "SingleRecord")
 IS_NATIVE: bool = implementation() != "python"
 
 

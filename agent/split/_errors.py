@@ -7,8 +7,9 @@ the file with :meth:`SplitError.in_file`.
 
 from __future__ import annotations
 
+from agent._compat import MIB
+
 RECORDIO_MAGIC = 0xCED7230A
-_MIB = 1 << 20
 
 
 class SplitError(ValueError):
@@ -48,8 +49,8 @@ class RecordTooLargeError(SplitError):
 
 
 def _bound(limit: int) -> str:
-    if limit % _MIB == 0:
-        return f"the {limit}-byte bound (MaxPayloadInMB={limit // _MIB})"
+    if limit % MIB == 0:
+        return f"the {limit}-byte bound (MaxPayloadInMB={limit // MIB})"
     return f"the {limit}-byte bound"
 
 

@@ -1,6 +1,6 @@
 """What both storage backends share: settings, errors, the object record, read-ahead, uploads.
 
-The backends (``s3.py``, ``local.py``) implement :class:`Store`; callers never need to
+The backends (``s3/``, ``local/``) implement :class:`Store`; callers never need to
 know which one they hold. Everything that can wait on the network or the disk is async;
 everything that holds bytes is bounded by a field of :class:`StorageSettings`.
 """
@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from agent._compat import BytesLike
+from agent._compat import MIB, BytesLike
 
-MIB = 1 << 20
 GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
 PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
-TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local.TEMP_NAME_PATTERN)
-
-log = logging.getLogger("agent.storage")
+TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local/upload.py, TEMP_NAME_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,50 +122,12 @@ class InputError(ValueError):
     """A problem with the job's inputs that the user must fix (the caller exits 2)."""
 
 
-# ----------------------------------------------------------------------------- retries
+# ----------------------------------------------------------------------------- messages
 
 
-class Backoff:
-    """Sleeps between attempts, and gives up once no progress was made for ``retry_seconds``.
-
-    Call :meth:`progress` whenever an attempt gets somewhere (bytes arrived), so a long
-    read that stumbles now and then is never abandoned for having stumbled too often.
-    """
-
-    def __init__(self, settings: StorageSettings, what: str) -> None:
-        self.settings = settings
-        self.what = what
-        self.attempt = 0
-        self._since = time.monotonic()
-
-    def progress(self) -> None:
-        self.attempt = 0
-        self._since = time.monotonic()
-
-    async def wait(self, error: BaseException) -> None:
-        """Sleep before the next attempt; raise ``StorageError`` (chaining ``error``) if late."""
-        self.attempt += 1
-        waited = time.monotonic() - self._since
-        if waited >= self.settings.retry_seconds:
-            raise StorageError(
-                f"{self.what} failed after {self.attempt} attempts over {waited:.0f} s: "
-                f"{describe(error)}; check that the store is reachable, then run the job again"
-            ) from error
-        delay = min(self.settings.retry_backoff_max_seconds, 0.1 * 2 ** (self.attempt - 1))
-        delay = min(delay * random.uniform(0.5, 1.0), self.settings.retry_seconds - waited)
-        log.warning(
-            "%s: %s; retrying in %.2f s (attempt %d; giving up after %.0f s without progress)",
-            self.what,
-            describe(error),
-            delay,
-            self.attempt + 1,
-            self.settings.retry_seconds,
-        )
-        await asyncio.sleep(delay)
-
-
-def describe(error: BaseException) -> str:
-    """A one-line description of an error, with its type when the text alone is vague."""
+def exception_summary(error: BaseException) -> str:
+    """An exception in one line for a message: its text, with its type when the text alone
+    is vague (and the type alone when it has no text)."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

@@ -26,7 +26,7 @@ from agent.job.types import DataUri, parse_data_uri
 from agent.storage.base import InputError, ObjectInfo, StorageError
 
 if TYPE_CHECKING:
-    from agent.storage import Stores
+    from agent.storage.stores import Stores
 
 log = logging.getLogger("agent.inputs")
 

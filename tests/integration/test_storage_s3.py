@@ -14,6 +14,7 @@ import orjson
 import pytest
 from servers import SeaweedFS, free_port_block
 
+from agent._compat import MIB
 from agent.job.types import DataUri
 from agent.storage import (
     ObjectChangedError,
@@ -28,8 +29,6 @@ from agent.storage import (
 )
 
 pytestmark = pytest.mark.integration
-
-MIB = 1 << 20
 
 
 def s3(bucket: str, key: str) -> DataUri:
@@ -190,7 +189,11 @@ async def test_read_resumes_when_seaweedfs_is_killed_and_restarted(
                     break
             await s3_server.astop(grace_seconds=0)  # SIGKILL, like a crash
             consumer = asyncio.create_task(read_all(chunks))
-            await asyncio.sleep(0.5)  # the reader meets the dead server and backs off
+            for _ in range(600):  # the reader meets the dead server and says it backs off
+                if any("retrying" in record.getMessage() for record in caplog.records):
+                    break
+                await asyncio.sleep(0.05)
+            assert not consumer.done()
             await s3_server.astart()
             received += await consumer
     assert bytes(received) == data

@@ -12,12 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from agent.codec.gzip import Gunzip, GzipError, gunzip
 from agent.job.types import DataUri
 from agent.storage import (
     MAX_PARTS,
     ChunkReader,
-    Gunzip,
-    GzipError,
     InputError,
     LocalStore,
     ManifestError,
@@ -28,7 +27,6 @@ from agent.storage import (
     StorageError,
     StorageSettings,
     exclusions,
-    gunzip,
     list_inputs,
     open_stores,
     output_uri,

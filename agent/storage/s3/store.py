@@ -2,84 +2,47 @@
 
 Every call is retried on transient errors (connection errors, timeouts, 5xx, throttling)
 with backoff for up to ``StorageSettings.retry_seconds`` without progress, on top of
-botocore's own few quick retries. Reads ask for ranges of at most ``range_bytes``, each
-with ``If-Match`` on the listed ETag: a read that breaks resumes from the last byte
-received, and an object replaced mid-read fails with :class:`ObjectChangedError` instead
-of mixing two versions. Uploads stream: one PutObject when the output fits in the first
-part, else a multipart upload with at most ``max_parts_in_flight`` parts in flight.
+botocore's own few quick retries (:mod:`agent.storage.s3.call`). Reads ask for ranges of
+at most ``range_bytes``, each with ``If-Match`` on the listed ETag: a read that breaks
+resumes from the last byte received, and an object replaced mid-read fails with
+:class:`ObjectChangedError` instead of mixing two versions. Uploads stream: one PutObject
+when the output fits in the first part, else a multipart upload with at most
+``max_parts_in_flight`` parts in flight (:mod:`agent.storage.s3.upload`).
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-import aiohttp
-from botocore.exceptions import (
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
+from botocore.exceptions import ClientError
 
 from agent._compat import BytesLike
 from agent.storage.base import (
-    Backoff,
     ChunkReader,
     ObjectChangedError,
     ObjectInfo,
     ObjectNotFoundError,
     ObjectTooLargeError,
     PendingUpload,
-    PreconditionFailed,
     StorageError,
     StorageSettings,
     UploadIdCallback,
-    describe,
 )
-from agent.storage.s3.upload import S3Upload, conditions
-
-log = logging.getLogger("agent.storage")
-
-# Errors after which the same request may well succeed: the network, the server's mood.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    HTTPClientError,  # connection reset/closed, read timeouts
-    BotoConnectionError,  # connection refused (EndpointConnectionError), connect timeouts
-    IncompleteReadError,  # the body ended before Content-Length
-    aiohttp.ClientError,  # payload errors, server disconnects
-    OSError,  # TimeoutError and ConnectionError included
+from agent.storage.s3.call import (
+    TRANSIENT_ERRORS,
+    BucketCalls,
+    Retries,
+    error_status,
+    is_transient,
 )
-TRANSIENT_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
-)
+from agent.storage.s3.upload import S3Upload, abort_upload, conditions
 
 
 class _ShortRead(ConnectionError):
     """The body ended before the range did (the server went away between two packets)."""
-
-
-def _status(error: ClientError) -> tuple[int, str, str]:
-    response: dict[str, Any] = error.response
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    details = response.get("Error", {})
-    return status, str(details.get("Code", status)), str(details.get("Message", ""))
-
-
-def is_transient(error: BaseException) -> bool:
-    """True for errors worth another attempt of the same request."""
-    if isinstance(error, ClientError):
-        status, code, _ = _status(error)
-        return status >= 500 or status == 429 or code in TRANSIENT_CODES
-    if type(error) is HTTPClientError:  # botocore's wrapper for whatever the HTTP client raised
-        inner = getattr(error, "kwargs", {}).get("error")
-        return inner is None or is_transient(inner)
-    return isinstance(error, TRANSIENT_ERRORS)
 
 
 class S3Store:
@@ -89,45 +52,14 @@ class S3Store:
         self.client = client
         self.bucket = bucket
         self.settings = settings
+        self.calls = BucketCalls(client, bucket, settings)
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    def _error(self, what: str, error: Exception) -> StorageError:
-        """A sentence for a non-transient error of ``what`` (e.g. "listing s3://b/p")."""
-        if isinstance(error, NoCredentialsError):
-            return StorageError(
-                f"{what}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance or task role"
-            )
-        if not isinstance(error, ClientError):
-            return StorageError(f"{what}: {describe(error)}")
-        status, code, message = _status(error)
-        if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return PreconditionFailed(f"{what}: refused by its condition ({code})")
-        if code == "NoSuchBucket":
-            return StorageError(f"{what}: the bucket {self.bucket} does not exist")
-        if code in ("NoSuchKey", "404"):
-            return ObjectNotFoundError(f"{what}: no such object")
-        if status == 403:
-            return StorageError(
-                f"{what}: access denied ({code}); check that the credentials in use may do this"
-            )
-        return StorageError(f"{what}: {code} (HTTP {status}) {message}".rstrip())
+        return self.calls.uri(key)
 
     async def call(self, what: str, method: Callable[..., Awaitable[Any]], **params: Any) -> Any:
-        """``await method(**params)``, retried on transient errors; others become StorageError."""
-        backoff = Backoff(self.settings, what)
-        body = params.get("Body")
-        while True:
-            if isinstance(body, io.BytesIO):
-                body.seek(0)  # botocore rewinds between its own attempts, not between calls
-            try:
-                return await method(**params)
-            except Exception as error:
-                if not is_transient(error):
-                    raise self._error(what, error) from error
-                await backoff.wait(error)
+        """``await method(**params)`` with this store's retries (:meth:`BucketCalls.call`)."""
+        return await self.calls.call(what, method, **params)
 
     # ------------------------------------------------------------------------- listing
 
@@ -178,7 +110,7 @@ class S3Store:
                 Bucket=self.bucket, Key=obj.key, Range=f"bytes={start}-{stop - 1}", IfMatch=obj.etag
             )
         except ClientError as error:
-            status, code, _ = _status(error)
+            status, code, _ = error_status(error)
             if status == 412 or code == "PreconditionFailed":
                 raise self._changed(obj, start, "changed") from None
             if code in ("NoSuchKey", "404"):
@@ -193,19 +125,19 @@ class S3Store:
 
     async def _produce(self, obj: ObjectInfo, start: int, end: int) -> AsyncGenerator[bytes, None]:
         position = start
-        backoff = Backoff(self.settings, "")
+        retries = Retries(self.settings, "")
         chunk_bytes = self.settings.read_chunk_bytes
         while position < end:
             stop = min(end, position + self.settings.range_bytes)
-            backoff.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
+            retries.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
             try:
                 body = await self._open_range(obj, position, stop)
             except StorageError:  # ObjectChangedError: final, and already a sentence
                 raise
             except Exception as error:
                 if not is_transient(error):
-                    raise self._error(backoff.what, error) from error
-                await backoff.wait(error)
+                    raise self.calls.error(retries.what, error) from error
+                await retries.wait(error)
                 continue
             try:
                 # Each piece is handed on as it arrives (at most ``chunk_bytes``): joining
@@ -219,12 +151,12 @@ class S3Store:
                     else:
                         if piece:
                             position += len(piece)
-                            backoff.progress()
+                            retries.progress()
                             yield piece
                             continue
                         broken = _ShortRead("the connection ended before the requested range")
-                    backoff.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
-                    await backoff.wait(broken)
+                    retries.what = f"reading {self.uri(obj.key)} at byte {position} of {obj.size}"
+                    await retries.wait(broken)
                     break  # resume from ``position`` with a new ranged GET
             finally:
                 body.close()
@@ -247,13 +179,13 @@ class S3Store:
             extra["Metadata"] = dict(metadata)
         if content_type:
             extra["ContentType"] = content_type
-        return S3Upload(self, key, extra, on_upload_id)
+        return S3Upload(self.calls, key, extra, on_upload_id)
 
     # ------------------------------------------------------------------------- small objects
 
     async def get_bytes(self, key: str) -> tuple[bytes, str] | None:
         what = f"reading {self.uri(key)}"
-        backoff = Backoff(self.settings, what)
+        retries = Retries(self.settings, what)
         while True:
             try:
                 response = await self.call(
@@ -271,7 +203,7 @@ class S3Store:
                 async with response["Body"] as body:
                     return await body.read(), str(response["ETag"])
             except TRANSIENT_ERRORS as error:
-                await backoff.wait(error)
+                await retries.wait(error)
 
     async def put_bytes(
         self, key: str, data: BytesLike, *, if_none_match: bool = False, if_match: str | None = None
@@ -330,14 +262,4 @@ class S3Store:
         return chosen
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
-        try:
-            await self.call(
-                f"aborting the upload {upload_id} of {self.uri(key)}",
-                self.client.abort_multipart_upload,
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-            )
-        except StorageError as error:
-            if "NoSuchUpload" not in str(error):
-                raise
+        await abort_upload(self.calls, key, upload_id)

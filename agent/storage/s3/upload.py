@@ -6,6 +6,9 @@ follows :func:`~agent.storage.part_size`; ``on_upload_id`` hears of the upload b
 CreateMultipartUpload is sent (``None``) and of its UploadId before the first part is, so
 a crash at any moment leaves a record to clean up from. A stop during
 CreateMultipartUpload waits for its answer, so the upload it made is aborted too.
+
+The upload sends its requests through :class:`~agent.storage.s3.call.BucketCalls` (the
+client, the bucket and the retried call); it knows nothing of the store that opened it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent._compat import BytesLike
 from agent.storage.base import (
@@ -24,9 +27,7 @@ from agent.storage.base import (
     UploadIdCallback,
     part_size,
 )
-
-if TYPE_CHECKING:
-    from agent.storage.s3.store import S3Store
+from agent.storage.s3.call import BucketCalls
 
 log = logging.getLogger("agent.storage")
 
@@ -41,6 +42,21 @@ def conditions(if_none_match: bool, if_match: str | None) -> dict[str, str]:
     return params
 
 
+async def abort_upload(calls: BucketCalls, key: str, upload_id: str) -> None:
+    """AbortMultipartUpload; an upload that is already gone is not an error."""
+    try:
+        await calls.call(
+            f"aborting the upload {upload_id} of {calls.uri(key)}",
+            calls.client.abort_multipart_upload,
+            Bucket=calls.bucket,
+            Key=key,
+            UploadId=upload_id,
+        )
+    except StorageError as error:
+        if "NoSuchUpload" not in str(error):
+            raise
+
+
 class S3Upload(Upload):
     """A streamed output: one PutObject if it fits in the first part, else multipart.
 
@@ -51,10 +67,14 @@ class S3Upload(Upload):
     """
 
     def __init__(
-        self, store: S3Store, key: str, extra: dict[str, Any], on_upload_id: UploadIdCallback | None
+        self,
+        calls: BucketCalls,
+        key: str,
+        extra: dict[str, Any],
+        on_upload_id: UploadIdCallback | None,
     ) -> None:
         super().__init__(key)
-        self.store = store
+        self.calls = calls
         self._extra = extra
         self._on_upload_id = on_upload_id
         # Bodies are BytesIO, not bytes: aiohttp streams file objects in chunks but warns
@@ -63,12 +83,12 @@ class S3Upload(Upload):
         self._next_part = 1
         self._parts: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(store.settings.max_parts_in_flight)
+        self._slots = asyncio.Semaphore(calls.settings.max_parts_in_flight)
         self._failure: BaseException | None = None
 
     @property
     def uri(self) -> str:
-        return self.store.uri(self.key)
+        return self.calls.uri(self.key)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -80,7 +100,7 @@ class S3Upload(Upload):
         view = memoryview(data).cast("B")
         self.bytes_written += len(view)
         while view:
-            limit = part_size(self.store.settings, self._next_part)
+            limit = part_size(self.calls.settings, self._next_part)
             room = limit - self._buffer.tell()
             if room <= 0:
                 await self._ship()
@@ -109,10 +129,10 @@ class S3Upload(Upload):
         if self._on_upload_id is not None:
             await self._on_upload_id(None)
         creating = asyncio.ensure_future(
-            self.store.call(
+            self.calls.call(
                 f"starting the upload of {self.uri}",
-                self.store.client.create_multipart_upload,
-                Bucket=self.store.bucket,
+                self.calls.client.create_multipart_upload,
+                Bucket=self.calls.bucket,
                 Key=self.key,
                 **self._extra,
             )
@@ -137,10 +157,10 @@ class S3Upload(Upload):
             self._failure = task.exception()
 
     async def _upload_part(self, number: int, body: io.BytesIO) -> None:
-        response = await self.store.call(
+        response = await self.calls.call(
             f"uploading part {number} of {self.uri}",
-            self.store.client.upload_part,
-            Bucket=self.store.bucket,
+            self.calls.client.upload_part,
+            Bucket=self.calls.bucket,
             Key=self.key,
             UploadId=self.upload_id,
             PartNumber=number,
@@ -153,10 +173,10 @@ class S3Upload(Upload):
         self._raise_failure()
         condition = conditions(if_none_match, if_match)
         if self.upload_id is None:
-            response = await self.store.call(
+            response = await self.calls.call(
                 f"writing {self.uri}",
-                self.store.client.put_object,
-                Bucket=self.store.bucket,
+                self.calls.client.put_object,
+                Bucket=self.calls.bucket,
                 Key=self.key,
                 Body=self._buffer,
                 **self._extra,
@@ -168,10 +188,10 @@ class S3Upload(Upload):
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._raise_failure()
             parts = sorted(self._parts, key=lambda part: int(part["PartNumber"]))
-            response = await self.store.call(
+            response = await self.calls.call(
                 f"completing the upload of {self.uri}",
-                self.store.client.complete_multipart_upload,
-                Bucket=self.store.bucket,
+                self.calls.client.complete_multipart_upload,
+                Bucket=self.calls.bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": parts},
@@ -192,7 +212,7 @@ class S3Upload(Upload):
         if self.upload_id is None:
             return
         try:
-            await self.store.abort_multipart_upload(self.key, self.upload_id)
+            await abort_upload(self.calls, self.key, self.upload_id)
         except StorageError as error:
             log.warning(
                 "could not abort the multipart upload %s of %s (%s); it stays invisible, "
