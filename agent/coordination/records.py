@@ -31,6 +31,7 @@ from agent.coordination.state import (
     loads,
     now_iso,
 )
+from agent.errors import UsageError
 from agent.job.types import DataUri
 from agent.jsonstream import document_pieces
 from agent.report import COMPLETED, FAILED, STOPPED, file_entry
@@ -40,7 +41,7 @@ from agent.storage.inputs import InputFile, file_id
 log = logging.getLogger("agent.state")
 
 
-class SettingsMismatch(Exception):
+class SettingsMismatch(UsageError):
     """Files were completed with other output settings; the CLI exits 2 unless ``--force``."""
 
 

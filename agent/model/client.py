@@ -41,6 +41,7 @@ from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
 from agent import __version__
+from agent.errors import BtAgentError
 from agent.model.execparams import (
     ExecutionParametersError,
     ResolvedParams,
@@ -126,7 +127,7 @@ class _BufferPayload(Payload):
         await writer.write(view if content_length is None else view[:content_length])
 
 
-class _SourceFailed(Exception):
+class _SourceFailed(BtAgentError):
     """The body's source (not the model) failed: not a reason to retry."""
 
     def __init__(self, error: Exception) -> None:
@@ -170,7 +171,7 @@ class _StreamedBody:
 # ----------------------------------------------------------------------------- the client
 
 
-class _Died(Exception):
+class _Died(BtAgentError):
     def __init__(self, exit: ModelExit) -> None:
         super().__init__(exit.describe())
         self.exit = exit
@@ -431,7 +432,7 @@ class ModelClient:
                 await streamed.close()
 
 
-class _TooLarge(Exception):
+class _TooLarge(BtAgentError):
     """An answer's body is over ``cap`` bytes: ``size`` is its Content-Length when
     ``declared``, else the bytes read when reading stopped (``cap`` + 1)."""
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import aiohttp
 
+from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.process import ModelExit
 
 
-class ModelError(Exception):
+class ModelError(BtAgentError):
     """The model server could not do what the job needs; the message says what happened."""
 
 
@@ -80,7 +81,7 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):g} MiB"
 
 
-class StatusError(Exception):
+class StatusError(BtAgentError):
     """One attempt got a non-2xx answer (an ``InvocationError`` chains it)."""
 
     def __init__(self, status: int, reason: str | None, body_excerpt: str) -> None:

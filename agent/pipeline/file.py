@@ -35,6 +35,7 @@ from agent.codec.gzip import GzipError, gunzip
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
 from agent.dataproc import Batch, RecordBatcher, RecordProcessor, make_processor
+from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.client import Body, ModelClient, ModelExitedError
 from agent.pipeline.ordering import Assembler, ReorderBudget
@@ -92,7 +93,7 @@ class _Cutter(Protocol):
     def finish(self) -> Sequence[BodyLike]: ...
 
 
-class FileFailed(Exception):
+class FileFailed(BtAgentError):
     """A file cannot be transformed; the message names it and says why."""
 
 

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from agent._compat import BytesLike
+from agent.errors import BtAgentError, UsageError
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -104,7 +105,7 @@ class PendingUpload:
 # ----------------------------------------------------------------------------- errors
 
 
-class StorageError(Exception):
+class StorageError(BtAgentError):
     """A storage operation failed; the message names the s3:// URI or the path."""
 
 
@@ -124,7 +125,7 @@ class PreconditionFailed(StorageError):
     """A conditional write was refused: the key exists (If-None-Match) or has another ETag."""
 
 
-class InputError(ValueError):
+class InputError(UsageError, ValueError):
     """A problem with the job's inputs that the user must fix (the caller exits 2)."""
 
 

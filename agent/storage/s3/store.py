@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 
 from agent._compat import BytesLike
+from agent.errors import BtAgentError
 from agent.storage.base import (
     Backoff,
     ChunkReader,
@@ -60,7 +61,7 @@ TRANSIENT_CODES = frozenset(
 )
 
 
-class _ShortRead(ConnectionError):
+class _ShortRead(BtAgentError, ConnectionError):
     """The body ended before the range did (the server went away between two packets)."""
 
 
