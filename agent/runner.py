@@ -36,7 +36,8 @@ from agent.model.client import (
 from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
 from agent.pipeline.file import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
-from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
+from agent.report import JobSummary, Progress
+from agent.results import COMPLETED, FAILED, STOPPED, FileResult
 from agent.storage import open_stores
 from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import InputFile, output_uri

@@ -30,7 +30,7 @@ from agent.coordination.state import (
 )
 from agent.errors import ExitCode
 from agent.job.types import JobSettings
-from agent.report import COMPLETED, FAILED
+from agent.results import COMPLETED, FAILED
 from agent.storage import Stores, list_inputs, open_stores
 from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import ListingSource

@@ -18,7 +18,7 @@ from agent.coordination.commit import CommitRule, UploadRecorder
 from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
 from agent.errors import BtAgentError
 from agent.job.types import DataUri
-from agent.report import COMPLETED, FAILED, FileResult
+from agent.results import COMPLETED, FAILED, FileResult
 from agent.storage.base import PreconditionFailed, Upload
 from agent.storage.inputs import InputFile
 

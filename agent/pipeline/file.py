@@ -39,7 +39,8 @@ from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.client import Body, ModelClient, ModelExitedError
 from agent.pipeline.ordering import Assembler, ReorderBudget
-from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult, Progress
+from agent.report import Progress
+from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
 from agent.split import BodyLike, RecordTooLargeError, SplitError, make_splitter
 from agent.storage import Stores
 from agent.storage.base import ObjectInfo, StorageError, Store
