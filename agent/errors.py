@@ -3,12 +3,16 @@
 Every exception class defined in ``agent`` derives from :class:`BtAgentError`, directly or
 through the root of its own module (``StorageError``, ``ModelError``, ``SplitError``, ...),
 and keeps the built-in base its callers catch (``ValueError``, ``RuntimeError``, ...).
-Each class carries the exit code the command ends with when that error ends a run, as the
-class attribute ``exit_code``: :data:`ExitCode.FAILED` from the root, or
-:data:`ExitCode.USAGE` for the errors of the job's own making (:class:`UsageError`). The
-command reads the code from the error; it never chooses one by the class it catches.
+(One exception: ``agent.model._supervise`` runs as a standalone script in a process of
+its own and imports only the standard library.) Each class carries the exit code the
+command ends with when that error ends a run, as the class attribute ``exit_code``:
+:attr:`ExitCode.FAILED` from the root, or :attr:`ExitCode.USAGE` for the errors of the
+job's own making (:class:`UsageError`). Where the runner, ``status``, ``plan`` and
+``split`` end on an error, they return its ``exit_code``; no other module defines an
+exit code.
 
-This module is at the bottom of the layering: it imports nothing from ``agent``.
+This module is at the bottom of the layering, below every other: it imports nothing from
+``agent``, and every module that defines an error imports it.
 """
 
 from __future__ import annotations
