@@ -266,6 +266,18 @@ def test_run_exit_1_with_a_failed_summary_when_the_state_cannot_be_written(
     assert summary["FailureReason"] in capsys.readouterr().err
 
 
+def test_run_exit_2_when_lease_coordination_finds_no_conditional_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same unwritable state as above, under Lease: the store check refuses (exit 2)."""
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    state = f"{tmp_path / 'in' / 'a.csv'}/state/"
+    code, summary = _run(tmp_path, _job(tmp_path, StateUri=state, Coordination="Lease"))
+    assert (code, summary) == (2, None)
+    err = capsys.readouterr().err
+    assert "the conditional-write check failed" in err and "use Agent.Coordination Static" in err
+
+
 def test_run_exit_1_with_a_failed_summary_when_the_model_port_is_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
