@@ -1,7 +1,8 @@
-"""What a run tells its operator: per-file results, the job summary, and progress.
+"""What a run tells its operator: the job summary and progress.
 
 The summary mirrors DescribeTransformJob (``TransformJobStatus``, ``FailureReason``,
-start and end times) and adds one entry per file with its counts. Progress is a bar
+start and end times) and adds one entry per file with its counts (each file's result and
+its statuses are ``agent.results``). Progress is a bar
 redrawn on stderr when stderr is a terminal, else one log line per finished file.
 Nothing here ever sees a request body or a credential: only sizes and counts.
 """
@@ -13,14 +14,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from agent.redact import scrub
+from agent.results import COMPLETED, FAILED, IN_PROGRESS, LOST, FileOutcome, FileResult
 
 log = logging.getLogger("agent.run")
-
-COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
-LOST = "Lost"  # another instance took the file over (its lease lapsed): not a failure here
 
 
 def peak_rss_bytes() -> int:
@@ -46,95 +45,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(slots=True)
-class FileResult:
-    """One input's outcome and counts; ``error`` is the sentence a user reads.
-
-    One is kept per file until the run's summary is written: slotted (no ``__dict__``).
-    """
-
-    input_uri: str
-    output_uri: str
-    input_bytes: int = 0  # bytes the splitter consumed (uncompressed)
-    status: str = "InProgress"
-    records: int = 0
-    requests: int = 0
-    output_bytes: int = 0
-    error: str | None = None
-    output_etag: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    seconds: float = 0.0
-
-    def finish(self, status: str, error: str | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.seconds = time.monotonic() - self.started
-
-    def as_json(self) -> dict[str, Any]:
-        return file_entry(
-            self.input_uri,
-            self.output_uri,
-            self.status,
-            self.records,
-            self.requests,
-            self.input_bytes,
-            self.output_bytes,
-            self.seconds,
-            self.output_etag,
-            self.error,
-        )
-
-
-def file_entry(
-    input_uri: str,
-    output_uri: str,
-    status: str,
-    records: int,
-    requests: int,
-    input_bytes: int,
-    output_bytes: int,
-    seconds: float,
-    output_etag: str | None,
-    error: str | None,
-) -> dict[str, Any]:
-    """A file's entry in the runner's summary (from a ``FileResult`` or a completion record)."""
-    entry: dict[str, Any] = {
-        "Input": input_uri,
-        "Output": output_uri,
-        "Status": status,
-        "Records": records,
-        "Requests": requests,
-        "InputBytes": input_bytes,
-        "OutputBytes": output_bytes,
-        "Seconds": round(seconds, 3),
-    }
-    if output_etag:
-        entry["OutputETag"] = output_etag
-    if error:
-        entry["FailureReason"] = error
-    return entry
-
-
-class FileOutcome(Protocol):
-    """What the summary needs of a finished file: a ``FileResult``, or the completion
-    record made from it (``agent.coordination.records.FileRecord``), which the runner keeps in its
-    place so each file's facts are held once."""
-
-    @property
-    def status(self) -> str: ...
-    @property
-    def records(self) -> int: ...
-    @property
-    def requests(self) -> int: ...
-    @property
-    def input_bytes(self) -> int: ...
-    @property
-    def output_bytes(self) -> int: ...
-    @property
-    def error(self) -> str | None: ...
-    def as_json(self) -> dict[str, Any]: ...
-
-
 @dataclass
 class JobSummary:
     """The job as DescribeTransformJob would show it, plus per-file entries."""
@@ -142,7 +52,7 @@ class JobSummary:
     name: str
     started_at: str = field(default_factory=_now)
     started: float = field(default_factory=time.monotonic)
-    status: str = "InProgress"
+    status: str = IN_PROGRESS
     failure_reason: str | None = None
     ended_at: str | None = None
     files: list[FileOutcome] = field(default_factory=list)

@@ -24,6 +24,7 @@ from agent.coordination.coordinator import Coordinator
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.coordination.plan import Identity, IdentityError, resolve_identity, static_plan
 from agent.coordination.records import SettingsMismatch
+from agent.errors import EXIT_BY_SIGNAL, BtAgentError, ExitCode
 from agent.job import JobSettings, settings_hash
 from agent.jsonstream import document_pieces
 from agent.log import LogFormat
@@ -37,7 +38,8 @@ from agent.model.client import (
 from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
-from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
+from agent.report import JobSummary, Progress
+from agent.results import COMPLETED, FAILED, STOPPED, FileResult
 from agent.storage import open_stores
 from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import InputFile, output_uri
@@ -57,25 +59,15 @@ class RunOptions:
     log_format: LogFormat
 
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class _Usage(Exception):
-    """A problem of the job's own making found once data is in reach (exit 2)."""
-
-
 def run(options: RunOptions) -> int:
-    """Run the job on this instance; return its exit code (docs/design.md §6)."""
+    """Run the job on this instance; return its exit code (``agent.errors.ExitCode``)."""
     # From here on every log line, summary and state object is free of the job's secrets.
     install(Redactor(secrets_of(options.settings.environment, os.environ)))
     summary = JobSummary(options.settings.transform_job_name)
     received: list[signal.Signals] = []
-    try:
-        code = _run_loop(_main(options, summary, received), received)
-    except _Usage as error:
-        log.error("%s", error)
-        return EXIT_USAGE
+    code = _run_loop(_main(options, summary, received), received)
+    if code == ExitCode.USAGE:
+        return code  # the job's own problem, found before any data was touched: no summary
     if received:
         code = EXIT_BY_SIGNAL[received[0]]
         if summary.status not in (COMPLETED, FAILED):
@@ -107,7 +99,7 @@ def _run_loop(main: object, received: list[signal.Signals]) -> int:
         try:
             return runner.run(_wait(task))
         except asyncio.CancelledError:
-            return EXIT_BY_SIGNAL[received[0]] if received else EXIT_FAILED
+            return EXIT_BY_SIGNAL[received[0]] if received else ExitCode.FAILED
         finally:
             for signum in EXIT_BY_SIGNAL:
                 loop.remove_signal_handler(signum)
@@ -127,7 +119,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
             job_count=job.instance_count,
         )
     except IdentityError as error:
-        raise _Usage(str(error)) from error
+        return _stop(summary, error)
     log.info("%s", identity)
     if identity.warning:
         log.warning("%s", identity.warning)
@@ -136,9 +128,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         try:
             await ensure_port_free(job.agent.model_url)
         except ModelCommandError as error:
-            summary.end(FAILED, str(error))
-            log.error("%s", error)
-            return EXIT_FAILED
+            return _stop(summary, error)
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
@@ -150,18 +140,14 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
                     force=options.force,
                 )
             )
-        except (InputError, ConditionalWritesUnsupported) as error:
-            raise _Usage(str(error)) from error
-        except StorageError as error:
-            summary.end(FAILED, str(error))
-            log.error("%s", error)
-            return EXIT_FAILED
+        except (InputError, ConditionalWritesUnsupported, StorageError) as error:
+            return _stop(summary, error)
         inputs = coordinator.listing.files
         if not inputs:
             reason = f"no objects found under {job.input.uri}"
             summary.end(FAILED, reason)
             log.error("%s", reason)
-            return EXIT_FAILED
+            return ExitCode.FAILED
         try:
             died = None
             if job.agent.model_command is not None:
@@ -184,7 +170,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         try:
             await coordinator.begin(settings_hash(job))
         except SettingsMismatch as error:
-            raise _Usage(str(error)) from error  # it says to rerun with --force
+            return _stop(summary, error)  # it says to rerun with --force
         todo = coordinator.todo
         total = sum(item.info.size for item in todo if item.info is not None)
         log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
@@ -215,9 +201,21 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         summary.end(
             FAILED, f"{len(failed)} of {len(summary.files)} files failed: {failed[0].error}"
         )
-        return EXIT_FAILED
+        return ExitCode.FAILED
     summary.end(COMPLETED)
-    return EXIT_COMPLETED
+    return ExitCode.COMPLETED
+
+
+def _stop(summary: JobSummary, error: BtAgentError) -> int:
+    """End the run on ``error`` with the exit code its class carries (``agent.errors``).
+
+    A usage error (exit 2, of the job's own making) is logged and no summary follows;
+    any other error ends the summary as Failed with its message.
+    """
+    if error.exit_code != ExitCode.USAGE:
+        summary.end(FAILED, str(error))
+    log.error("%s", error)
+    return error.exit_code
 
 
 def _share(inputs: Sequence[InputFile], job: JobSettings, identity: Identity) -> list[InputFile]:
@@ -235,7 +233,7 @@ def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, re
         result.finish(FAILED, f"{item.uri}: not transformed: {reason}")
         summary.files.append(result)
     summary.end(FAILED, reason)
-    return EXIT_FAILED
+    return ExitCode.FAILED
 
 
 def _write_summary(summary: JobSummary, path: str | None) -> None:

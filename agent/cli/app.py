@@ -1,4 +1,5 @@
-"""The ``bt-agent`` command: argument parsing and exit codes (docs/design.md §6), nothing else.
+"""The ``bt-agent`` command: argument parsing and exit codes (``agent.errors``, docs/design.md
+§6), nothing else.
 
 ``bt-agent --job job.json`` runs a job (``run`` may be written out); ``validate``,
 ``split``, ``status`` and ``plan`` are subcommands. ``main`` returns the exit code
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli.validate import error, load, log_notes, print_problems, validate
+from agent.errors import EXIT_CODE_LABELS, ExitCode
 from agent.job import (
     BATCH_STRATEGIES,
     MAX_PAYLOAD_MB,
@@ -30,12 +32,6 @@ from agent.log import LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:
     from agent.runner import RunOptions
-
-EXIT_COMPLETED = 0  # every file succeeded
-EXIT_FAILED = 1  # some file failed; the others still finished
-EXIT_USAGE = 2  # invalid job file or command line; nothing was touched
-EXIT_SIGINT = 130  # stopped by Ctrl-C
-EXIT_SIGTERM = 143  # stopped by SIGTERM
 
 COMMANDS = ("run", "validate", "split", "status", "plan")
 
@@ -51,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if not args:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args.insert(0, "run")  # bt-agent --job F means bt-agent run --job F
     try:
@@ -60,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(namespace)
     except SystemExit as exc:  # argparse after --help, --version or a usage error
         if exc.code is None:
-            return EXIT_COMPLETED
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+            return ExitCode.COMPLETED
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     except KeyboardInterrupt:
-        return EXIT_SIGINT
+        return ExitCode.SIGINT
 
 
 # ---------------------------------------------------------------------- commands
@@ -73,7 +69,7 @@ def _run(namespace: argparse.Namespace) -> int:
     setup_logging(namespace.log_format)
     loaded = load(namespace.job)
     if loaded is None:
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         settings = with_overrides(
             loaded.settings,
@@ -83,18 +79,18 @@ def _run(namespace: argparse.Namespace) -> int:
         )
     except JobError as exc:
         print_problems("the command line", exc)
-        return EXIT_USAGE
+        return exc.exit_code
     index, count = namespace.instance_index, settings.instance_count
     if index is not None and index >= count:
         error(
             f"--instance-index {index} is out of range: the job has {count} instance(s), "
             f"numbered 0 to {count - 1}; set --instance-count or TransformResources.InstanceCount"
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     problem = summary_path_problem(namespace.summary)
     if problem is not None:
         error(f"--summary {namespace.summary}: {problem}")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     log_notes(loaded)
     from agent.runner import RunOptions  # imported here: validate and split need none of it
 
@@ -179,7 +175,7 @@ def _status(namespace: argparse.Namespace) -> int:
     from agent.cli.status import run_status
 
     settings = _state_settings(namespace)
-    return EXIT_USAGE if settings is None else run_status(settings, sys.stdout)
+    return ExitCode.USAGE if settings is None else run_status(settings, sys.stdout)
 
 
 def _plan(namespace: argparse.Namespace) -> int:
@@ -187,7 +183,7 @@ def _plan(namespace: argparse.Namespace) -> int:
 
     settings = _state_settings(namespace)
     if settings is None:
-        return EXIT_USAGE
+        return ExitCode.USAGE
     return run_plan(settings, settings.instance_count, sys.stdout)
 
 
@@ -205,6 +201,12 @@ def _bounded_int(minimum: int, maximum: int | None = None) -> Callable[[str], in
     return parse
 
 
+def exit_codes_help() -> str:
+    """The exit codes as ``--help`` lists them, from the one table (``agent.errors``)."""
+    codes = ", ".join(f"{int(code)} {EXIT_CODE_LABELS[code]}" for code in ExitCode)
+    return f"Exit codes: {codes}."
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand has its own ``--help``."""
     parser = argparse.ArgumentParser(
@@ -212,8 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage=_USAGE,
         description="Run SageMaker Batch Transform jobs on any host: read every input "
         "object, send its records to a model server, write one .out object per input.",
-        epilog="Exit codes: 0 completed, 1 failed (some file failed), 2 invalid job or usage, "
-        "130 interrupted (SIGINT), 143 stopped (SIGTERM).",
+        epilog=exit_codes_help(),
     )
     parser.add_argument("--version", action="version", version=f"bt-agent {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", prog="bt-agent")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, TextIO
 
 from agent.codec.gzip import Gunzip, GzipError
+from agent.errors import ExitCode
 from agent.job import BATCH_STRATEGIES, MAX_PAYLOAD_MB, SPLIT_TYPES
 from agent.split import (
     BodyLike,
@@ -127,7 +128,7 @@ def run_split(
     problem = _usage(path, split_type, batch_strategy, max_payload_mb, compression, output_dir)
     if problem is not None:
         print(f"error: {problem}", file=out)
-        return 2
+        return ExitCode.USAGE
     bound = max_payload_bytes(max_payload_mb)
     limit = f"bound {bound} bytes" if bound else "no bound: bodies stream"
     print(
@@ -140,7 +141,7 @@ def run_split(
             os.makedirs(output_dir, exist_ok=True)
         except OSError as error:
             print(f"error: --output-dir {output_dir}: {error.strerror or error}", file=out)
-            return 2
+            return ExitCode.USAGE
     splitter = make_splitter(split_type, batch_strategy, bound)
     tally = _Tally(output_dir)
     try:
@@ -154,18 +155,18 @@ def run_split(
         where = " (offsets count uncompressed bytes)" if compression == "Gzip" else ""
         print(f"error: {error.in_file(path)}{where}", file=out)
         _summary(tally, out, partial=True)
-        return 1
+        return error.exit_code
     except GzipError as error:
         print(f"error: {error.in_file(path)}", file=out)
         _summary(tally, out, partial=True)
-        return 1
+        return error.exit_code
     except OSError as error:
         print(f"error: {path}: {error.strerror or error}", file=out)
-        return 1
+        return ExitCode.FAILED
     finally:
         tally.close()
     _summary(tally, out, partial=False)
-    return 0
+    return ExitCode.COMPLETED
 
 
 def _summary(tally: _Tally, out: TextIO, *, partial: bool) -> None:

@@ -28,15 +28,14 @@ from agent.coordination.state import (
     read_summary,
     read_summary_head,
 )
+from agent.errors import ExitCode
 from agent.job.types import JobSettings
-from agent.report import COMPLETED, FAILED
+from agent.results import COMPLETED, FAILED
 from agent.storage import Stores, list_inputs, open_stores
 from agent.storage.base import InputError, StorageError
 from agent.storage.inputs import ListingSource
 
 log = logging.getLogger("agent.status")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | None, bool]:
@@ -88,18 +87,18 @@ async def status_report(stores: Stores, job: JobSettings) -> tuple[str, int]:
     listing = await read_listing(state, layout)
     summary = await read_summary(state, layout)
     if summary is not None and (listing is None or summary.get("RunId") == listing.run_id):
-        return orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), EXIT_OK
+        return orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode(), ExitCode.COMPLETED
     if listing is None:
         return (
             f"{job.transform_job_name}: no state under {job.state_uri}; the job has not "
             "started (or ran with another Agent.StateUri / --state-uri)",
-            EXIT_FAILED,
+            ExitCode.FAILED,
         )
     records = await RecordCache(state, layout).refresh()
     leases = await read_leases(state, layout)
     lease_mode = job.agent.coordination == "Lease"
     lines = progress_lines(job.transform_job_name, listing, records, leases, lease_mode=lease_mode)
-    return "\n".join(lines), EXIT_OK
+    return "\n".join(lines), ExitCode.COMPLETED
 
 
 def progress_lines(
@@ -167,12 +166,9 @@ def _run(command: str, work: Callable[[Stores], Awaitable[tuple[str, int]]], out
 
     try:
         text, code = asyncio.run(main())
-    except InputError as error:
+    except (InputError, StorageError) as error:  # the class says the exit code: 2 or 1
         print(f"bt-agent {command}: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except StorageError as error:
-        print(f"bt-agent {command}: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return error.exit_code
     print(text, file=out, flush=True)
     return code
 
@@ -187,6 +183,6 @@ def run_plan(job: JobSettings, count: int, out: TextIO) -> int:
 
     async def work(stores: Stores) -> tuple[str, int]:
         lines = await plan_lines(stores, job, count)
-        return "\n".join(lines), EXIT_OK if len(lines) > 1 else EXIT_FAILED
+        return "\n".join(lines), ExitCode.COMPLETED if len(lines) > 1 else ExitCode.FAILED
 
     return _run("plan", work, out)

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 
+from agent.errors import ExitCode
 from agent.job import JobError, LoadedJob, load_job
 
 log = logging.getLogger("agent.cli")
@@ -15,10 +16,10 @@ log = logging.getLogger("agent.cli")
 def validate(namespace: argparse.Namespace) -> int:
     loaded = load(namespace.job)
     if loaded is None:
-        return 2
+        return ExitCode.USAGE
     for line in overview(loaded, namespace.job):
         print(line)
-    return 0
+    return ExitCode.COMPLETED
 
 
 def load(path: str) -> LoadedJob | None:

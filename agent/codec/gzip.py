@@ -16,12 +16,13 @@ import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterator
 
 from agent._compat import BytesLike
+from agent.errors import BtAgentError
 
 OUT_CHUNK_BYTES = 1 << 20
 _GZIP_WBITS = 31  # zlib: a gzip header and trailer, not raw deflate or zlib framing
 
 
-class GzipError(ValueError):
+class GzipError(BtAgentError, ValueError):
     """Input that is not valid gzip; ``offset`` counts compressed bytes from the start."""
 
     def __init__(self, offset: int, message: str) -> None:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 from agent.coordination.commit import CommitRule, UploadRecorder
 from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
+from agent.errors import BtAgentError
 from agent.job.types import DataUri
-from agent.report import COMPLETED, FAILED, FileResult
+from agent.results import COMPLETED, FAILED, FileResult
 from agent.storage.base import PreconditionFailed, Upload
 from agent.storage.inputs import InputFile
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 
-class OutputTaken(Exception):
+class OutputTaken(BtAgentError):
     """A conditional commit refused without a lease: the file fails (no other instance owns it)."""
 
 

@@ -68,7 +68,7 @@ from agent.coordination.state import (
     write_summary,
 )
 from agent.job.types import DataUri, JobSettings
-from agent.report import COMPLETED, FileResult
+from agent.results import COMPLETED, FileResult
 from agent.storage import Stores, list_inputs
 from agent.storage.base import StorageError, Store
 from agent.storage.inputs import (

@@ -33,6 +33,7 @@ from typing import Any, Self
 import orjson
 
 from agent.coordination.state import STATE_FORMAT, StateLayout, dumps, now_iso
+from agent.errors import BtAgentError, UsageError
 from agent.storage.base import PreconditionFailed, StorageError, Store
 
 log = logging.getLogger("agent.lease")
@@ -72,7 +73,7 @@ class LeaseSettings:
         )
 
 
-class ClaimLost(Exception):
+class ClaimLost(BtAgentError):
     """This instance no longer owns a file: another one took it over or committed it first.
 
     Not a failure of the file: the runner stops working on it and writes no record.
@@ -83,7 +84,7 @@ class LeaseLost(ClaimLost):
     """This instance no longer holds the file's lease; its work on the file must stop."""
 
 
-class ConditionalWritesUnsupported(Exception):
+class ConditionalWritesUnsupported(UsageError):
     """The store does not refuse a second ``If-None-Match: *`` write; Lease mode is unsafe."""
 
 

@@ -14,11 +14,12 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.errors import UsageError
 from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.storage.inputs import InputFile
 
 
-class IdentityError(ValueError):
+class IdentityError(UsageError, ValueError):
     """The instance's index or count cannot be worked out; the caller exits 2."""
 
 

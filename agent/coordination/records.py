@@ -21,7 +21,6 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from agent.coordination.state import (
-    IN_PROGRESS,
     READS_IN_FLIGHT,
     STATE_FORMAT,
     Listing,
@@ -31,16 +30,17 @@ from agent.coordination.state import (
     loads,
     now_iso,
 )
+from agent.errors import UsageError
 from agent.job.types import DataUri
 from agent.jsonstream import document_pieces
-from agent.report import COMPLETED, FAILED, STOPPED, file_entry
+from agent.results import COMPLETED, FAILED, IN_PROGRESS, STOPPED, file_entry
 from agent.storage.base import ObjectInfo, Store
 from agent.storage.inputs import InputFile, file_id
 
 log = logging.getLogger("agent.state")
 
 
-class SettingsMismatch(Exception):
+class SettingsMismatch(UsageError):
     """Files were completed with other output settings; the CLI exits 2 unless ``--force``."""
 
 
@@ -64,7 +64,7 @@ class FileRecord:
     FailureReason: str | None = None
     FinishedAt: str = ""
 
-    # The facts the runner's summary reads (``agent.report.FileOutcome``): the runner keeps
+    # The facts the runner's summary reads (``agent.results.FileOutcome``): the runner keeps
     # the record in place of the file's ``FileResult`` once it is written.
     @property
     def status(self) -> str:

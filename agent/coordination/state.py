@@ -36,7 +36,7 @@ import orjson
 
 from agent.job.types import DataUri
 from agent.redact import dumps_scrubbed
-from agent.report import COMPLETED, FAILED
+from agent.results import COMPLETED, FAILED
 from agent.storage.base import (
     ObjectInfo,
     ObjectTooLargeError,
@@ -48,7 +48,6 @@ from agent.storage.inputs import InputFile, ListingSource
 
 log = logging.getLogger("agent.state")
 
-IN_PROGRESS = "InProgress"
 FINAL_STATUSES = (COMPLETED, FAILED)
 STATE_FORMAT = 1  # "Format" in every state object; bumped on an incompatible change
 READS_IN_FLIGHT = 32  # state objects fetched at once

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
+from agent.errors import BtAgentError
 from agent.job.jsonpath import JsonPath
 
 _QUOTE = 0x22
@@ -33,11 +34,11 @@ LinePlan = Callable[[bytes], bytes]
 LinesPlan = Callable[[list[bytes]], list[bytes]]
 
 
-class CsvError(ValueError):
+class CsvError(BtAgentError, ValueError):
     """A line that is not an RFC 4180 row; the message names the character."""
 
 
-class RowError(ValueError):
+class RowError(BtAgentError, ValueError):
     """Row ``row`` (0-based) of a buffer did not fit: ``cause`` is a ``CsvError`` or a
     ``PathMiss``; ``answer``: the row came from the model's answer, not the input."""
 

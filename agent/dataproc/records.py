@@ -28,6 +28,7 @@ import orjson
 
 from agent._compat import NO_EXTENSIONS, BytesLike
 from agent.dataproc.csv import ColumnPicker, CsvError, RowError
+from agent.errors import BtAgentError
 from agent.job.jsonpath import JsonPath, PathMiss
 
 if TYPE_CHECKING or NO_EXTENSIONS:
@@ -51,7 +52,7 @@ JSON_ERRORS = (PathMiss, orjson.JSONDecodeError, json.JSONDecodeError)
 IMPLEMENTATION: str = implementation()
 
 
-class DataProcessingError(ValueError):
+class DataProcessingError(BtAgentError, ValueError):
     """A record or a response DataProcessing cannot handle; the message says which and why."""
 
 

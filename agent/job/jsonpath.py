@@ -26,13 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from agent.errors import BtAgentError, UsageError
+
 MAX_CHARS = 63  # SageMaker's limit on InputFilter and OutputFilter
 
 # Characters that end a dotted name; anything else may be in one, as in JSON keys.
 _NAME_STOP = frozenset(".[]'\"*,()?@ \t\r\n")
 
 
-class PathSyntaxError(ValueError):
+class PathSyntaxError(UsageError, ValueError):
     """A filter outside the subset; ``position`` is the 0-based index of the problem."""
 
     def __init__(self, text: str, position: int, reason: str) -> None:
@@ -44,7 +46,7 @@ class PathSyntaxError(ValueError):
         super().__init__(f"{reason} (at character {position + 1}: {where})")
 
 
-class PathMiss(ValueError):
+class PathMiss(BtAgentError, ValueError):
     """A filter that does not fit a record: the message says which step and why."""
 
 

@@ -24,6 +24,8 @@ from typing import TypeVar
 
 import orjson
 
+from agent.errors import UsageError
+
 _S = TypeVar("_S", bound=str)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -45,7 +47,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class JobError(Exception):
+class JobError(UsageError):
     """The job file cannot be used; ``problems`` lists every reason found."""
 
     def __init__(self, problems: Collection[Problem]) -> None:

@@ -39,6 +39,7 @@ from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
 from agent import __version__
+from agent.errors import BtAgentError
 from agent.model import wire
 from agent.model.execparams import (
     ExecutionParametersError,
@@ -108,7 +109,7 @@ _T = TypeVar("_T")
 # ----------------------------------------------------------------------------- the client
 
 
-class _Died(Exception):
+class _Died(BtAgentError):
     def __init__(self, exit: ModelExit) -> None:
         super().__init__(exit.explain())
         self.exit = exit

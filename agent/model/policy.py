@@ -15,11 +15,12 @@ import aiohttp
 # The delay between two attempts: full jitter (the default ``floor`` 0) with the client's
 # ``retry_base_seconds`` and ``retry_cap_seconds``; re-exported for ``agent.model.client``.
 from agent.backoff import backoff_seconds as backoff_seconds
+from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.process import ModelExit
 
 
-class ModelError(Exception):
+class ModelError(BtAgentError):
     """The model server could not do what the job needs; the message says what happened."""
 
 
@@ -81,7 +82,7 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):g} MiB"
 
 
-class StatusError(Exception):
+class StatusError(BtAgentError):
     """One attempt got a non-2xx answer (an ``InvocationError`` chains it)."""
 
     def __init__(self, status: int, reason: str | None, body_excerpt: str) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.environment import model_environment
 
@@ -66,7 +67,7 @@ async def _read_status(fd: int) -> str:
     return data.decode("utf-8", "replace")
 
 
-class ModelCommandError(RuntimeError):
+class ModelCommandError(BtAgentError, RuntimeError):
     """The model command could not be started."""
 
 

@@ -15,6 +15,8 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import Payload
 
+from agent.errors import BtAgentError
+
 _READ_BYTES = 1 << 20  # the most one read of an answer's body asks for
 
 BodySource: TypeAlias = Callable[[], AsyncIterator[bytes]]
@@ -43,7 +45,7 @@ class BufferPayload(Payload):
         await writer.write(view if content_length is None else view[:content_length])
 
 
-class SourceFailed(Exception):
+class SourceFailed(BtAgentError):
     """The body's source (not the model) failed: not a reason to retry."""
 
     def __init__(self, error: Exception) -> None:
@@ -84,7 +86,7 @@ class AttemptStream:
             await self.chunks.aclose()
 
 
-class TooLarge(Exception):
+class TooLarge(BtAgentError):
     """An answer's body is over ``cap`` bytes: ``size`` is its Content-Length when
     ``declared``, else the bytes read when reading stopped (``cap`` + 1)."""
 

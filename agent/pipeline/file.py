@@ -38,12 +38,14 @@ from agent.codec.gzip import GzipError
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
 from agent.dataproc import Batch, RecordProcessor, make_processor
+from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.client import ModelClient, ModelExitedError, RequestBody
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
 from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
 from agent.pipeline.settings import PipelineSettings
-from agent.report import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult, Progress
+from agent.report import Progress
+from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
 from agent.split import BodyLike, RecordTooLargeError, SplitError
 from agent.storage import Stores
 from agent.storage.base import ObjectInfo, StorageError, Store
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 JOIN_INLINE_BYTES = 256 << 10
 
 
-class FileFailed(Exception):
+class FileFailed(BtAgentError):
     """A file cannot be transformed; the message names it and says why."""
 
 

@@ -8,11 +8,12 @@ the file with :meth:`SplitError.in_file`.
 from __future__ import annotations
 
 from agent._compat import MIB
+from agent.errors import BtAgentError
 
 RECORDIO_MAGIC = 0xCED7230A
 
 
-class SplitError(ValueError):
+class SplitError(BtAgentError, ValueError):
     """Input that cannot be cut into records and request bodies as docs/design.md §2 says.
 
     ``offset`` is the absolute byte offset (in the uncompressed input) the message
@@ -154,5 +155,5 @@ def bad_arguments(split_type: str, batch_strategy: str, bound: int) -> ValueErro
     )
 
 
-class SplitterStateError(RuntimeError):
+class SplitterStateError(BtAgentError, RuntimeError):
     """A splitter used after ``finish()``: a bug in the caller, not in the data."""

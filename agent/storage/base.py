@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from agent._compat import MIB, BytesLike
+from agent.errors import BtAgentError, UsageError
 
 GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
@@ -98,7 +99,7 @@ class PendingUpload:
 # ----------------------------------------------------------------------------- errors
 
 
-class StorageError(Exception):
+class StorageError(BtAgentError):
     """A storage operation failed; the message names the s3:// URI or the path."""
 
 
@@ -118,7 +119,7 @@ class PreconditionFailed(StorageError):
     """A conditional write was refused: the key exists (If-None-Match) or has another ETag."""
 
 
-class InputError(ValueError):
+class InputError(UsageError, ValueError):
     """A problem with the job's inputs that the user must fix (the caller exits 2)."""
 
 

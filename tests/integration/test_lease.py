@@ -22,7 +22,7 @@ from agent.coordination.coordinator import Coordinator
 from agent.coordination.lease import ClaimLost, LeaseLost, LeaseSettings
 from agent.coordination.plan import Identity
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.report import COMPLETED, FileResult
+from agent.results import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
 
 pytestmark = pytest.mark.integration

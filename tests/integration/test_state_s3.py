@@ -26,7 +26,7 @@ from agent.coordination.plan import Identity
 from agent.coordination.records import SettingsMismatch
 from agent.coordination.state import StateLayout
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.report import COMPLETED, FAILED, FileResult
+from agent.results import COMPLETED, FAILED, FileResult
 from agent.storage import StorageSettings, Stores, open_stores
 from agent.storage.inputs import file_id
 

@@ -25,7 +25,8 @@ from agent.coordination.state import StateLayout
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, scrub_state
-from agent.report import FAILED, JobSummary, Progress
+from agent.report import JobSummary, Progress
+from agent.results import FAILED
 from agent.runner import _write_summary
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
 from agent.storage.inputs import ManifestError

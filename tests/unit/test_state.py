@@ -49,7 +49,7 @@ from agent.coordination.state import (
     write_summary,
 )
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
-from agent.report import FileResult
+from agent.results import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
 from agent.storage.base import StorageError
 from agent.storage.inputs import file_id

@@ -20,6 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from agent._compat import BytesLike
+from agent.errors import BtAgentError
 from agent.storage.base import (
     ChunkReader,
     ObjectChangedError,
@@ -41,7 +42,7 @@ from agent.storage.s3.call import (
 from agent.storage.s3.upload import S3Upload, abort_upload, conditions
 
 
-class _ShortRead(ConnectionError):
+class _ShortRead(BtAgentError, ConnectionError):
     """The body ended before the range did (the server went away between two packets)."""
 
 
