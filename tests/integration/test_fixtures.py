@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
-from servers import (
+
+from tests.support.servers import (
     LIVE,
     ModelServer,
     SeaweedFS,

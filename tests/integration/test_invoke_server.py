@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from servers import ModelServer
 
 from agent.job import JobSettings, parse_job
 from agent.model.client import (
@@ -20,6 +19,7 @@ from agent.model.client import (
     ModelNotReadyError,
     resolve_execution_parameters,
 )
+from tests.support.servers import ModelServer
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS
 
 from agent.coordination.claim import Claim
 from agent.coordination.coordinator import Coordinator
@@ -24,6 +23,7 @@ from agent.coordination.plan import Identity
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.report import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
+from tests.support.servers import SeaweedFS
 
 pytestmark = pytest.mark.integration
 

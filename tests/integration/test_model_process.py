@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from servers import REPO_ROOT, process_alive
 
 from agent.job import JobSettings, parse_job
 from agent.model.client import (
@@ -21,6 +20,7 @@ from agent.model.client import (
     ModelNotReadyError,
 )
 from agent.model.process import ModelCommandError, ModelExit, ModelProcess, model_environment
+from tests.support.servers import REPO_ROOT, process_alive
 
 pytestmark = pytest.mark.integration
 

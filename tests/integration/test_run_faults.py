@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from runjob import (
+
+from tests.support.runjob import (
     MIB,
     Record,
     get_objects,
@@ -32,7 +33,7 @@ from runjob import (
     start_agent,
     transform_job,
 )
-from servers import ModelServer, SeaweedFS, free_port_block, process_alive, wait_until
+from tests.support.servers import ModelServer, SeaweedFS, free_port_block, process_alive, wait_until
 
 pytestmark = pytest.mark.integration
 

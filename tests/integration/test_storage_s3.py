@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS, free_port_block
 
 from agent.job.types import DataUri
 from agent.storage import (
@@ -26,6 +25,7 @@ from agent.storage import (
     list_inputs,
     open_stores,
 )
+from tests.support.servers import SeaweedFS, free_port_block
 
 pytestmark = pytest.mark.integration
 

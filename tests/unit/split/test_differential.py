@@ -14,7 +14,9 @@ import random
 from types import ModuleType
 
 import pytest
-from test_split_support import (
+
+from agent._compat import NO_EXTENSIONS
+from tests.support.split import (
     MAGIC_BYTES,
     Outcome,
     cut,
@@ -24,8 +26,6 @@ from test_split_support import (
     split,
     tf_frame,
 )
-
-from agent._compat import NO_EXTENSIONS
 
 KINDS = ["Line", "RecordIO", "TFRecord", "None"]
 STRATEGIES = ["MultiRecord", "SingleRecord"]

@@ -9,7 +9,11 @@ import tracemalloc
 from types import ModuleType
 
 import pytest
-from test_split_support import (
+
+import agent.split
+from agent._compat import NO_EXTENSIONS
+from agent.split import CorruptInputError, RecordTooLargeError, SplitError, SplitterStateError
+from tests.support.split import (
     MAGIC_BYTES,
     body_tuple,
     cut,
@@ -17,10 +21,6 @@ from test_split_support import (
     split,
     tf_frame,
 )
-
-import agent.split
-from agent._compat import NO_EXTENSIONS
-from agent.split import CorruptInputError, RecordTooLargeError, SplitError, SplitterStateError
 
 MiB = 1 << 20
 

@@ -19,7 +19,7 @@ from agent.cli import app as cli
 from agent.cli.app import RunOptions, main
 from agent.log import LogFormat, setup_logging
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = str(ROOT / "examples" / "job.json")
 DESCRIBED = str(ROOT / "examples" / "describe-transform-job.json")
 SECRET = "hunter2-prod-db-password"
