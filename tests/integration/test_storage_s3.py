@@ -190,11 +190,18 @@ async def test_read_resumes_when_seaweedfs_is_killed_and_restarted(
                     break
             await s3_server.astop(grace_seconds=0)  # SIGKILL, like a crash
             consumer = asyncio.create_task(read_all(chunks))
-            await asyncio.sleep(0.5)  # the reader meets the dead server and backs off
-            await s3_server.astart()
+            try:  # the reader meets the dead server and backs off: wait until it says so
+                for _ in range(300):
+                    if any("retrying" in r.getMessage() for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.1)
+                assert not consumer.done()
+            finally:
+                await s3_server.astart()
             received += await consumer
     assert bytes(received) == data
-    assert any("retrying" in record.getMessage() for record in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("retrying" in message for message in messages), messages
 
 
 async def test_calls_wait_out_a_server_that_refuses_connections(
