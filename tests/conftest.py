@@ -99,12 +99,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         compiled_only = item.get_closest_marker("compiled_only") is not None
         if compiled_only and NO_EXTENSIONS:
             item.add_marker(skip)
-        params = getattr(item, "callspec", None)
-        twins = (
-            [params.params[n] for n in sorted(_TWIN_FIXTURES) if n in params.params]
-            if params
-            else []
-        )
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        twins = [params[name] for name in sorted(_TWIN_FIXTURES) if name in params]
         if twins or compiled_only:
             item.user_properties.append(("twin", twins[0] if twins else "c"))
 
