@@ -1,4 +1,4 @@
-"""Helpers for the many-instance tests (``tests/integration/test_multi_*.py``, SPEC §6).
+"""Helpers for the many-instance tests (``tests/integration/test_multi_*.py``).
 
 Several ``bt-agent`` processes share one SeaweedFS and one model server. The model server
 logs each body's SHA-256 but not who sent it, so every file's records carry the file's

@@ -9,7 +9,8 @@
   runs the same entry point in the test's own process, for the many cases that check
   outputs only (it saves the interpreter's start-up).
 * ``Record``, the frame encoders, ``request_bodies`` and ``assembled`` compute the request
-  bodies and the output of an echo model from SPEC §3 and §5, independently of ``agent``.
+  bodies and the output of an echo model from the formats and rules the README documents
+  (splitting, batching, DataProcessing), independently of ``agent``.
 * S3 helpers for fixtures and assertions, on a blocking botocore client.
 """
 
@@ -379,7 +380,7 @@ def put_objects(client: Any, bucket: str, objects: Mapping[str, bytes], threads:
         list(pool.map(put, objects.items()))
 
 
-STATE_DIRECTORY = "_bt-agent/"  # SPEC §6: the default StateUri lies under S3OutputPath
+STATE_DIRECTORY = "_bt-agent/"  # the default StateUri lies under S3OutputPath
 
 
 def output_sizes(client: Any, bucket: str, prefix: str) -> dict[str, int]:
