@@ -1,6 +1,6 @@
 """What ``bench.e2e`` runs against: SeaweedFS, the two model servers, and the inputs.
 
-Servers come from the test harness (``tests/servers.py``): each in a process group of its
+Servers come from the test harness (``tests/support/servers.py``): each in a process group of its
 own on 127.0.0.1, stopped by pid. Inputs are a block repeated (the block ends on a record
 boundary, so the repetition is a valid file), written to local files for the runs against
 the file system and uploaded to S3 in 64 MiB parts, so this process never holds a whole
@@ -20,17 +20,15 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import (  # noqa: E402  (the test harness)
+from bench.split import tfrecord_data  # noqa: E402
+from tests.support.servers import (  # noqa: E402  (the test harness)
     HOST,
     SeaweedFS,
     ServerProcess,
     listening_port,
     wait_until,
 )
-
-from bench.split import tfrecord_data  # noqa: E402
 
 __all__ = ["SeaweedFS"]
 

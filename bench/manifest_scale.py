@@ -36,9 +36,8 @@ import orjson
 from bench.proc import vm_hwm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import ModelServer, SeaweedFS  # noqa: E402  (the test harness's launchers)
+from tests.support.servers import ModelServer, SeaweedFS  # noqa: E402  (the test harness's launchers)
 
 BUCKET = "bt-bench-manifest"
 JOB = "bench-manifest"

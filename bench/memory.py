@@ -21,9 +21,8 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import ModelServer, SeaweedFS  # noqa: E402  (the test harness's launchers)
+from tests.support.servers import ModelServer, SeaweedFS  # noqa: E402  (the test harness's launchers)
 
 MIB = 1 << 20
 BUCKET = "bt-bench-memory"

@@ -3,9 +3,12 @@
 * ``async def`` tests run without a plugin: unit tests once on asyncio's default
   loop and once on uvloop, integration tests (marked ``integration``) on uvloop only,
   the loop production uses.
-* Twin fixtures hand a test the compiled module (id ``c``) or its pure-Python twin
-  (id ``py``). Under ``BT_AGENT_NO_EXTENSIONS=1`` the ``c`` cases are skipped.
-* The terminal summary says how many tests ran against each twin.
+* Twin fixtures (session-scoped) hand a test the compiled module (id ``c``) or its
+  pure-Python twin (id ``py``). The ``c`` cases carry the ``compiled_only`` mark, as do
+  tests that import a compiled module themselves; under ``BT_AGENT_NO_EXTENSIONS=1``
+  every ``compiled_only`` case is skipped, and only those.
+* The terminal summary says how many tests ran against each twin (a ``compiled_only``
+  test outside the twin fixtures counts as run with the compiled extension).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import importlib
 import inspect
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -62,25 +65,45 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 # ----------------------------------------------------------------------------- twins
 
 _TWIN_TALLY: Counter[str] = Counter()
+_TWIN_FIXTURES: set[str] = set()
 
 
-def twin_fixture(compiled: str, pure: str) -> Any:
-    """A fixture parametrized over a compiled module and its pure twin (ids ``c``, ``py``)."""
+def twin_fixture(name: str, compiled: str, pure: str) -> Any:
+    """A session fixture ``name`` over a compiled module and its pure twin (ids ``c``, ``py``)."""
+    _TWIN_FIXTURES.add(name)
 
-    @pytest.fixture(params=["c", "py"])
-    def fixture(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-        if request.param == "c" and NO_EXTENSIONS:
-            pytest.skip("BT_AGENT_NO_EXTENSIONS=1 forces the pure twin")
-        module = importlib.import_module(compiled if request.param == "c" else pure)
-        request.node.user_properties.append(("twin", request.param))
-        yield module
+    @pytest.fixture(
+        scope="session",
+        name=name,
+        params=[pytest.param("c", marks=pytest.mark.compiled_only), "py"],
+    )
+    def fixture(request: pytest.FixtureRequest) -> ModuleType:
+        return importlib.import_module(compiled if request.param == "c" else pure)
 
     return fixture
 
 
-crc32c_twin = twin_fixture("agent.codec._crc32c_c", "agent.codec._crc32c_py")
-splitters_twin = twin_fixture("agent.split._splitters_c", "agent.split._splitters_py")
-dataproc_twin = twin_fixture("agent.dataproc._dataproc_c", "agent.dataproc._dataproc_py")
+crc32c_twin = twin_fixture("crc32c_twin", "agent.codec._crc32c_c", "agent.codec._crc32c_py")
+splitters_twin = twin_fixture(
+    "splitters_twin", "agent.split._splitters_c", "agent.split._splitters_py"
+)
+dataproc_twin = twin_fixture(
+    "dataproc_twin", "agent.dataproc._dataproc_c", "agent.dataproc._dataproc_py"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the compiled-only cases under ``BT_AGENT_NO_EXTENSIONS=1``; label each twin case."""
+    skip = pytest.mark.skip(reason="BT_AGENT_NO_EXTENSIONS=1 forces the pure twins")
+    for item in items:
+        compiled_only = item.get_closest_marker("compiled_only") is not None
+        if compiled_only and NO_EXTENSIONS:
+            item.add_marker(skip)
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        twins = [params[name] for name in sorted(_TWIN_FIXTURES) if name in params]
+        if twins or compiled_only:
+            item.user_properties.append(("twin", twins[0] if twins else "c"))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

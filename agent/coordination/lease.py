@@ -26,6 +26,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -143,7 +144,9 @@ class HeldLease:
         claim: str,
         sent_at: float,
         previous: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock  # the monotonic clock ``sent_at`` was read on (tests inject one)
         self.store = store
         self.key = key
         self.input_uri = input_uri
@@ -160,7 +163,7 @@ class HeldLease:
         self._tasks: list[asyncio.Task[None]] = []
 
     def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.clock()
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless the lease is certainly still ours (call before a commit)."""
@@ -185,7 +188,7 @@ class HeldLease:
             return
         self._renewal += 1
         number = self._renewal
-        self._sent[number] = time.monotonic()
+        self._sent[number] = self.clock()
         body = _body(self.input_uri, self.holder, self.claim, number, self.settings.ttl_seconds)
         try:
             async with asyncio.timeout(self.settings.request_timeout_seconds):
@@ -276,8 +279,14 @@ class LeaseBook:
     """Claims and takes over leases, remembering how long each foreign ETag stayed put."""
 
     def __init__(
-        self, store: Store, layout: StateLayout, holder: Holder, settings: LeaseSettings
+        self,
+        store: Store,
+        layout: StateLayout,
+        holder: Holder,
+        settings: LeaseSettings,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock  # a monotonic clock in seconds; its leases share it (tests inject one)
         self.store = store
         self.layout = layout
         self.holder = holder
@@ -285,7 +294,7 @@ class LeaseBook:
         self._observed: dict[str, tuple[str, float]] = {}  # file id -> (ETag, first seen)
 
     def takeover_due(self, fid: str) -> float | None:
-        """When (monotonic) a takeover of ``fid`` may first be tried, if it is being watched."""
+        """When (on ``clock``) a takeover of ``fid`` may first be tried, if it is being watched."""
         seen = self._observed.get(fid)
         return None if seen is None else seen[1] + self.settings.ttl_seconds
 
@@ -296,7 +305,7 @@ class LeaseBook:
         """
         key = self.layout.lease(fid).key
         found = await self.store.get_bytes(key)
-        now = time.monotonic()
+        now = self.clock()
         if found is None:
             self._observed.pop(fid, None)
             return await self._write(key, input_uri, previous=None, if_match=None)
@@ -324,7 +333,7 @@ class LeaseBook:
     ) -> HeldLease | None:
         claim = secrets.token_hex(6)
         body = _body(input_uri, self.holder, claim, 0, self.settings.ttl_seconds)
-        sent = time.monotonic()
+        sent = self.clock()
         try:
             etag = await self.store.put_bytes(
                 key, body, if_none_match=if_match is None, if_match=if_match
@@ -345,6 +354,7 @@ class LeaseBook:
             claim=claim,
             sent_at=sent,
             previous=previous,
+            clock=self.clock,
         )
 
 

@@ -6,7 +6,7 @@ several CSV files, one under a nested key, and one gzip file — and runs
 example model server themselves through ``Agent.ModelCommand``. It prints each job's
 summary and the head of one output, then stops everything.
 
-The server launcher is the one the integration tests use (``tests/servers.py``), so the
+The server launcher is the one the integration tests use (``tests/support/servers.py``), so the
 demo exercises the same code the suite proves.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the repository, for the test harness package
 
-from servers import SeaweedFS  # noqa: E402  (the test harness's launcher)
+from tests.support.servers import SeaweedFS  # noqa: E402  (the test harness's launcher)
 
 BUCKET = "bt-demo"
 MODEL_PORT = 18089

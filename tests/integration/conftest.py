@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
-from servers import LIVE, ModelServer, SeaweedFS, ServerError, stop_all
+
+from tests.support.servers import LIVE, ModelServer, SeaweedFS, ServerError, stop_all
 
 _bucket_numbers = itertools.count(1)
 

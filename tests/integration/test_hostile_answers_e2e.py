@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runjob import AgentRun, local_outputs, run_agent, transform_job
 
 from agent.model import client as invoke
 from agent.model.client import ModelClient, ModelClientSettings
 from bench.answer_size import ENDLESS, Answer, HostileModel
+from tests.support.runjob import AgentRun, local_outputs, run_agent, transform_job
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import orjson
 import pytest
-from runjob import model_command, put_objects, run_agent, start_agent, transform_job
-from servers import (
+
+from tests.support.runjob import model_command, put_objects, run_agent, start_agent, transform_job
+from tests.support.servers import (
     HOST,
     REPO_ROOT,
     SeaweedFS,

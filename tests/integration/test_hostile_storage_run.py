@@ -22,7 +22,13 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from runjob import (
+
+from agent.coordination.commit import UploadRecorder, abort_orphans
+from agent.coordination.state import StateLayout
+from agent.job.types import DataUri
+from agent.storage import open_stores
+from agent.storage.inputs import file_id
+from tests.support.runjob import (
     STATE_DIRECTORY,
     assembled,
     get_objects,
@@ -35,13 +41,7 @@ from runjob import (
     start_agent,
     transform_job,
 )
-from servers import HOST, ModelServer, SeaweedFS, wait_until
-
-from agent.coordination.commit import UploadRecorder, abort_orphans
-from agent.coordination.state import StateLayout
-from agent.job.types import DataUri
-from agent.storage import open_stores
-from agent.storage.inputs import file_id
+from tests.support.servers import HOST, ModelServer, SeaweedFS, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from servers import ModelServer
 
 from agent.job import JobSettings, parse_job
 from agent.model.client import (
@@ -20,6 +19,7 @@ from agent.model.client import (
     ModelNotReadyError,
     resolve_execution_parameters,
 )
+from tests.support.servers import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -103,13 +103,14 @@ async def test_wait_ready_rides_out_a_slow_start(model: ModelServer) -> None:
 
 async def test_wait_ready_gives_up_at_the_deadline(model: ModelServer) -> None:
     model.control(ping_fail_seconds=60)
-    began = time.monotonic()
     async with ModelClient(model.url, settings(ping_interval_seconds=0.1)) as client:
         with pytest.raises(ModelNotReadyError) as failed:
             await client.wait_ready(0.5)
-    assert time.monotonic() - began < 3
     message = str(failed.value)
     assert model.url in message and "within 0.5 s" in message and "status 503" in message
+    # Given up at the deadline, not later: no ping starts after it (one every 0.1 s at most).
+    answers = [entry["answer"] for entry in model.requests("/ping")]
+    assert 1 <= len(answers) <= 0.5 / 0.1 + 1 and set(answers) == {503}, answers
 
 
 async def test_wait_ready_names_a_server_that_is_not_there(
@@ -181,16 +182,22 @@ async def test_a_400_fails_at_once_with_the_body_excerpt(model: ModelServer) -> 
     assert "fault: status 400" in message and failed.value.body_excerpt == "fault: status 400\n"
 
 
-async def test_a_slow_answer_times_out_each_attempt(model: ModelServer) -> None:
-    model.control(delay_ms=800)
+async def test_a_slow_answer_times_out_each_attempt(
+    model_server_factory: Callable[..., ModelServer],
+) -> None:
+    model = model_server_factory("--delay-ms", "600000")  # private: its answers never come
     config = settings(invocations_timeout_seconds=0.3, invocations_max_retries=1)
     began = time.monotonic()
     async with ModelClient(model.url, config) as client:
         with pytest.raises(InvocationError, match=r"no complete answer within 0.3 s") as failed:
             await client.invoke(b"row\n", what=WHAT)
-    assert 0.6 <= time.monotonic() - began < 1.5
+        abandoned = model.requests()  # read before the client closes its connections
+    assert time.monotonic() - began >= 0.6  # each attempt had its whole timeout (a minimum)
     assert failed.value.attempts == 2 and isinstance(failed.value.__cause__, TimeoutError)
-    assert len(model.requests()) == 2
+    # Each attempt was given up by its timeout, not ended by an answer: the second arrived
+    # while the first was still being answered, and the call failed with both unanswered.
+    assert len(abandoned) == 2 and [entry["in_flight"] for entry in abandoned] == [1, 2]
+    assert [entry["done"] for entry in abandoned] == [None, None]
 
 
 @pytest.mark.parametrize("fault", ["reset", "truncated", "malformed"])

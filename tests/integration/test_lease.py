@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS
 
 from agent.coordination.claim import Claim
 from agent.coordination.coordinator import Coordinator
@@ -24,6 +23,7 @@ from agent.coordination.plan import Identity
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
+from tests.support.servers import SeaweedFS
 
 pytestmark = pytest.mark.integration
 
@@ -194,9 +194,11 @@ async def test_a_holder_that_cannot_renew_stops_before_anyone_takes_over(
         with pytest.raises(LeaseLost, match="not renewed"):
             await claim.run(work())  # the pipeline is cancelled (its upload aborted)
         await taker
-        # stopped at TTL minus the margin after its last renewal was sent, give or take a tick
-        assert abs(lost_at[0] - claim.lease.deadline) <= 0.1
-        assert log[0][1] - lost_at[0] >= LEASE.margin_seconds - 0.1  # before any takeover
+        # Stopped by its deadline (TTL minus the margin after its last renewal was sent; the
+        # unit tests pin that boundary on a manual clock), and before the takeover, which
+        # came no sooner than a margin after that deadline.
+        assert claim.lease.deadline <= lost_at[0] < log[0][1]
+        assert log[0][1] - claim.lease.deadline >= LEASE.margin_seconds
         await claims.aclose()
     assert await versions(s3_server, bucket) == {"out/f.csv.out": 1}
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multirun import IDENTITY_VARIABLES, BodyIndex, rows_of, summary_inputs
-from runjob import get_objects, output_keys, put_objects, start_agent, transform_job
-from servers import ModelServer, SeaweedFS
+
+from tests.support.multirun import IDENTITY_VARIABLES, BodyIndex, rows_of, summary_inputs
+from tests.support.runjob import get_objects, output_keys, put_objects, start_agent, transform_job
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

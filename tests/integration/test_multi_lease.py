@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multirun import (
+
+from tests.support.multirun import (
     BodyIndex,
     completion_records,
     enable_versioning,
@@ -33,7 +34,7 @@ from multirun import (
     summary_inputs,
     wait_for,
 )
-from runjob import (
+from tests.support.runjob import (
     MIB,
     get_objects,
     open_uploads,
@@ -42,7 +43,7 @@ from runjob import (
     start_agent,
     transform_job,
 )
-from servers import ModelServer, SeaweedFS
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

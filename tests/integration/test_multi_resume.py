@@ -18,9 +18,25 @@ from pathlib import Path
 
 import orjson
 import pytest
-from multirun import BodyIndex, completed_inputs, rows_of, show, status_of, summary_inputs, wait_for
-from runjob import get_objects, output_keys, put_objects, run_agent, start_agent, transform_job
-from servers import ModelServer, SeaweedFS
+
+from tests.support.multirun import (
+    BodyIndex,
+    completed_inputs,
+    rows_of,
+    show,
+    status_of,
+    summary_inputs,
+    wait_for,
+)
+from tests.support.runjob import (
+    get_objects,
+    output_keys,
+    put_objects,
+    run_agent,
+    start_agent,
+    transform_job,
+)
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from multirun import BodyIndex, bt_agent, rows_of, show, summary_inputs
-from runjob import get_objects, output_keys, put_objects, start_agent, transform_job, write_job
-from servers import ModelServer, SeaweedFS
+
+from tests.support.multirun import BodyIndex, bt_agent, rows_of, show, summary_inputs
+from tests.support.runjob import (
+    get_objects,
+    output_keys,
+    put_objects,
+    start_agent,
+    transform_job,
+    write_job,
+)
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

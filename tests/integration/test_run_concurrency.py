@@ -14,8 +14,9 @@ import statistics
 from pathlib import Path
 
 import pytest
-from runjob import output_keys, put_objects, run_agent, transform_job
-from servers import ModelServer, SeaweedFS
+
+from tests.support.runjob import output_keys, put_objects, run_agent, transform_job
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runjob import get_objects, put_objects, run_in_process, transform_job
-from servers import ModelServer, SeaweedFS
+
+from tests.support.runjob import get_objects, put_objects, run_in_process, transform_job
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from runjob import get_objects, output_keys, put_objects, run_agent, start_agent, transform_job
-from servers import ModelServer, SeaweedFS, process_alive, wait_until
+
+from tests.support.runjob import (
+    get_objects,
+    output_keys,
+    put_objects,
+    run_agent,
+    start_agent,
+    transform_job,
+)
+from tests.support.servers import ModelServer, SeaweedFS, process_alive, wait_until
 
 pytestmark = pytest.mark.integration
 

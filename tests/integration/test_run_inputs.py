@@ -14,7 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from runjob import (
+
+from tests.support.runjob import (
     MIB,
     body_counts,
     get_objects,
@@ -29,7 +30,7 @@ from runjob import (
     run_in_process,
     transform_job,
 )
-from servers import ModelServer, SeaweedFS
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

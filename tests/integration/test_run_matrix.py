@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
-from runjob import (
+
+from tests.support.runjob import (
     MIB,
     Record,
     assembled,
@@ -47,7 +48,7 @@ from runjob import (
     transform_job,
     whole,
 )
-from servers import ModelServer, SeaweedFS
+from tests.support.servers import ModelServer, SeaweedFS
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS
 
 from agent.cli.status import plan_lines, run_status, status_report
 from agent.coordination.claim import OutputTaken
@@ -29,6 +28,7 @@ from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, T
 from agent.results import COMPLETED, FAILED, FileResult
 from agent.storage import StorageSettings, Stores, open_stores
 from agent.storage.inputs import file_id
+from tests.support.servers import SeaweedFS
 
 pytestmark = pytest.mark.integration
 

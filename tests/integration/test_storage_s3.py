@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-from servers import SeaweedFS, free_port_block
 
 from agent._compat import MIB
 from agent.job.types import DataUri
@@ -27,6 +26,7 @@ from agent.storage import (
     list_inputs,
     open_stores,
 )
+from tests.support.servers import SeaweedFS, free_port_block
 
 pytestmark = pytest.mark.integration
 
@@ -189,15 +189,18 @@ async def test_read_resumes_when_seaweedfs_is_killed_and_restarted(
                     break
             await s3_server.astop(grace_seconds=0)  # SIGKILL, like a crash
             consumer = asyncio.create_task(read_all(chunks))
-            for _ in range(600):  # the reader meets the dead server and says it backs off
-                if any("retrying" in record.getMessage() for record in caplog.records):
-                    break
-                await asyncio.sleep(0.05)
-            assert not consumer.done()
-            await s3_server.astart()
+            try:  # the reader meets the dead server and backs off: wait until it says so
+                for _ in range(300):
+                    if any("retrying" in r.getMessage() for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.1)
+                assert not consumer.done()
+            finally:
+                await s3_server.astart()
             received += await consumer
     assert bytes(received) == data
-    assert any("retrying" in record.getMessage() for record in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("retrying" in message for message in messages), messages
 
 
 async def test_calls_wait_out_a_server_that_refuses_connections(

@@ -33,7 +33,8 @@ from typing import Any
 
 import crc32c
 import orjson
-from servers import REPO_ROOT, ServerProcess, process_alive, wait_until
+
+from tests.support.servers import REPO_ROOT, ServerProcess, process_alive, wait_until
 
 MIB = 1 << 20
 _job_numbers = itertools.count(1)

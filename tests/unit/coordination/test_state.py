@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
@@ -53,7 +52,9 @@ from agent.results import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
 from agent.storage.base import StorageError
 from agent.storage.inputs import file_id
+from tests.support.clock import ManualClock
 
+EPSILON = 1e-6  # seconds: "just before" and "just after" a boundary on a ManualClock
 FAST = LeaseSettings(
     ttl_seconds=0.6, renew_seconds=0.1, margin_seconds=0.2, poll_seconds=0.05,
     request_timeout_seconds=0.2,
@@ -337,27 +338,39 @@ async def test_two_claimers_at_once_exactly_one_wins() -> None:
     assert LAYOUT.lease("f").key not in store.objects
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds: on the event loop's turns, asserting no duration."""
+    async with asyncio.timeout(20 * FAST.ttl_seconds):  # only so that a bug cannot hang
+        while not condition():
+            await asyncio.sleep(FAST.poll_seconds / 5)
+
+
 async def test_takeover_only_after_a_whole_ttl_of_an_unchanged_etag() -> None:
     store = MemoryStore()
-    holder = LeaseBook(store, LAYOUT, Holder.new("holder"), FAST)
-    taker = LeaseBook(store, LAYOUT, Holder.new("taker"), FAST)
+    clock = ManualClock()  # both instances' clock; it moves only as the test says
+    holder = LeaseBook(store, LAYOUT, Holder.new("holder"), FAST, clock)
+    taker = LeaseBook(store, LAYOUT, Holder.new("taker"), FAST, clock)
     lease = await holder.try_acquire("f", "s3://b/in/f")
     assert lease is not None
     async with lease:  # renewing: the taker never sees the same ETag for a TTL
-        deadline = time.monotonic() + 2 * FAST.ttl_seconds
-        while time.monotonic() < deadline:
+        started = clock()
+        while clock() - started < 2 * FAST.ttl_seconds:
+            etag = lease.etag
             assert await taker.try_acquire("f", "s3://b/in/f") is None
-            await asyncio.sleep(0.05)
+            clock.advance(FAST.renew_seconds)  # a renewal period passes...
+            await until(lambda etag=etag: lease.etag != etag)  # ...and the holder renews
         assert not lease.lost.is_set()
         await lease.stop()  # the holder "dies": no more renewals, no release
-        watched = time.monotonic()
-        taken = None
-        while taken is None:
-            taken = await taker.try_acquire("f", "s3://b/in/f")
-            await asyncio.sleep(0.02)
+        watched = clock()
+        assert await taker.try_acquire("f", "s3://b/in/f") is None  # its last ETag, first seen
+        clock.set(watched + FAST.ttl_seconds - EPSILON)
+        assert await taker.try_acquire("f", "s3://b/in/f") is None  # not a whole TTL yet
+        clock.set(watched + FAST.ttl_seconds + EPSILON)
+        taken = await taker.try_acquire("f", "s3://b/in/f")
+        assert taken is not None
         # a whole TTL after the holder's last write was sent: its deadline passed a margin ago
         assert lease.remaining() <= -FAST.margin_seconds
-        assert time.monotonic() - watched >= FAST.ttl_seconds - FAST.renew_seconds
+        assert clock() - watched >= FAST.ttl_seconds - FAST.renew_seconds
         assert taken.previous == "holder"
         with pytest.raises(LeaseLost, match="not renewed"):
             lease.check()  # its own clock stopped it a margin before the takeover
@@ -366,14 +379,23 @@ async def test_takeover_only_after_a_whole_ttl_of_an_unchanged_etag() -> None:
 
 async def test_a_holder_that_cannot_renew_stops_before_its_ttl_ends() -> None:
     store = MemoryStore()
-    lease = await LeaseBook(store, LAYOUT, Holder.new("h"), FAST).try_acquire("f", "s3://b/in/f")
+    clock = ManualClock()
+    sent = clock()  # the claim's write, the last that succeeds, is sent now
+    lease = await LeaseBook(store, LAYOUT, Holder.new("h"), FAST, clock).try_acquire(
+        "f", "s3://b/in/f"
+    )
     assert lease is not None
-    started = time.monotonic()
+    stop_by = sent + FAST.ttl_seconds - FAST.margin_seconds
     async with lease:
         store.failing = True
-        await asyncio.wait_for(lease.lost.wait(), timeout=FAST.ttl_seconds)
-        elapsed = time.monotonic() - started
-        assert elapsed <= FAST.ttl_seconds - FAST.margin_seconds + 0.05
+        clock.set(stop_by - 0.01)  # just before: renewals keep failing, the lease still holds
+        puts = store.puts
+        await until(lambda: store.puts >= puts + 2)
+        assert not lease.lost.is_set()
+        lease.check()
+        clock.set(stop_by)  # a margin before its TTL could end, the holder stops by itself
+        await until(lease.lost.is_set)
+        assert lease.reason is not None and lease.reason.startswith("not renewed"), lease.reason
         with pytest.raises(LeaseLost, match="not renewed"):
             lease.check()
     assert LAYOUT.lease("f").key in store.objects  # a lost lease is not deleted by its holder

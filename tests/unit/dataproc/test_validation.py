@@ -11,7 +11,7 @@ import pytest
 from agent.dataproc import DataProcessingError, make_processor
 from agent.job import DataProcessing, JobError, LoadedJob, load_job, parse_job
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def job(

@@ -20,7 +20,7 @@ from agent.cli.app import main
 from agent.log import LogFormat, setup_logging
 from agent.runner import RunOptions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = str(ROOT / "examples" / "job.json")
 DESCRIBED = str(ROOT / "examples" / "describe-transform-job.json")
 SECRET = "hunter2-prod-db-password"

@@ -22,7 +22,7 @@ from agent.job import (
     with_overrides,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 SECRET = "sk-live-7f3a9c1e5b2d4f6a8c0e"
 
 

@@ -15,7 +15,6 @@ from types import ModuleType
 
 import pytest
 
-from agent._compat import NO_EXTENSIONS
 from agent.dataproc import records
 from agent.dataproc.csv import ColumnPicker, CsvError, RowError, format_row, parse_row
 from agent.job.jsonpath import PathMiss, parse_path
@@ -25,12 +24,6 @@ FILTERS = [
     "$", "$[0]", "$[-1]", "$[1:]", "$[:1]", "$[1:2]", "$[0,-1]", "$[2,0]", "$[0,3:]",
     "$[*]", "$[-1,-3]", "$[5,-1]", "$[-2:]",
 ]  # fmt: skip
-
-
-def test_compiled_twin_is_loaded() -> None:
-    if NO_EXTENSIONS:
-        pytest.skip("BT_AGENT_NO_EXTENSIONS=1 forces the pure twin")
-    assert records.IMPLEMENTATION == "native"
 
 
 def reference(data: bytes, picker: ColumnPicker) -> bytes:
@@ -87,13 +80,11 @@ def test_pick_rows_matches_the_definition(dataproc_twin: ModuleType, text: str) 
             assert out[sent[k] : sent[k + 1]] == reference(row + b"\n", picker)
 
 
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("text", ["$", "$[0]", "$[0,-1]", "$[1:]", "$[-1]", "$[0,5]"])
 def test_twins_agree_on_pick_rows(text: str) -> None:
-    from agent.dataproc import _dataproc_py as py
-
-    if NO_EXTENSIONS:
-        pytest.skip("BT_AGENT_NO_EXTENSIONS=1 forces the pure twin")
     from agent.dataproc import _dataproc_c as c  # type: ignore[attr-defined]
+    from agent.dataproc import _dataproc_py as py
 
     rng = random.Random("agree" + text)
     picker = ColumnPicker(parse_path(text))

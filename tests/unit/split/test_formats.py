@@ -10,7 +10,8 @@ import struct
 from types import ModuleType
 
 import pytest
-from test_split_support import (
+
+from tests.support.split import (
     MAGIC_BYTES,
     Outcome,
     error_of,

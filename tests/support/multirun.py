@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from runjob import MIB, Agent, AgentRun, Record, line, request_bodies, write_job
-from servers import REPO_ROOT
+
+from tests.support.runjob import MIB, Agent, AgentRun, Record, line, request_bodies, write_job
+from tests.support.servers import REPO_ROOT
 
 # Every variable an orchestrator may set to say who an instance is (agent.coordination.plan).
 IDENTITY_VARIABLES = (

@@ -9,7 +9,10 @@ import tracemalloc
 from types import ModuleType
 
 import pytest
-from test_split_support import (
+
+import agent.split
+from agent.split import CorruptInputError, RecordTooLargeError, SplitError, SplitterStateError
+from tests.support.split import (
     MAGIC_BYTES,
     body_tuple,
     cut,
@@ -18,26 +21,11 @@ from test_split_support import (
     tf_frame,
 )
 
-import agent.split
-from agent._compat import NO_EXTENSIONS
-from agent.split import CorruptInputError, RecordTooLargeError, SplitError, SplitterStateError
-
 MiB = 1 << 20
 
 
-def test_compiled_splitters_loaded() -> None:
-    """A normal build must use the compiled splitters; silence would hide a broken build."""
-    if NO_EXTENSIONS:
-        assert agent.split.implementation() == "python"
-        return
-    native = importlib.import_module("agent.split._splitters_c")
-    assert agent.split.IS_NATIVE
-    assert agent.split.make_splitter is native.make_splitter
-
-
+@pytest.mark.compiled_only
 def test_portable_memrchr_agrees_with_rfind() -> None:
-    if NO_EXTENSIONS:
-        pytest.skip("exercises the compiled fallback")
     native = importlib.import_module("agent.split._splitters_c")
     rng = random.Random(3)
     for _ in range(500):
@@ -166,9 +154,9 @@ def test_multirecord_holds_at_most_the_bound(twin: ModuleType) -> None:
 # ------------------------------------------------------------------------------ copies
 
 
-def test_a_body_that_is_a_whole_chunk_is_not_copied(twin: ModuleType) -> None:
-    if twin.implementation() == "python":
-        pytest.skip("the pure twin copies")
+@pytest.mark.compiled_only  # the pure twin copies
+def test_a_body_that_is_a_whole_chunk_is_not_copied() -> None:
+    twin = importlib.import_module("agent.split._splitters_c")
     chunk = b"one\ntwo\n" * 4096  # held by reference: large enough, and immutable
     splitter = twin.make_splitter("None", "MultiRecord", MiB)
     splitter.feed(chunk)

@@ -11,7 +11,8 @@ from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from processes import (
+
+from tests.support.processes import (
     HOST,
     ServerError,
     ServerProcess,

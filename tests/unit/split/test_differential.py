@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import random
+from collections import Counter
 from types import ModuleType
 
 import pytest
-from test_split_support import (
+
+from tests.support.split import (
     MAGIC_BYTES,
     Outcome,
     cut,
@@ -24,8 +26,6 @@ from test_split_support import (
     split,
     tf_frame,
 )
-
-from agent._compat import NO_EXTENSIONS
 
 KINDS = ["Line", "RecordIO", "TFRecord", "None"]
 STRATEGIES = ["MultiRecord", "SingleRecord"]
@@ -100,13 +100,13 @@ def _failed(outcome: list[Outcome]) -> bool:
     return bool(outcome) and isinstance(outcome[-1][0], str)
 
 
-@pytest.mark.skipif(NO_EXTENSIONS, reason="compares the compiled splitters with the pure twin")
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("kind", KINDS)
 def test_twins_agree(kind: str) -> None:
     native = importlib.import_module("agent.split._splitters_c")
     pure = importlib.import_module("agent.split._splitters_py")
     rng = random.Random(f"twins-{kind}")
-    failures = 0
+    failures: Counter[tuple[str, bool]] = Counter()  # (error type, streamed) -> cases
     for case in range(4000):
         data = generate(rng, kind)
         strategy = rng.choice(STRATEGIES)
@@ -115,8 +115,19 @@ def test_twins_agree(kind: str) -> None:
         expected = split(pure, kind, strategy, bound, chunks)
         got = split(native, kind, strategy, bound, chunks)
         assert got == expected, (case, kind, strategy, bound, data.hex(), [len(c) for c in chunks])
-        failures += _failed(expected)
-    assert 150 < failures < 3000 or kind in ("Line", "None")  # both paths well exercised
+        if _failed(expected):
+            failures[expected[-1][0], bound == 0] += 1
+    assert 150 < failures.total() < 3000, failures  # both paths well exercised
+    if kind in ("Line", "None"):
+        # No framing to be corrupt: only a record over a bound fails, never a streamed body.
+        assert set(failures) == {("RecordTooLargeError", False)}, failures
+    else:
+        # Damaged frames fail bounded and streamed alike; a bound fails whole records.
+        assert set(failures) == {
+            ("CorruptInputError", False),
+            ("CorruptInputError", True),
+            ("RecordTooLargeError", False),
+        }, failures
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -169,7 +180,7 @@ def _large(rng: random.Random, kind: str) -> bytes:
     return b"".join(frames)
 
 
-@pytest.mark.skipif(NO_EXTENSIONS, reason="compares the compiled splitters with the pure twin")
+@pytest.mark.compiled_only
 @pytest.mark.parametrize("kind", KINDS)
 def test_twins_agree_on_large_chunks_held_by_reference(kind: str) -> None:
     """Chunks of 16 KiB and more are held by reference, across many pieces."""

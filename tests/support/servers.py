@@ -6,8 +6,8 @@ runs SeaweedFS; ``modelserver`` runs the example model server.
 
 from __future__ import annotations
 
-from modelserver import ModelServer
-from processes import (
+from tests.support.modelserver import ModelServer
+from tests.support.processes import (
     HOST,
     LIVE,
     REPO_ROOT,
@@ -23,7 +23,7 @@ from processes import (
     stop_all,
     wait_until,
 )
-from seaweedfs import SeaweedFS, s3_client, weed_binary
+from tests.support.seaweedfs import SeaweedFS, s3_client, weed_binary
 
 __all__ = [
     "HOST",

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
-from test_split_support import MAGIC_BYTES, rio_frame, rio_record, tf_frame
 
 from agent.cli.split import run_split
+from tests.support.split import MAGIC_BYTES, rio_frame, rio_record, tf_frame
 
 MiB = 1 << 20
 

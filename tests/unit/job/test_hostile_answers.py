@@ -211,7 +211,7 @@ def test_max_response_mb_misplaced_says_where_it_belongs() -> None:
 
 
 def test_the_example_job_sets_max_response_mb() -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "job.json"
+    example = Path(__file__).resolve().parents[3] / "examples" / "job.json"
     raw = orjson.loads(example.read_bytes())
     assert raw["Agent"]["MaxResponseMB"] == 64
     assert settings(raw).agent.max_response_mb == 64

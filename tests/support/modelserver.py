@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from processes import (
+
+from tests.support.processes import (
     HOST,
     REPO_ROOT,
     ServerError,
