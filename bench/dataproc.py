@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.dataproc import IMPLEMENTATION, Batch, RecordBatcher, RecordProcessor, parse_path
-from agent.job.processing import Plan
+from agent.job import Plan
 
 MiB = 1 << 20
 BOUND = 6 * MiB

@@ -21,13 +21,13 @@ from agent.cli.validate import error, load, log_notes, print_problems, validate
 from agent.errors import EXIT_CODE_LABELS, ExitCode
 from agent.job import (
     BATCH_STRATEGIES,
+    MAX_INSTANCE_COUNT,
     MAX_PAYLOAD_MB,
     SPLIT_TYPES,
     JobError,
     JobSettings,
     with_overrides,
 )
-from agent.job.schema import MAX_INSTANCE_COUNT
 from agent.log import LOG_FORMATS, setup_logging
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from agent.coordination.state import (
     read_summary_head,
 )
 from agent.errors import ExitCode
-from agent.job.types import JobSettings
+from agent.job import JobSettings
 from agent.results import COMPLETED, FAILED
 from agent.storage import Stores, list_inputs, open_stores
 from agent.storage.base import InputError, StorageError

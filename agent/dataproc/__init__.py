@@ -43,7 +43,7 @@ from agent.dataproc.batching import Batch, RecordBatcher
 from agent.dataproc.csv import CsvError, format_row, parse_row
 from agent.dataproc.processor import RecordProcessor, make_processor
 from agent.dataproc.records import IMPLEMENTATION, DataProcessingError
-from agent.job.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
+from agent.job import JsonPath, PathMiss, PathSyntaxError, parse_path
 
 __all__ = [
     "IMPLEMENTATION",

@@ -22,7 +22,7 @@ from agent.dataproc.csv import (
     parse_row,
     quote_free,
 )
-from agent.job.jsonpath import PathMiss
+from agent.job import PathMiss
 
 
 def implementation() -> str:

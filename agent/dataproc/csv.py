@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 
 from agent.errors import BtAgentError
-from agent.job.jsonpath import JsonPath
+from agent.job import JsonPath
 
 _QUOTE = 0x22
 _COMMA = 0x2C

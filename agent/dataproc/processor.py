@@ -21,12 +21,10 @@ from agent.dataproc.records import (
     line_offset,
     reason,
 )
-from agent.job.jsonpath import PathMiss
-from agent.job.processing import Plan, check_processing, is_default
-from agent.job.schema import Checker
+from agent.job import Checker, PathMiss, Plan, check_processing, is_default
 
 if TYPE_CHECKING:
-    from agent.job.types import JobSettings
+    from agent.job import JobSettings
 
 
 def make_processor(job: JobSettings) -> RecordProcessor | None:

@@ -29,7 +29,7 @@ import orjson
 from agent._compat import NO_EXTENSIONS, BytesLike
 from agent.dataproc.csv import ColumnPicker, CsvError, RowError
 from agent.errors import BtAgentError
-from agent.job.jsonpath import JsonPath, PathMiss
+from agent.job import JsonPath, PathMiss
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from agent.dataproc._dataproc_py import implementation, join_pick, lines_of, pick_rows

@@ -23,8 +23,17 @@ import os
 from dataclasses import replace
 
 from agent._compat import MIB  # re-exported: job sizes are in MiB
+from agent.job.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
 from agent.job.parse import parse_job
-from agent.job.schema import MAX_INSTANCE_COUNT, MAX_PAYLOAD_MB, JobError, Problem, json_object
+from agent.job.processing import Plan, check_processing, is_default
+from agent.job.schema import (
+    MAX_INSTANCE_COUNT,
+    MAX_PAYLOAD_MB,
+    Checker,
+    JobError,
+    Problem,
+    json_object,
+)
 from agent.job.types import (
     BATCH_STRATEGIES,
     DEFAULT_BATCH_STRATEGY,
@@ -52,6 +61,15 @@ from agent.job.types import (
 )
 
 __all__ = [
+    "MAX_INSTANCE_COUNT",
+    "Checker",
+    "JsonPath",
+    "PathMiss",
+    "PathSyntaxError",
+    "Plan",
+    "check_processing",
+    "is_default",
+    "parse_path",
     "BATCH_STRATEGIES",
     "DEFAULT_BATCH_STRATEGY",
     "DEFAULT_MAX_CONCURRENT_TRANSFORMS",

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from agent.coordination.commit import UploadRecorder, abort_orphans
 from agent.coordination.state import StateLayout
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.storage import open_stores
 from agent.storage.inputs import file_id
 from tests.support.runjob import (

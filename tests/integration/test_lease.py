@@ -20,7 +20,7 @@ from agent.coordination.claim import Claim
 from agent.coordination.coordinator import Coordinator
 from agent.coordination.lease import ClaimLost, LeaseLost, LeaseSettings
 from agent.coordination.plan import Identity
-from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
 from tests.support.servers import SeaweedFS

@@ -24,7 +24,7 @@ from agent.coordination.lease import check_conditional_writes
 from agent.coordination.plan import Identity
 from agent.coordination.records import SettingsMismatch
 from agent.coordination.state import StateLayout
-from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import COMPLETED, FAILED, FileResult
 from agent.storage import StorageSettings, Stores, open_stores
 from agent.storage.inputs import file_id

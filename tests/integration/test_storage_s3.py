@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from agent._compat import MIB
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.storage import (
     ObjectChangedError,
     ObjectInfo,

@@ -22,7 +22,7 @@ import pytest
 from agent.coordination.coordinator import Coordinator
 from agent.coordination.plan import Identity
 from agent.coordination.state import StateLayout
-from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, scrub_state
 from agent.report import JobSummary, Progress

@@ -18,7 +18,7 @@ from agent.coordination.plan import (
     resolve_identity,
     static_plan,
 )
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo
 

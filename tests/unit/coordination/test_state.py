@@ -47,7 +47,7 @@ from agent.coordination.state import (
     open_listing,
     write_summary,
 )
-from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
+from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
 from agent.storage.base import StorageError

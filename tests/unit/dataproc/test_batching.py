@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agent.dataproc import Batch, RecordBatcher, RecordProcessor, parse_path
-from agent.job.processing import Plan
+from agent.job import Plan
 from agent.split import RecordTooLargeError
 
 

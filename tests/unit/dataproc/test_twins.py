@@ -17,7 +17,7 @@ import pytest
 
 from agent.dataproc import records
 from agent.dataproc.csv import ColumnPicker, CsvError, RowError, format_row, parse_row
-from agent.job.jsonpath import PathMiss, parse_path
+from agent.job import PathMiss, parse_path
 
 FIELDS = [b"", b"a", b"12.5", b"x y", b'q"', b"c,d", b'"', b"\xc3\xa9", b"\r", b"id-7"]
 FILTERS = [

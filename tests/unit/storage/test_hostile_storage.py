@@ -13,9 +13,7 @@ import pytest
 
 from agent.cli.app import main
 from agent.coordination.plan import IdentityError, format_plan, resolve_identity, static_plan
-from agent.job.parse import parse_job
-from agent.job.schema import JobError
-from agent.job.types import DataUri
+from agent.job import DataUri, JobError, parse_job
 from agent.storage import InputFile, ObjectInfo, StorageError, StorageSettings
 from agent.storage.base import PendingUpload
 from agent.storage.local import LocalStore

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from agent.codec.gzip import Gunzip, GzipError, gunzip
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.storage import (
     MAX_PARTS,
     ChunkReader,
