@@ -19,11 +19,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import IdentityError, resolve_identity
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
-from agent.coordination.plan import Identity, IdentityError, resolve_identity, static_plan
 from agent.coordination.records import SettingsMismatch
-from agent.job import JobSettings, settings_hash
+from agent.job import settings_hash
 from agent.jsonstream import document_pieces
 from agent.model.client import (
     ModelClient,
@@ -38,7 +38,7 @@ from agent.redact import Redactor, install, secrets_of
 from agent.report import COMPLETED, FAILED, STOPPED, FileResult, JobSummary, Progress
 from agent.storage import open_stores
 from agent.storage.base import InputError, StorageError
-from agent.storage.inputs import InputFile, output_uri
+from agent.storage.inputs import InputFile
 
 if TYPE_CHECKING:
     from agent.cli.app import RunOptions
@@ -130,7 +130,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
-                await Coordinator.open(
+                await open_coordinator(
                     stores,
                     job,
                     identity,
@@ -161,7 +161,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
                 answer = await probe.execution_parameters()
             params, sources = resolve_execution_parameters(job, answer)
         except (ModelError, ModelCommandError) as error:
-            return _fail_all(summary, _share(inputs, job, identity), job, str(error))
+            return _fail_all(summary, coordinator.planned, str(error))
         log.info("%s", format_execution_parameters(params, sources))
         job = params.apply(job)
         summary.execution_parameters = {
@@ -208,18 +208,16 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     return EXIT_COMPLETED
 
 
-def _share(inputs: Sequence[InputFile], job: JobSettings, identity: Identity) -> list[InputFile]:
-    """The files this instance would have done (all of them under Lease coordination)."""
-    if job.agent.coordination == "Lease":
-        return list(inputs)
-    return list(static_plan(inputs, identity.count).share(identity.index).files)
+def _fail_all(summary: JobSummary, inputs: Sequence[InputFile], reason: str) -> int:
+    """The model never became usable: the files this instance would have done (its share
+    of the plan, or all of them under Lease coordination) fail at once with the reason.
 
-
-def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, reason: str) -> int:
-    """The model never became usable: this instance's files fail at once with the reason."""
+    Each is named with the output name it carries (its input URI when that name is refused,
+    as the pipeline does).
+    """
     log.error("%s", reason)
     for item in inputs:
-        result = FileResult(str(item.uri), str(output_uri(item.relative_key, job.output.uri)))
+        result = FileResult(str(item.uri), str(item.output or item.uri))
         result.finish(FAILED, f"{item.uri}: not transformed: {reason}")
         summary.files.append(result)
     summary.end(FAILED, reason)

@@ -22,11 +22,13 @@ from agent.coordination.lease import read_leases
 from agent.coordination.plan import format_plan, static_plan
 from agent.coordination.records import FileRecord, RecordCache, build_summary
 from agent.coordination.state import (
+    JOIN,
     Listing,
     StateLayout,
     read_listing,
     read_summary,
     read_summary_head,
+    snapshot_verdict,
 )
 from agent.job.types import JobSettings
 from agent.report import COMPLETED, FAILED
@@ -47,9 +49,10 @@ async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | N
         stores, job.input.data_type, job.input.uri, job.output.uri, job.state_uri
     )
     listing = await read_listing(state, layout)
-    if listing is not None and listing.fingerprint == source.fingerprint:
+    if listing is not None:
         summary = await read_summary_head(state, layout)  # its run is all that is asked
-        if summary is None or summary.get("RunId") != listing.run_id:
+        verdict = snapshot_verdict(listing.run_id, listing.fingerprint, summary, source.fingerprint)
+        if verdict == JOIN:  # what a start would join
             return listing, True
     exclude = (job.output.uri, job.state_uri)
     files = await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)

@@ -261,6 +261,28 @@ def _changes(stored: object, now: Mapping[str, Any] | None) -> str:
     return "; ".join(changed) or "its fingerprint differs"
 
 
+JOIN, ENDED, OTHER_SOURCE = "join", "ended", "other source"
+
+
+def snapshot_verdict(
+    run_id: object,
+    fingerprint: object,
+    summary: Mapping[str, Any] | None,
+    wanted: str | None,
+) -> str:
+    """What a start does with a stored snapshot (``run_id``, ``fingerprint``), given the
+    stored summary's head and the fingerprint of the source it lists now.
+
+    ``ENDED``: a summary names the run, so it has ended (a new snapshot is taken);
+    ``JOIN``: it is unfinished and lists the same source; ``OTHER_SOURCE``: it is
+    unfinished but lists something else (a new snapshot replaces it). ``open_listing``
+    and the ``bt-agent plan`` view decide by this alone.
+    """
+    if summary is not None and summary.get("RunId") == run_id:
+        return ENDED
+    return JOIN if fingerprint == wanted else OTHER_SOURCE
+
+
 async def open_listing(
     store: Store,
     layout: StateLayout,
@@ -280,7 +302,7 @@ async def open_listing(
     fails the job).
     """
     fingerprint = None if source is None else source.fingerprint
-    described = None if source is None else source.describe()
+    described = None if source is None else source.stored_fields()
     fresh: Sequence[InputFile] | None = None
     for _ in range(8):
         found = await store.get_bytes(layout.listing.key)
@@ -288,9 +310,10 @@ async def open_listing(
             document = loads(found[0], layout.listing)
             run_id = document.get("RunId")
             summary = await read_summary_head(store, layout)
-            if summary is not None and summary.get("RunId") == run_id:
+            verdict = snapshot_verdict(run_id, document.get("Fingerprint"), summary, fingerprint)
+            if verdict == ENDED:
                 log.info("the run %s has ended; taking a new listing snapshot", run_id)
-            elif document.get("Fingerprint") == fingerprint:
+            elif verdict == JOIN:
                 return Listing.from_document(document, found[1], layout.listing), False
             else:
                 log.warning(

@@ -5,8 +5,8 @@ records: the object's location, its listed version, and the relative key that na
 output. ``output_uri`` is the pure naming rule, ``relative_key``, ``exclusions`` and
 ``is_agent_output`` the pieces of the listing rule, so the runner and the tests share one
 definition. :class:`ListingSource` says what a listing is a listing of (its fingerprint is
-stored with the snapshot), and ``output_collisions`` finds inputs whose outputs would share
-one name.
+stored with the snapshot). ``name_outputs`` gives each file of a run its output name once
+(or the reason it has none), and marks inputs whose outputs would share one name.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class InputFile:
 
     ``info`` is the object as listed (size and ETag, the version to read), or ``None``
     for a manifest entry whose object does not exist (that file fails, the job goes on).
+    ``output`` is where its output goes, or ``None`` with ``output_error`` saying why the
+    name is refused; both are set once, by ``name_outputs``, when the run's listing is
+    opened, and read by everyone after (never worked out again).
     """
 
     uri: DataUri  # the object itself
@@ -61,13 +64,11 @@ class InputFile:
     # Why this file fails without being read (its output name is another input's), or None.
     problem: str | None = None
     id: str = field(init=False, repr=False, compare=False)  # file_id(uri), computed once
+    output: DataUri | None = field(init=False, default=None, repr=False, compare=False)
+    output_error: str | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", file_id(self.uri))
-
-    @property
-    def missing(self) -> bool:
-        return self.info is None
 
     def where(self) -> str:
         """``" (manifest element N)"`` for a manifest entry, else nothing."""
@@ -177,8 +178,9 @@ class ListingSource:
     state: DataUri
     manifest_etag: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """The source as stored in ``listing.json`` (``Source``), for people and for logs."""
+    def stored_fields(self) -> dict[str, Any]:
+        """The source's fields as stored in ``listing.json`` (``Source``), for people, logs
+        and the fingerprint."""
         described: dict[str, Any] = {
             "DataType": self.data_type,
             "S3Uri": str(self.input),
@@ -193,7 +195,7 @@ class ListingSource:
 
     @property
     def fingerprint(self) -> str:
-        canonical = orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(self.stored_fields(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 
     @classmethod
@@ -218,22 +220,43 @@ class ListingSource:
         return cls(data_type, uri, output, state, etag)
 
 
+def name_outputs(files: Sequence[InputFile], output: DataUri) -> dict[str, str]:
+    """Give each of ``files`` its output name, once, as its run's listing is opened.
+
+    Sets each file's ``output`` (``output_uri``), or its ``output_error`` when the name is
+    refused (``OutputKeyError``: the pipeline fails that file with the reason), then marks
+    each file whose output name an earlier file's has (``output_collisions``) with that
+    ``problem``. The files are changed in place, before anyone else reads them (a listing
+    of a million files is not copied for it). Returns the collisions: file id -> reason.
+    """
+    for item in files:
+        try:
+            object.__setattr__(item, "output", output_uri(item.relative_key, output))
+        except OutputKeyError as error:
+            object.__setattr__(item, "output_error", str(error))
+    refused = output_collisions(files, output)
+    for item in files:
+        if (problem := refused.get(item.id)) is not None:
+            object.__setattr__(item, "problem", problem)
+    return refused
+
+
 def output_collisions(files: Iterable[InputFile], output: DataUri) -> dict[str, str]:
     """Inputs whose output would have the name of an earlier input's: file id -> reason.
 
-    The first input (in listing order) keeps the name; each later one fails with a reason
-    naming both. Only local outputs can collide: their names are normalised paths
-    (``wk//x.csv``, ``./x.csv`` and ``sub/../x.csv`` all give ``x.csv.out``), while S3 keys
-    are kept as they are and the listing never holds one relative key twice.
+    ``files`` carry their output names (``name_outputs``). The first input (in listing
+    order) keeps the name; each later one fails with a reason naming both. Only local
+    outputs (under ``output``) can collide: their names are normalised paths (``wk//x.csv``,
+    ``./x.csv`` and ``sub/../x.csv`` all give ``x.csv.out``), while S3 keys are kept as they
+    are and the listing never holds one relative key twice.
     """
     if output.scheme == "s3":
         return {}
     first: dict[str, InputFile] = {}
     refused: dict[str, str] = {}
     for item in files:
-        try:
-            out = output_uri(item.relative_key, output)
-        except OutputKeyError:
+        out = item.output
+        if out is None:
             continue  # refused anyway, with its own reason
         other = first.setdefault(out.key, item)
         if other is not item:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli.app import main
-from agent.coordination.plan import IdentityError, format_plan, resolve_identity, static_plan
+from agent.coordination.identity import IdentityError, resolve_identity
+from agent.coordination.plan import format_plan, static_plan
 from agent.job.parse import parse_job
 from agent.job.schema import JobError
 from agent.job.types import DataUri

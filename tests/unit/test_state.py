@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from agent.cli.status import progress_lines
+from agent.coordination.base import Coordinator
 from agent.coordination.commit import (
     META_INPUT_ETAG,
     META_SETTINGS_HASH,
@@ -20,7 +21,8 @@ from agent.coordination.commit import (
     commit_rule,
     output_metadata,
 )
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import Identity
 from agent.coordination.lease import (
     ConditionalWritesUnsupported,
     Holder,
@@ -29,7 +31,6 @@ from agent.coordination.lease import (
     LeaseSettings,
     check_conditional_writes,
 )
-from agent.coordination.plan import Identity
 from agent.coordination.records import (
     FileRecord,
     RecordCache,
@@ -459,7 +460,7 @@ async def _coordinator(
         agent=AgentConfig(coordination=mode),  # type: ignore[arg-type]
     )
     identity = Identity(index, count, "test")
-    return await Coordinator.open(stores, job, identity, lease_settings=FAST, force=force)
+    return await open_coordinator(stores, job, identity, lease_settings=FAST, force=force)
 
 
 async def _process(coordinator: Coordinator) -> list[str]:
