@@ -19,17 +19,11 @@ from typing import Any, TextIO
 import orjson
 
 from agent.coordination.lease import read_leases
+from agent.coordination.listing import JOIN, Listing, read_listing, snapshot_verdict
 from agent.coordination.plan import format_plan, static_plan
-from agent.coordination.records import FileRecord, RecordCache, build_summary
-from agent.coordination.state import (
-    JOIN,
-    Listing,
-    StateLayout,
-    read_listing,
-    read_summary,
-    read_summary_head,
-    snapshot_verdict,
-)
+from agent.coordination.records import FileRecord, RecordCache
+from agent.coordination.state import StateLayout, read_summary, read_summary_head
+from agent.coordination.summary import build_summary
 from agent.job.types import JobSettings
 from agent.report import COMPLETED, FAILED
 from agent.storage import Stores, list_inputs, open_stores

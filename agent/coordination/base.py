@@ -47,14 +47,10 @@ from agent.coordination.commit import (
 )
 from agent.coordination.identity import Identity
 from agent.coordination.lease import HeldLease, Holder
-from agent.coordination.records import (
-    FileRecord,
-    RecordCache,
-    completed,
-    summary_head,
-    summary_pieces,
-)
-from agent.coordination.state import Listing, StateLayout, now_iso, write_summary
+from agent.coordination.listing import Listing
+from agent.coordination.records import FileRecord, RecordCache, completed
+from agent.coordination.state import StateLayout, now_iso, write_summary
+from agent.coordination.summary import summary_head, summary_pieces
 from agent.job.types import DataUri, JobSettings
 from agent.report import COMPLETED, FileResult
 from agent.storage import Stores

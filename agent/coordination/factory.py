@@ -14,8 +14,9 @@ from agent.coordination.base import Coordinator
 from agent.coordination.identity import Identity
 from agent.coordination.lease import LeaseSettings, check_conditional_writes
 from agent.coordination.leased import LeaseCoordinator
+from agent.coordination.listing import Listing, open_listing
 from agent.coordination.plan import static_plan
-from agent.coordination.state import Listing, StateLayout, open_listing
+from agent.coordination.state import StateLayout
 from agent.coordination.static import StaticCoordinator
 from agent.job.types import DataUri, JobSettings
 from agent.storage import Stores, list_inputs

@@ -18,9 +18,9 @@ from agent.coordination.claim import Claim
 from agent.coordination.commit import LeftoverUploads, abort_orphans
 from agent.coordination.identity import Identity
 from agent.coordination.lease import HeldLease, LeaseBook, LeaseSettings
+from agent.coordination.listing import Listing
 from agent.coordination.plan import largest_first
 from agent.coordination.records import FileRecord, write_record
-from agent.coordination.state import Listing
 from agent.job.types import JobSettings
 from agent.storage import Stores
 from agent.storage.base import Store

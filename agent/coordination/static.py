@@ -18,9 +18,9 @@ from agent.coordination.base import Coordinator
 from agent.coordination.claim import Claim
 from agent.coordination.commit import LeftoverUploads, abort_orphans
 from agent.coordination.identity import Identity
+from agent.coordination.listing import Listing
 from agent.coordination.plan import StaticPlan
 from agent.coordination.records import FileRecord, write_records
-from agent.coordination.state import Listing
 from agent.job.types import DataUri, JobSettings
 from agent.storage import Stores
 from agent.storage.base import StorageError, Store

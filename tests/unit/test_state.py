@@ -31,24 +31,23 @@ from agent.coordination.lease import (
     LeaseSettings,
     check_conditional_writes,
 )
+from agent.coordination.listing import Listing, open_listing
 from agent.coordination.records import (
     FileRecord,
     RecordCache,
     SettingsMismatch,
-    build_summary,
     completed,
     write_record,
 )
 from agent.coordination.state import (
     COMPLETED,
     FAILED,
-    Listing,
     StateError,
     StateLayout,
     loads,
-    open_listing,
     write_summary,
 )
+from agent.coordination.summary import build_summary
 from agent.job.types import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.report import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
