@@ -48,15 +48,14 @@ from agent.storage.base import (
 )
 from agent.storage.inputs import (
     InputFile,
-    ManifestError,
     OutputKeyError,
     exclusions,
     list_inputs,
     output_uri,
-    parse_manifest,
     relative_key,
 )
 from agent.storage.local import LocalStore
+from agent.storage.manifest import ManifestError, parse_manifest
 from agent.storage.s3.store import S3Store
 
 __all__ = [

@@ -29,7 +29,7 @@ from agent.redact import Redactor, install, scrub_state
 from agent.report import FAILED, JobSummary, Progress
 from agent.runner import _write_summary
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
-from agent.storage.inputs import ManifestError
+from agent.storage.manifest import ManifestError
 
 IDENTITY = Identity(0, 1, "test")
 
