@@ -16,11 +16,13 @@ from pathlib import Path
 import orjson
 import pytest
 from runjob import run_agent, transform_job
+from servers import ModelServer
 
 pytestmark = pytest.mark.integration
 
 
-def test_an_escaping_manifest_key_with_a_model_never_ready_fails_cleanly(tmp_path: Path) -> None:
+def escaping_job(tmp_path: Path, model_url: str, **agent: object) -> tuple[dict[str, object], Path]:
+    """A manifest of ``a.csv`` and ``../x.csv`` (whose output would land outside ``out/``)."""
     inputs = tmp_path / "data" / "in"
     inputs.mkdir(parents=True)
     (inputs / "a.csv").write_bytes(b"a\n")
@@ -32,11 +34,18 @@ def test_an_escaping_manifest_key_with_a_model_never_ready_fails_cleanly(tmp_pat
         "escaping-key",
         str(manifest),
         str(out),
-        model_url="http://127.0.0.1:9/",  # nothing answers /ping here
+        model_url=model_url,
         data_type="ManifestFile",
         split_type="Line",
-        agent={"ModelStartupTimeoutSeconds": 1},
+        agent=agent or None,
     )
+    return job, out
+
+
+def test_an_escaping_manifest_key_with_a_model_never_ready_fails_cleanly(tmp_path: Path) -> None:
+    # Nothing answers /ping on this port.
+    job, out = escaping_job(tmp_path, "http://127.0.0.1:9/", ModelStartupTimeoutSeconds=1)
+    inputs = tmp_path / "data" / "in"
 
     run = run_agent(job, tmp_path)
 
@@ -47,7 +56,32 @@ def test_an_escaping_manifest_key_with_a_model_never_ready_fails_cleanly(tmp_pat
     assert sorted(files) == sorted([f"file://{escaping}", f"file://{plain}"]), files
     for entry in files.values():
         assert entry["Status"] == "Failed", entry
-        assert "not transformed" in entry["FailureReason"], entry
+        assert (
+            "not transformed: the model at http://127.0.0.1:9 is not ready"
+            in (entry["FailureReason"])
+        ), entry
     assert files[f"file://{plain}"]["Output"] == f"file://{out}/a.csv.out"
     assert files[f"file://{escaping}"]["Output"] == f"file://{escaping}"
     assert not out.exists() or not list(out.glob("*.out"))
+
+
+def test_an_escaping_manifest_key_fails_its_file_alone_with_the_reason(
+    tmp_path: Path, model: ModelServer
+) -> None:
+    job, out = escaping_job(tmp_path, model.url)
+
+    run = run_agent(job, tmp_path)
+
+    assert "Traceback" not in run.log, run.explain()
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    escaping = f"file://{tmp_path / 'data' / 'x.csv'}"
+    plain = f"file://{tmp_path / 'data' / 'in' / 'a.csv'}"
+    files = run.files()
+    assert files[plain]["Status"] == "Completed", files
+    assert (out / "a.csv.out").read_bytes() == b"a\n"
+    entry = files[escaping]
+    assert entry["Status"] == "Failed" and entry["Output"] == escaping, entry
+    reason = entry["FailureReason"]
+    assert reason.startswith(f"{escaping}: the output of '../x.csv' would be written to "), reason
+    assert "outside the output directory" in reason, reason
+    assert not (tmp_path / "x.csv.out").exists()
