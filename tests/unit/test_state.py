@@ -526,6 +526,21 @@ async def test_static_runs_resume_and_refuse_other_settings(tmp_path: Path) -> N
         ]
 
 
+async def test_a_static_coordinator_ends_its_record_flusher_when_it_closes(tmp_path: Path) -> None:
+    """The task ``begin`` starts (records written every second) is cancelled and awaited on
+    close, and the records it had not written yet are written then."""
+    async with open_stores() as stores:
+        coordinator = await _coordinator(stores, tmp_path, "Static", files={"a": b"a\n"})
+        others = asyncio.all_tasks()
+        async with coordinator:
+            await coordinator.begin("h1")
+            assert len(asyncio.all_tasks() - others) == 1  # the flusher
+            assert await _process(coordinator) == ["a"]
+        assert asyncio.all_tasks() == others  # none left running, nor cancelled unawaited
+        records = await RecordCache(coordinator.state, coordinator.layout).refresh()
+    assert [record.Status for record in records.values()] == [COMPLETED]
+
+
 def test_progress_lines_show_instances_and_leases() -> None:
     a, b, c = item("a", 100), item("b", 300), item("c", 600)
     listing = Listing("r2", "t0", (a, b, c))
