@@ -18,16 +18,13 @@ import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from agent.job.types import DataUri
-from agent.storage.base import InputError, ObjectInfo, StorageError
+from agent.storage.base import InputError, ObjectInfo, StorageError, StorageSettings, Store
 from agent.storage.manifest import entry_keys, parse_manifest
-
-if TYPE_CHECKING:
-    from agent.storage import Stores
 
 log = logging.getLogger("agent.inputs")
 
@@ -38,6 +35,15 @@ STATE_DIRECTORY = "_bt-agent"  # <S3OutputPath>/_bt-agent/: the default state ro
 # Bumped whenever the rule above (what is excluded, how keys are resolved) changes, so a
 # snapshot taken under another rule is never joined.
 LISTING_RULE = 2
+
+
+class StoreLookup(Protocol):
+    """What listing needs of ``agent.storage.Stores`` (a protocol, so this module does not
+    import the package that imports it): the store of a location, and the settings."""
+
+    settings: StorageSettings
+
+    async def get(self, uri: DataUri) -> Store: ...
 
 
 def file_id(uri: DataUri | str) -> str:
@@ -188,7 +194,7 @@ class ListingSource:
     @classmethod
     async def of(
         cls,
-        stores: Stores,
+        stores: StoreLookup,
         data_type: str,
         uri: DataUri,
         output: DataUri,
@@ -256,7 +262,7 @@ def output_collisions(files: Iterable[InputFile], output: DataUri) -> dict[str, 
 
 
 async def list_inputs(
-    stores: Stores,
+    stores: StoreLookup,
     data_type: Literal["S3Prefix", "ManifestFile"],
     uri: DataUri,
     *,
@@ -298,7 +304,7 @@ async def list_inputs(
 
 
 async def _manifest_inputs(
-    stores: Stores, where: DataUri, expected_etag: str | None = None
+    stores: StoreLookup, where: DataUri, expected_etag: str | None = None
 ) -> list[InputFile]:
     """One ``InputFile`` per manifest entry, in order; a bounded number of lookups at once.
 
