@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import IdentityError, resolve_identity
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
-from agent.coordination.plan import Identity, IdentityError, resolve_identity, static_plan
 from agent.coordination.records import SettingsMismatch
 from agent.errors import EXIT_BY_SIGNAL, BtAgentError, ExitCode
 from agent.job import JobSettings, settings_hash
@@ -42,7 +42,7 @@ from agent.report import JobSummary, Progress
 from agent.results import COMPLETED, FAILED, STOPPED, FileResult
 from agent.storage import open_stores
 from agent.storage.base import InputError, StorageError
-from agent.storage.inputs import InputFile, output_uri
+from agent.storage.inputs import InputFile
 
 log = logging.getLogger("agent.run")
 
@@ -132,7 +132,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
-                await Coordinator.open(
+                await open_coordinator(
                     stores,
                     job,
                     identity,
@@ -159,7 +159,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
                 answer = await probe.execution_parameters()
             params, sources = resolve_execution_parameters(job, answer)
         except (ModelError, ModelCommandError) as error:
-            return _fail_all(summary, _share(inputs, job, identity), job, str(error))
+            return _fail_all(summary, coordinator.planned, str(error))
         log.info("%s", format_execution_parameters(params, sources))
         job = params.apply(job)
         summary.execution_parameters = {
@@ -218,18 +218,16 @@ def _stop(summary: JobSummary, error: BtAgentError) -> int:
     return error.exit_code
 
 
-def _share(inputs: Sequence[InputFile], job: JobSettings, identity: Identity) -> list[InputFile]:
-    """The files this instance would have done (all of them under Lease coordination)."""
-    if job.agent.coordination == "Lease":
-        return list(inputs)
-    return list(static_plan(inputs, identity.count).share(identity.index).files)
+def _fail_all(summary: JobSummary, inputs: Sequence[InputFile], reason: str) -> int:
+    """The model never became usable: the files this instance would have done (its share
+    of the plan, or all of them under Lease coordination) fail at once with the reason.
 
-
-def _fail_all(summary: JobSummary, inputs: list[InputFile], job: JobSettings, reason: str) -> int:
-    """The model never became usable: this instance's files fail at once with the reason."""
+    Each is named with the output name it carries (its input URI when that name is refused,
+    as the pipeline does).
+    """
     log.error("%s", reason)
     for item in inputs:
-        result = FileResult(str(item.uri), str(output_uri(item.relative_key, job.output.uri)))
+        result = FileResult(str(item.uri), str(item.output or item.uri))
         result.finish(FAILED, f"{item.uri}: not transformed: {reason}")
         summary.files.append(result)
     summary.end(FAILED, reason)

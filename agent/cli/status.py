@@ -19,15 +19,11 @@ from typing import Any, TextIO
 import orjson
 
 from agent.coordination.lease import read_leases
+from agent.coordination.listing import JOIN, Listing, read_listing, snapshot_verdict
 from agent.coordination.plan import format_plan, static_plan
-from agent.coordination.records import FileRecord, RecordCache, build_summary
-from agent.coordination.state import (
-    Listing,
-    StateLayout,
-    read_listing,
-    read_summary,
-    read_summary_head,
-)
+from agent.coordination.records import FileRecord, RecordCache
+from agent.coordination.state import StateLayout, read_summary, read_summary_head
+from agent.coordination.summary import build_summary
 from agent.errors import ExitCode
 from agent.job import JobSettings
 from agent.results import COMPLETED, FAILED
@@ -46,9 +42,10 @@ async def current_listing(stores: Stores, job: JobSettings) -> tuple[Listing | N
         stores, job.input.data_type, job.input.uri, job.output.uri, job.state_uri
     )
     listing = await read_listing(state, layout)
-    if listing is not None and listing.fingerprint == source.fingerprint:
+    if listing is not None:
         summary = await read_summary_head(state, layout)  # its run is all that is asked
-        if summary is None or summary.get("RunId") != listing.run_id:
+        verdict = snapshot_verdict(listing.run_id, listing.fingerprint, summary, source.fingerprint)
+        if verdict == JOIN:  # what a start would join
             return listing, True
     exclude = (job.output.uri, job.state_uri)
     files = await list_inputs(stores, job.input.data_type, job.input.uri, exclude=exclude)

@@ -3,17 +3,19 @@
 A :class:`Claim` carries what the pipeline needs for an exactly-once commit: the output's
 ``metadata`` and ``on_upload_id`` for ``open_upload``, ``commit(upload)`` (the lease check,
 then the conditional write), ``lost`` to race against (``run`` does that), and
-``record(result)`` for the completion record. Leaving its ``async with`` forgets the
-recorded UploadIds and releases the lease, unless the lease was lost: then it is another's.
+``record(result)`` for the completion record (written by its coordinator, the claim's
+:class:`RecordWriter`). Leaving its ``async with`` forgets the recorded UploadIds and
+releases the lease, unless the lease was lost: then it is another's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
+from agent.aio import race
 from agent.coordination.commit import CommitRule, UploadRecorder
 from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
 from agent.errors import BtAgentError
@@ -26,6 +28,18 @@ if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
 
 _T = TypeVar("_T")
+
+
+class RecordWriter(Protocol):
+    """What a claim needs of its coordinator: write a file's record, hear that it closed."""
+
+    async def record(self, item: InputFile, result: FileResult) -> FileRecord:
+        """Write ``item``'s completion record from ``result``; return it."""
+        ...
+
+    def released(self, fid: str) -> None:
+        """The claim of the file ``fid`` is closed: it is no longer held."""
+        ...
 
 
 class OutputTaken(BtAgentError):
@@ -43,9 +57,7 @@ class Claim:
         rule: CommitRule,
         lease: HeldLease | None,
         recorder: UploadRecorder,
-        *,
-        on_record: Callable[[InputFile, FileResult], Awaitable[FileRecord]],
-        on_close: Callable[[str], None],
+        records: RecordWriter,
     ) -> None:
         self.item = item
         self.file_id = item.id
@@ -56,8 +68,7 @@ class Claim:
         self.lost = lease.lost if lease is not None else asyncio.Event()
         self._recorder = recorder
         self.on_upload_id = recorder.record  # for open_upload(on_upload_id=...)
-        self._on_record = on_record
-        self._on_close = on_close
+        self._records = records
         self.committed = False  # the output is ours: record it even if the lease goes now
         self.output_etag: str | None = None  # once committed (also when a stop met the commit)
 
@@ -108,15 +119,7 @@ class Claim:
             # Without a lease nothing sets ``lost`` but a refused commit, which raises
             # ClaimLost inside ``work`` itself: no watcher (two futures a file) is needed.
             return await work
-        task = asyncio.ensure_future(work)
-        waiter = asyncio.ensure_future(self.lost.wait())
-        try:
-            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)  # upload aborted inside
+        task = await race(work, self.lost)  # a lost claim's upload is aborted inside
         if not task.cancelled() and isinstance(task.exception(), ClaimLost):
             return task.result()  # raises it: refused at the commit, say
         if self.lost.is_set() and (task.cancelled() or task.exception() is not None):
@@ -128,7 +131,7 @@ class Claim:
         if it was lost."""
         if result.status not in (COMPLETED, FAILED) or (self.lost.is_set() and not self.committed):
             return None
-        return await self._on_record(self.item, result)
+        return await self._records.record(self.item, result)
 
     async def __aenter__(self) -> Self:
         return self
@@ -146,4 +149,4 @@ class Claim:
         await self._recorder.forget()
         if self.lease is not None:
             await self.lease.release()
-        self._on_close(self.file_id)
+        self._records.released(self.file_id)

@@ -163,6 +163,13 @@ class UploadRecorder:
         self._beginning = None
 
 
+async def _abort(target: Store, output: DataUri, upload: PendingUpload, whose: str) -> None:
+    """Abort one open upload of ``output`` and log it (``whose`` ends the line); raises
+    ``StorageError`` when it cannot be aborted (the caller says what is left)."""
+    await target.abort_multipart_upload(upload.key, upload.upload_id)
+    log.info("aborted the upload %s of %s%s", upload.upload_id, output, whose)
+
+
 async def abort_orphans(
     stores: Stores,
     layout: StateLayout,
@@ -212,10 +219,7 @@ async def abort_orphans(
                 else:
                     pending = [PendingUpload(output.key, upload_id)]
                 for upload in pending:
-                    await target.abort_multipart_upload(upload.key, upload.upload_id)
-                    log.info(
-                        "aborted the upload %s of %s left by %s", upload.upload_id, output, holder
-                    )
+                    await _abort(target, output, upload, f" left by {holder}")
                     aborted += 1
             except StorageError as error:
                 log.warning("could not abort an orphaned upload of %s: %s", output, error)
@@ -264,14 +268,9 @@ class LeftoverUploads:
             target = await self.stores.get(output)
             for upload in uploads:
                 try:
-                    await target.abort_multipart_upload(upload.key, upload.upload_id)
+                    await _abort(target, output, upload, ", open since an earlier run")
                 except StorageError as error:
                     log.warning("could not abort the leftover upload of %s: %s", output, error)
                     continue
-                log.info(
-                    "aborted the upload %s of %s, open since an earlier run",
-                    upload.upload_id,
-                    output,
-                )
                 aborted += 1
         return aborted

@@ -39,6 +39,7 @@ from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
 from agent import __version__
+from agent.aio import race
 from agent.errors import BtAgentError
 from agent.model import wire
 from agent.model.execparams import (
@@ -115,11 +116,6 @@ class _Died(BtAgentError):
         self.exit = exit
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a task abandoned to the model's death must not warn later
-
-
 class ModelClient:
     """The client of one model server: ``async with ModelClient(url, settings) as client``."""
 
@@ -180,15 +176,8 @@ class ModelClient:
         if died.done():
             work.close()
             raise _Died(died.result())
-        task = asyncio.create_task(work)
-        task.add_done_callback(_retrieve)
-        try:
-            await asyncio.wait((task, died), return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            task.cancel()
-            raise
-        if not task.done():
-            task.cancel()
+        task = await race(work, died)
+        if task.cancelled() and died.done():
             raise _Died(died.result())
         if died.done() and not task.cancelled() and task.exception() is not None:
             raise _Died(died.result()) from task.exception()  # the error came from the exit

@@ -49,7 +49,7 @@ from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileRes
 from agent.split import BodyLike, RecordTooLargeError, SplitError
 from agent.storage import Stores
 from agent.storage.base import ObjectInfo, StorageError, Store
-from agent.storage.inputs import InputFile, OutputKeyError, output_uri
+from agent.storage.inputs import InputFile, OutputKeyError
 
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
@@ -190,9 +190,8 @@ class Pipeline:
             raise FileFailed(item.problem)
         if item.info is None:
             raise FileFailed(item.missing_message())
-        if out is None:  # the coordinator found the output name unusable: say why
-            output_uri(item.relative_key, self.job.output.uri)
-            raise FileFailed(f"{item.uri}: its output name is refused")
+        if out is None:  # the output name was refused when the listing was opened: say why
+            raise OutputKeyError(item.output_error or "its output name is refused")
         s = self.settings
         bound = s.max_payload_bytes
         filtered = self.processor is not None and self.processor.filters_input

@@ -43,17 +43,16 @@ from agent.storage.base import (
 from agent.storage.inputs import (
     InputFile,
     ListingSource,
-    ManifestError,
     OutputKeyError,
     exclusions,
     file_id,
     list_inputs,
     output_collisions,
     output_uri,
-    parse_manifest,
     relative_key,
 )
 from agent.storage.local import LocalStore
+from agent.storage.manifest import ManifestError, parse_manifest
 from agent.storage.s3.store import S3Store
 from agent.storage.stores import Stores, open_stores
 

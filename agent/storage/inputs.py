@@ -5,8 +5,8 @@ records: the object's location, its listed version, and the relative key that na
 output. ``output_uri`` is the pure naming rule, ``relative_key``, ``exclusions`` and
 ``is_agent_output`` the pieces of the listing rule, so the runner and the tests share one
 definition. :class:`ListingSource` says what a listing is a listing of (its fingerprint is
-stored with the snapshot), and ``output_collisions`` finds inputs whose outputs would share
-one name.
+stored with the snapshot). ``name_outputs`` gives each file of a run its output name once
+(or the reason it has none), and marks inputs whose outputs would share one name.
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ import os
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
-from agent.job.types import DataUri, parse_data_uri
-from agent.storage.base import InputError, ObjectInfo, StorageError
-
-if TYPE_CHECKING:
-    from agent.storage.stores import Stores
+from agent.job.types import DataUri
+from agent.storage.base import InputError, ObjectInfo, StorageError, StorageSettings, Store
+from agent.storage.manifest import entry_keys, parse_manifest
 
 log = logging.getLogger("agent.inputs")
-
-MAX_LISTED_PROBLEMS = 10
 
 # What the agent itself writes under the output path, by name ending: these are never
 # inputs, whatever the prefixes. Add the suffix of any new per-file output here.
@@ -39,6 +35,15 @@ STATE_DIRECTORY = "_bt-agent"  # <S3OutputPath>/_bt-agent/: the default state ro
 # Bumped whenever the rule above (what is excluded, how keys are resolved) changes, so a
 # snapshot taken under another rule is never joined.
 LISTING_RULE = 2
+
+
+class StoreLookup(Protocol):
+    """What listing needs of ``agent.storage.Stores`` (a protocol, so this module does not
+    import the package that imports it): the store of a location, and the settings."""
+
+    settings: StorageSettings
+
+    async def get(self, uri: DataUri) -> Store: ...
 
 
 def file_id(uri: DataUri | str) -> str:
@@ -52,6 +57,9 @@ class InputFile:
 
     ``info`` is the object as listed (size and ETag, the version to read), or ``None``
     for a manifest entry whose object does not exist (that file fails, the job goes on).
+    ``output`` is where its output goes, or ``None`` with ``output_error`` saying why the
+    name is refused; both are set once, by ``name_outputs``, when the run's listing is
+    opened, and read by everyone after (never worked out again).
     """
 
     uri: DataUri  # the object itself
@@ -61,13 +69,11 @@ class InputFile:
     # Why this file fails without being read (its output name is another input's), or None.
     problem: str | None = None
     id: str = field(init=False, repr=False, compare=False)  # file_id(uri), computed once
+    output: DataUri | None = field(init=False, default=None, repr=False, compare=False)
+    output_error: str | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", file_id(self.uri))
-
-    @property
-    def missing(self) -> bool:
-        return self.info is None
 
     def where(self) -> str:
         """``" (manifest element N)"`` for a manifest entry, else nothing."""
@@ -79,18 +85,6 @@ class InputFile:
             f"{self.uri} does not exist (manifest element {self.manifest_index}, "
             f"{self.relative_key!r}); remove it from the manifest or upload the object"
         )
-
-
-class ManifestError(InputError):
-    """A manifest that cannot be used; ``problems`` lists each one by array index."""
-
-    def __init__(self, where: str, problems: Sequence[str]) -> None:
-        shown = "; ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = len(problems) - MAX_LISTED_PROBLEMS
-        if more > 0:
-            shown += f"; and {more} more"
-        super().__init__(f"the manifest {where} is not usable: {shown}")
-        self.problems = tuple(problems)
 
 
 class OutputKeyError(InputError):
@@ -177,8 +171,9 @@ class ListingSource:
     state: DataUri
     manifest_etag: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """The source as stored in ``listing.json`` (``Source``), for people and for logs."""
+    def stored_fields(self) -> dict[str, Any]:
+        """The source's fields as stored in ``listing.json`` (``Source``), for people, logs
+        and the fingerprint."""
         described: dict[str, Any] = {
             "DataType": self.data_type,
             "S3Uri": str(self.input),
@@ -193,13 +188,13 @@ class ListingSource:
 
     @property
     def fingerprint(self) -> str:
-        canonical = orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)
+        canonical = orjson.dumps(self.stored_fields(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
 
     @classmethod
     async def of(
         cls,
-        stores: Stores,
+        stores: StoreLookup,
         data_type: str,
         uri: DataUri,
         output: DataUri,
@@ -218,22 +213,43 @@ class ListingSource:
         return cls(data_type, uri, output, state, etag)
 
 
+def name_outputs(files: Sequence[InputFile], output: DataUri) -> dict[str, str]:
+    """Give each of ``files`` its output name, once, as its run's listing is opened.
+
+    Sets each file's ``output`` (``output_uri``), or its ``output_error`` when the name is
+    refused (``OutputKeyError``: the pipeline fails that file with the reason), then marks
+    each file whose output name an earlier file's has (``output_collisions``) with that
+    ``problem``. The files are changed in place, before anyone else reads them (a listing
+    of a million files is not copied for it). Returns the collisions: file id -> reason.
+    """
+    for item in files:
+        try:
+            object.__setattr__(item, "output", output_uri(item.relative_key, output))
+        except OutputKeyError as error:
+            object.__setattr__(item, "output_error", str(error))
+    refused = output_collisions(files, output)
+    for item in files:
+        if (problem := refused.get(item.id)) is not None:
+            object.__setattr__(item, "problem", problem)
+    return refused
+
+
 def output_collisions(files: Iterable[InputFile], output: DataUri) -> dict[str, str]:
     """Inputs whose output would have the name of an earlier input's: file id -> reason.
 
-    The first input (in listing order) keeps the name; each later one fails with a reason
-    naming both. Only local outputs can collide: their names are normalised paths
-    (``wk//x.csv``, ``./x.csv`` and ``sub/../x.csv`` all give ``x.csv.out``), while S3 keys
-    are kept as they are and the listing never holds one relative key twice.
+    ``files`` carry their output names (``name_outputs``). The first input (in listing
+    order) keeps the name; each later one fails with a reason naming both. Only local
+    outputs (under ``output``) can collide: their names are normalised paths (``wk//x.csv``,
+    ``./x.csv`` and ``sub/../x.csv`` all give ``x.csv.out``), while S3 keys are kept as they
+    are and the listing never holds one relative key twice.
     """
     if output.scheme == "s3":
         return {}
     first: dict[str, InputFile] = {}
     refused: dict[str, str] = {}
     for item in files:
-        try:
-            out = output_uri(item.relative_key, output)
-        except OutputKeyError:
+        out = item.output
+        if out is None:
             continue  # refused anyway, with its own reason
         other = first.setdefault(out.key, item)
         if other is not item:
@@ -246,7 +262,7 @@ def output_collisions(files: Iterable[InputFile], output: DataUri) -> dict[str, 
 
 
 async def list_inputs(
-    stores: Stores,
+    stores: StoreLookup,
     data_type: Literal["S3Prefix", "ManifestFile"],
     uri: DataUri,
     *,
@@ -287,55 +303,8 @@ async def list_inputs(
     ]
 
 
-def parse_manifest(data: bytes, where: DataUri) -> tuple[DataUri, list[str]]:
-    """The prefix and the relative keys of a manifest; ``ManifestError`` lists every problem.
-
-    A local manifest may name a local prefix (absolute, ``file://`` or relative to the
-    manifest's directory) or an S3 one; an S3 manifest must name an ``s3://`` prefix.
-    """
-    shape = 'a JSON array whose first element is {"prefix": "s3://bucket/prefix/"}'
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as error:
-        raise ManifestError(str(where), [f"it is not valid JSON ({error})"]) from None
-    if not isinstance(document, list) or not document:
-        raise ManifestError(str(where), [f"it must be {shape}, followed by keys"])
-    problems: list[str] = []
-    prefix: DataUri | None = None
-    head = document[0]
-    text = head.get("prefix") if isinstance(head, dict) and len(head) == 1 else None
-    if not isinstance(text, str):
-        problems.append(f'element 0 must be {{"prefix": "s3://bucket/prefix/"}}, not {_show(head)}')
-    else:
-        try:
-            prefix = parse_data_uri(text, posixpath.dirname(where.key) if where.is_local else "/")
-        except ValueError as error:
-            problems.append(f"element 0: the prefix is not usable: {error}")
-        else:
-            if not where.is_local and prefix.is_local:
-                problems.append(f"element 0: an S3 manifest needs an s3:// prefix, not {text!r}")
-    keys: list[str] = []
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(document[1:], start=1):
-        if not isinstance(entry, str) or not entry or "\x00" in entry:
-            problems.append(f"element {index} must be a non-empty key string, not {_show(entry)}")
-        elif entry in seen:
-            problems.append(f"element {index} repeats element {seen[entry]} ({entry!r})")
-        else:
-            seen[entry] = index
-        keys.append(entry if isinstance(entry, str) else "")
-    if problems or prefix is None:
-        raise ManifestError(str(where), problems)
-    return prefix, keys
-
-
-def _show(value: object) -> str:
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 async def _manifest_inputs(
-    stores: Stores, where: DataUri, expected_etag: str | None = None
+    stores: StoreLookup, where: DataUri, expected_etag: str | None = None
 ) -> list[InputFile]:
     """One ``InputFile`` per manifest entry, in order; a bounded number of lookups at once.
 
@@ -353,7 +322,7 @@ async def _manifest_inputs(
         )
     prefix, entries = parse_manifest(found[0], where)
     del found
-    keys = _entry_keys(prefix, entries, where)
+    keys = entry_keys(prefix, entries, where)
     objects = await stores.get(prefix)
     log.info("looking up the %d entries of the manifest %s under %s", len(entries), where, prefix)
     files: list[InputFile | None] = [None] * len(entries)
@@ -377,26 +346,3 @@ async def _manifest_inputs(
     except BaseExceptionGroup as failed:  # the first failure, as a plain StorageError
         raise failed.exceptions[0] from None
     return [item for item in files if item is not None]
-
-
-def _entry_keys(prefix: DataUri, entries: Sequence[str], where: DataUri) -> list[str]:
-    """Each entry's object key; ``ManifestError`` if two entries name the same object.
-
-    Under a local prefix keys are normalised paths, so ``f1.csv``, ``./f1.csv`` and
-    ``sub/../f1.csv`` are one file: that is refused like an entry repeated word for word.
-    """
-    if not prefix.is_local:
-        return [prefix.key + entry for entry in entries]
-    keys = [posixpath.normpath(prefix.key + entry) for entry in entries]
-    seen: dict[str, int] = {}
-    problems = []
-    for position, key in enumerate(keys):
-        first = seen.setdefault(key, position)
-        if first != position:
-            problems.append(
-                f"element {position + 1} ({entries[position]!r}) names the same file as "
-                f"element {first + 1} ({entries[first]!r}): file://{key}"
-            )
-    if problems:
-        raise ManifestError(str(where), problems)
-    return keys

@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 import pytest
 
+from agent.coordination.base import Coordinator
 from agent.coordination.claim import Claim
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import Identity
 from agent.coordination.lease import ClaimLost, LeaseLost, LeaseSettings
-from agent.coordination.plan import Identity
 from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
@@ -68,7 +69,7 @@ async def versions(server: SeaweedFS, bucket: str) -> dict[str, int]:
 
 
 async def open_instance(stores: Stores, job: JobSettings) -> Coordinator:
-    coordinator = await Coordinator.open(stores, job, Identity(0, 1, "test"), lease_settings=LEASE)
+    coordinator = await open_coordinator(stores, job, Identity(0, 1, "test"), lease_settings=LEASE)
     await coordinator.begin("h1")
     return coordinator
 

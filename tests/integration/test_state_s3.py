@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from agent.cli.status import plan_lines, run_status, status_report
+from agent.coordination.base import Coordinator
 from agent.coordination.claim import OutputTaken
 from agent.coordination.commit import (
     META_INPUT_ETAG,
@@ -19,9 +20,9 @@ from agent.coordination.commit import (
     abort_orphans,
     head_output,
 )
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import Identity
 from agent.coordination.lease import check_conditional_writes
-from agent.coordination.plan import Identity
 from agent.coordination.records import SettingsMismatch
 from agent.coordination.state import StateLayout
 from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
@@ -79,7 +80,7 @@ async def process(coordinator: Coordinator, *, fail: str | None = None) -> list[
 
 
 async def run_instance(stores: Stores, job: JobSettings, index: int, settings: str) -> list[str]:
-    coordinator = await Coordinator.open(stores, job, Identity(index, job.instance_count, "test"))
+    coordinator = await open_coordinator(stores, job, Identity(index, job.instance_count, "test"))
     async with coordinator:
         await coordinator.begin(settings)
         done = await process(coordinator)
@@ -95,7 +96,7 @@ async def test_listing_snapshot_is_created_once_by_concurrent_instances(
 
     async def start(index: int) -> Coordinator:
         async with open_stores() as stores:  # a client each, as separate processes have
-            return await Coordinator.open(stores, job, Identity(index, 3, "test"))
+            return await open_coordinator(stores, job, Identity(index, 3, "test"))
 
     coordinators = await asyncio.gather(*(start(index) for index in range(3)))
     assert len({c.listing.run_id for c in coordinators}) == 1
@@ -103,7 +104,7 @@ async def test_listing_snapshot_is_created_once_by_concurrent_instances(
     assert all(c.listing.files == coordinators[0].listing.files for c in coordinators)
     await put(s3_server, bucket, {"in/9.csv": b"late"})  # after the snapshot: not in this run
     async with open_stores() as stores:
-        late = await Coordinator.open(stores, job, Identity(0, 3, "test"))
+        late = await open_coordinator(stores, job, Identity(0, 3, "test"))
     assert late.listing == coordinators[0].listing
 
 
@@ -133,10 +134,10 @@ async def test_static_three_instances_then_resume_and_settings_change(
         assert (await sink.get_bytes("out/f4.csv.out") or (b"",))[0] == b"CHANGED"
 
         # Other settings: refused, unless forced; forced commits replace on the old ETag.
-        again = await Coordinator.open(stores, s3_job(bucket), Identity(0, 1, "test"))
+        again = await open_coordinator(stores, s3_job(bucket), Identity(0, 1, "test"))
         with pytest.raises(SettingsMismatch, match="9 file"):
             await again.begin("h2")
-        forced = await Coordinator.open(stores, s3_job(bucket), Identity(0, 1, "test"), force=True)
+        forced = await open_coordinator(stores, s3_job(bucket), Identity(0, 1, "test"), force=True)
         await forced.begin("h2")
         async for claim in forced.files():
             async with claim:
@@ -150,7 +151,7 @@ async def test_commits_are_conditional_and_uploads_are_recorded(
     await put(s3_server, bucket, {"in/a.csv": b"a\n"})
     settings = StorageSettings(part_size_bytes=5 * MIB)
     async with open_stores(settings) as stores, open_stores(settings) as other:
-        first = await Coordinator.open(stores, s3_job(bucket), Identity(0, 1, "test"))
+        first = await open_coordinator(stores, s3_job(bucket), Identity(0, 1, "test"))
         await first.begin("h1")
         claim = await anext(first.files())
         assert claim.rule == CommitRule(if_none_match=True)
@@ -224,7 +225,7 @@ async def test_status_and_plan_output(
         lines = await plan_lines(stores, job, 2)
         assert lines[0] == "job: plan over a fresh listing"
         assert "expected imbalance 1.002" in lines[1]
-        coordinator = await Coordinator.open(stores, job, Identity(0, 2, "test"))
+        coordinator = await open_coordinator(stores, job, Identity(0, 2, "test"))
         await coordinator.begin("h1")
         # Instance 0's share (big.csv and bad.csv by size), in listing order.
         assert await process(coordinator, fail="bad.csv") == ["bad.csv", "big.csv"]

@@ -414,7 +414,7 @@ async def test_manifest_lists_entries_and_flags_missing_ones(
     )
     async with open_stores() as stores:
         files = await list_inputs(stores, "ManifestFile", s3(bucket, "m/manifest.json"))
-    assert [(f.uri.key, f.relative_key, f.missing) for f in files] == [
+    assert [(f.uri.key, f.relative_key, f.info is None) for f in files] == [
         ("data/sub/b.csv", "sub/b.csv", False),
         ("data/missing.csv", "missing.csv", True),
         ("data/a.csv", "a.csv", False),

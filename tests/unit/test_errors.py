@@ -92,9 +92,9 @@ USAGE = {
     "agent.job.schema.JobError",
     "agent.job.jsonpath.PathSyntaxError",
     "agent.storage.base.InputError",
-    "agent.storage.inputs.ManifestError",
+    "agent.storage.manifest.ManifestError",
     "agent.storage.inputs.OutputKeyError",
-    "agent.coordination.plan.IdentityError",
+    "agent.coordination.identity.IdentityError",
     "agent.coordination.records.SettingsMismatch",
     "agent.coordination.lease.ConditionalWritesUnsupported",
 }
@@ -123,9 +123,9 @@ BUILTIN_BASES = {
     "agent.split._errors.RecordTooLargeError": ValueError,
     "agent.split._errors.SplitterStateError": RuntimeError,
     "agent.storage.base.InputError": ValueError,
-    "agent.storage.inputs.ManifestError": ValueError,
+    "agent.storage.manifest.ManifestError": ValueError,
     "agent.storage.inputs.OutputKeyError": ValueError,
-    "agent.coordination.plan.IdentityError": ValueError,
+    "agent.coordination.identity.IdentityError": ValueError,
     "agent.model.process.ModelCommandError": RuntimeError,
     "agent.storage.s3.store._ShortRead": ConnectionError,
 }

@@ -19,8 +19,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.coordination.coordinator import Coordinator
-from agent.coordination.plan import Identity
+from agent.coordination.base import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import Identity
 from agent.coordination.state import StateLayout
 from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.pipeline import Pipeline, PipelineSettings
@@ -29,7 +30,7 @@ from agent.report import JobSummary, Progress
 from agent.results import FAILED
 from agent.runner import _write_summary
 from agent.storage import InputFile, ObjectInfo, StorageSettings, list_inputs, open_stores
-from agent.storage.inputs import ManifestError
+from agent.storage.manifest import ManifestError
 
 IDENTITY = Identity(0, 1, "test")
 
@@ -69,15 +70,15 @@ async def test_a_start_listing_another_source_replaces_an_unfinished_run(tmp_pat
     b = write(tmp_path / "b" / "b.csv")
     out = tmp_path / "out"
     async with open_stores() as stores:
-        first = await Coordinator.open(stores, job(tmp_path / "a", out), IDENTITY)
+        first = await open_coordinator(stores, job(tmp_path / "a", out), IDENTITY)
         assert names(first) == [str(a)]
         # ...and the instance was killed: no summary. The job file now names b/.
-        rerun = await Coordinator.open(stores, job(tmp_path / "b", out), IDENTITY)
+        rerun = await open_coordinator(stores, job(tmp_path / "b", out), IDENTITY)
         assert names(rerun) == [str(b)]
         assert rerun.listing.run_id != first.listing.run_id
         # Instances of the same job (the same job file) join that snapshot, racing or not.
         joined = await asyncio.gather(
-            *(Coordinator.open(stores, job(tmp_path / "b", out), IDENTITY) for _ in range(3))
+            *(open_coordinator(stores, job(tmp_path / "b", out), IDENTITY) for _ in range(3))
         )
         assert {c.listing.run_id for c in joined} == {rerun.listing.run_id}
 
@@ -88,10 +89,10 @@ async def test_a_changed_manifest_replaces_an_unfinished_run(tmp_path: Path) -> 
     where = manifest(tmp_path / "m.json", tmp_path / "in", ["a.csv"])
     out = tmp_path / "out"
     async with open_stores() as stores:
-        first = await Coordinator.open(stores, job(where, out, "ManifestFile"), IDENTITY)
+        first = await open_coordinator(stores, job(where, out, "ManifestFile"), IDENTITY)
         assert [f.relative_key for f in first.listing.files] == ["a.csv"]
         manifest(where, tmp_path / "in", ["b.csv", "a.csv"])  # a new version of the manifest
-        again = await Coordinator.open(stores, job(where, out, "ManifestFile"), IDENTITY)
+        again = await open_coordinator(stores, job(where, out, "ManifestFile"), IDENTITY)
         assert [f.relative_key for f in again.listing.files] == ["b.csv", "a.csv"]
         assert again.listing.run_id != first.listing.run_id
 
@@ -120,7 +121,7 @@ async def test_a_listing_that_does_not_say_what_it_lists_is_replaced(tmp_path: P
     }
     write(Path(layout.listing.key), orjson.dumps(old))
     async with open_stores() as stores:
-        rerun = await Coordinator.open(stores, job(tmp_path / "b", out), IDENTITY)
+        rerun = await open_coordinator(stores, job(tmp_path / "b", out), IDENTITY)
     assert names(rerun) == [str(b)] and rerun.listing.run_id != old["RunId"]
 
 
@@ -128,7 +129,7 @@ async def test_a_listing_that_does_not_say_what_it_lists_is_replaced(tmp_path: P
 
 
 def test_inputs_whose_local_outputs_share_a_name_are_found() -> None:
-    from agent.storage.inputs import output_collisions  # new in the fix: here, not at the top
+    from agent.storage.inputs import name_outputs, output_collisions  # here, not at the top
 
     def s3(key: str, index: int) -> InputFile:
         return InputFile(
@@ -136,7 +137,9 @@ def test_inputs_whose_local_outputs_share_a_name_are_found() -> None:
         )
 
     files = [s3("wk/x.csv", 1), s3("wk//x.csv", 2), s3("wk/y.csv", 3), s3("wk/./y.csv", 4)]
-    refused = output_collisions(files, local("/data/out"))
+    refused = name_outputs(files, local("/data/out"))  # each file's output name, once
+    assert output_collisions(files, local("/data/out")) == refused
+    assert [f.problem for f in files] == [None, refused[files[1].id], None, refused[files[3].id]]
     assert set(refused) == {files[1].id, files[3].id}
     reason = refused[files[1].id]
     assert "s3://b/wk//x.csv (manifest element 2)" in reason
@@ -214,7 +217,7 @@ async def test_manifest_lookups_keep_a_bounded_number_of_tasks(tmp_path: Path) -
         await watcher
     assert [f.relative_key for f in files] == entries
     assert [f.manifest_index for f in files[:3]] == [1, 2, 3]
-    assert sum(f.missing for f in files) == 1500
+    assert sum(f.info is None for f in files) == 1500
     assert most <= 4 + 2, f"{most} tasks alive at once for 4 lookups in flight"
 
 
@@ -224,9 +227,9 @@ async def test_state_documents_stay_small_per_file(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     out = tmp_path / "out"
     async with open_stores() as stores:
-        coordinator = await Coordinator.open(stores, job(where, out, "ManifestFile"), IDENTITY)
+        coordinator = await open_coordinator(stores, job(where, out, "ManifestFile"), IDENTITY)
         listing = Path(coordinator.layout.listing.key).read_bytes()
-        again = await Coordinator.open(stores, job(where, out, "ManifestFile"), IDENTITY)
+        again = await open_coordinator(stores, job(where, out, "ManifestFile"), IDENTITY)
     assert again.listing.files == coordinator.listing.files  # it reads back as written
     # The shared parts once, then about [relative key, size, ETag] per file.
     assert len(listing) / 1000 < 40, f"{len(listing) / 1000:.0f} bytes a file"
@@ -251,7 +254,7 @@ async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -
     settings = PipelineSettings.from_job(the_job)
     progress = Progress(count, 0, io.StringIO())
     async with open_stores() as stores:
-        coordinator = await Coordinator.open(stores, the_job, IDENTITY)
+        coordinator = await open_coordinator(stores, the_job, IDENTITY)
         await coordinator.begin("settings")
         logging.disable(logging.ERROR)  # a line per failed file, each kept by pytest
         gc.collect()
@@ -338,7 +341,7 @@ async def test_an_empty_listing_is_not_called_a_run(
     (tmp_path / "in").mkdir()
     caplog.set_level(logging.INFO)
     async with open_stores() as stores:
-        coordinator = await Coordinator.open(
+        coordinator = await open_coordinator(
             stores, job(tmp_path / "in", tmp_path / "out"), IDENTITY
         )
     assert coordinator.listing.files == ()

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.cli.app import main
-from agent.coordination.plan import (
-    IdentityError,
-    format_plan,
-    largest_first,
-    resolve_identity,
-    static_plan,
-)
-from agent.job import DataUri
+from agent.coordination.identity import IdentityError, resolve_identity
+from agent.coordination.plan import format_plan, largest_first, static_plan
+from agent.job.types import DataUri
 from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from agent.cli.status import progress_lines
+from agent.coordination.base import Coordinator
 from agent.coordination.commit import (
     META_INPUT_ETAG,
     META_SETTINGS_HASH,
@@ -19,7 +20,8 @@ from agent.coordination.commit import (
     commit_rule,
     output_metadata,
 )
-from agent.coordination.coordinator import Coordinator
+from agent.coordination.factory import open_coordinator
+from agent.coordination.identity import Identity
 from agent.coordination.lease import (
     ConditionalWritesUnsupported,
     Holder,
@@ -28,25 +30,23 @@ from agent.coordination.lease import (
     LeaseSettings,
     check_conditional_writes,
 )
-from agent.coordination.plan import Identity
+from agent.coordination.listing import Listing, open_listing
 from agent.coordination.records import (
     FileRecord,
     RecordCache,
     SettingsMismatch,
-    build_summary,
     completed,
     write_record,
 )
 from agent.coordination.state import (
     COMPLETED,
     FAILED,
-    Listing,
     StateError,
     StateLayout,
     loads,
-    open_listing,
     write_summary,
 )
+from agent.coordination.summary import build_summary
 from agent.job import AgentConfig, DataUri, JobSettings, TransformInput, TransformOutput
 from agent.results import FileResult
 from agent.storage import InputFile, ObjectInfo, PreconditionFailed, Stores, open_stores
@@ -481,7 +481,7 @@ async def _coordinator(
         agent=AgentConfig(coordination=mode),  # type: ignore[arg-type]
     )
     identity = Identity(index, count, "test")
-    return await Coordinator.open(stores, job, identity, lease_settings=FAST, force=force)
+    return await open_coordinator(stores, job, identity, lease_settings=FAST, force=force)
 
 
 async def _process(coordinator: Coordinator) -> list[str]:
@@ -546,6 +546,21 @@ async def test_static_runs_resume_and_refuse_other_settings(tmp_path: Path) -> N
         assert rules == [
             CommitRule(if_match=_version(out / n)) for n in ("a.out", "b.out", "c.out")
         ]
+
+
+async def test_a_static_coordinator_ends_its_record_flusher_when_it_closes(tmp_path: Path) -> None:
+    """The task ``begin`` starts (records written every second) is cancelled and awaited on
+    close, and the records it had not written yet are written then."""
+    async with open_stores() as stores:
+        coordinator = await _coordinator(stores, tmp_path, "Static", files={"a": b"a\n"})
+        others = asyncio.all_tasks()
+        async with coordinator:
+            await coordinator.begin("h1")
+            assert len(asyncio.all_tasks() - others) == 1  # the flusher
+            assert await _process(coordinator) == ["a"]
+        assert asyncio.all_tasks() == others  # none left running, nor cancelled unawaited
+        records = await RecordCache(coordinator.state, coordinator.layout).refresh()
+    assert [record.Status for record in records.values()] == [COMPLETED]
 
 
 def test_progress_lines_show_instances_and_leases() -> None:

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from agent.cli.app import main
-from agent.coordination.plan import IdentityError, format_plan, resolve_identity, static_plan
-from agent.job import DataUri, JobError, parse_job
+from agent.coordination.identity import IdentityError, resolve_identity
+from agent.coordination.plan import format_plan, static_plan
+from agent.job.parse import parse_job
+from agent.job.schema import JobError
+from agent.job.types import DataUri
 from agent.storage import InputFile, ObjectInfo, StorageError, StorageSettings
 from agent.storage.base import PendingUpload
 from agent.storage.local import LocalStore

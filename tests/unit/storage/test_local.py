@@ -222,7 +222,7 @@ async def test_list_inputs_excludes_output_and_state_under_the_input(tmp_path: P
         )
     assert [f.relative_key for f in files] == ["a.csv", "sub/b.csv"]
     assert files[1].uri == local(tmp_path / "in" / "sub" / "b.csv")
-    assert files[1].info is not None and not files[1].missing
+    assert files[1].info is not None
     assert output_uri(files[1].relative_key, local(tmp_path / "out")).key == str(
         tmp_path / "out" / "sub" / "b.csv.out"
     )
@@ -413,7 +413,7 @@ async def test_local_manifest_reports_missing_entries(tmp_path: Path) -> None:
         files = await list_inputs(stores, "ManifestFile", local(path))
         with pytest.raises(InputError, match="does not exist"):
             await list_inputs(stores, "ManifestFile", local(tmp_path / "nope.json"))
-    assert [(f.relative_key, f.manifest_index, f.missing) for f in files] == [
+    assert [(f.relative_key, f.manifest_index, f.info is None) for f in files] == [
         ("x/b.csv", 1, False),
         ("gone.csv", 2, True),
         ("a.csv", 3, False),

@@ -1,0 +1,273 @@
+"""Which files this instance does, and the bookkeeping around each one: the shared base.
+
+The runner's side of coordination, for ``Static`` and ``Lease`` alike::
+
+    async with await open_coordinator(stores, job, identity) as coordinator:
+        ...start the model, resolve the execution parameters...
+        await coordinator.begin(settings_hash(job))      # may raise SettingsMismatch (exit 2)
+        async for claim in coordinator.files():
+            async with claim:                            # releases lease, forgets UploadIds
+                result = ...transform claim.item, racing claim.lost (claim.run does that),
+                    uploading with metadata=claim.metadata, on_upload_id=claim.on_upload_id
+                    and committing with ``await claim.commit(upload)``...
+                await claim.record(result)               # the completion record
+        await coordinator.finish(...)                    # the job summary, if final
+
+``open_coordinator`` (``agent.coordination.factory``) joins or takes the run's listing,
+gives each file its output name, and makes the :class:`Coordinator` of the job's
+strategy: a ``StaticCoordinator`` (``agent.coordination.static``: this instance's share of
+the plan minus what is completed) or a ``LeaseCoordinator`` (``agent.coordination.leased``:
+each claim holds a lease, files are tried largest first). ``files()`` yields
+:class:`~agent.coordination.claim.Claim` objects lazily: ask for the next one only when
+there is room for it (a claim's lease is renewed from the moment it is won).
+
+This base holds what both strategies share: the completion records read at ``begin``,
+the claims held, a claim's commit rule and metadata, the record of a finished file, the
+job summary at ``finish``, and the release of what the runner left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from agent.coordination.claim import Claim
+from agent.coordination.commit import (
+    CommitRule,
+    UploadRecorder,
+    commit_rule,
+    head_output,
+    output_metadata,
+)
+from agent.coordination.identity import Identity
+from agent.coordination.lease import HeldLease, Holder
+from agent.coordination.listing import Listing
+from agent.coordination.records import FileRecord, RecordCache, completed
+from agent.coordination.state import StateLayout, now_iso, write_summary
+from agent.coordination.summary import summary_head, summary_pieces
+from agent.job.types import DataUri, JobSettings
+from agent.results import COMPLETED, FileResult
+from agent.storage import Stores
+from agent.storage.base import Store
+from agent.storage.inputs import InputFile
+
+log = logging.getLogger("agent.coordinate")
+
+
+class Coordinator(ABC):
+    """This instance's view of the job's files, state and summary; see the module docstring."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        job: JobSettings,
+        identity: Identity,
+        state: Store,
+        listing: Listing,
+        *,
+        force: bool,
+        label: str = "",
+    ) -> None:
+        self.stores = stores
+        self.job = job
+        self.identity = identity
+        self.state = state
+        self.layout = StateLayout(job.state_uri)
+        self.listing = listing
+        self.force = force
+        self.holder = Holder.new(f"{socket.gethostname()}:{os.getpid()}{label}")
+        self.records = RecordCache(state, self.layout)
+        self.settings_hash: str | None = None
+        self.final: set[str] = set()  # file ids settled in this run
+        self.todo: list[InputFile] = []  # this instance's files, in order, after ``begin``
+        self.held: dict[str, Claim] = {}  # claims yielded and not yet closed
+        self._last_finished = ""
+
+    @property
+    @abstractmethod
+    def planned(self) -> Sequence[InputFile]:
+        """The files this instance would do before anything is known to be completed."""
+
+    async def begin(self, settings_hash: str) -> None:
+        """Read the completion records and settle this instance's files.
+
+        Raises ``SettingsMismatch`` (exit 2) when files were completed with other settings
+        and ``force`` is off. Static mode also aborts the uploads its files left open.
+        """
+        self.settings_hash = settings_hash
+        records = await self.records.refresh()
+        files = self.listing.files
+        done = completed(records, files, settings_hash, force=self.force)
+        self.final = done | {
+            fid
+            for item in files
+            if (record := records.get(fid := item.id)) is not None
+            and record.final_for(item, settings_hash, self.listing.run_id)
+        }
+        await self._settle()
+
+    @abstractmethod
+    async def _settle(self) -> None:
+        """Choose ``todo`` from the listing minus ``final``; clean up what is left open."""
+
+    async def files(self) -> AsyncIterator[Claim]:
+        """The claims this instance should work on, one at a time as asked for."""
+        if self.settings_hash is None:
+            raise RuntimeError("call begin(settings_hash) before files()")
+        async for claim in self._claims():
+            yield claim
+
+    @abstractmethod
+    def _claims(self) -> AsyncIterator[Claim]:
+        """The strategy's claims (``begin`` has run)."""
+
+    def _must_head(self, output: DataUri) -> bool:
+        """Whether ``output`` may exist already, so its claim must look it up (HEAD)."""
+        return True
+
+    async def _claim(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
+        """The claim of ``item`` (held), or ``None`` when its output is already committed
+        with the right metadata (its record is then written here)."""
+        assert self.settings_hash is not None
+        output = item.output  # None: the name is refused (the pipeline fails the file)
+        metadata: dict[str, str] = {}
+        rule = CommitRule(if_none_match=True)
+        if item.info is not None and output is not None and item.problem is None:
+            metadata = output_metadata(
+                item.info.etag, self.settings_hash, self.job.transform_job_name
+            )
+            head = None
+            if self._must_head(output):
+                head = await head_output(await self.stores.get(output), output.key)
+            found = commit_rule(head, metadata)
+            if found is None:
+                # Committed, but its record never written (the instance died in between).
+                assert head is not None
+                log.info("%s: its output is already committed; recording it", item.uri)
+                result = FileResult(str(item.uri), str(output), item.info.size, COMPLETED)
+                result.output_etag, result.output_bytes = head.etag, head.size
+                await self.record(item, result)
+                return None
+            rule = found
+        recorder = UploadRecorder(
+            self.state, self.layout, item.id, output or item.uri, self.holder.token
+        )
+        claim = Claim(item, output, metadata, rule, lease, recorder, self)
+        self.held[item.id] = claim
+        return claim
+
+    def released(self, fid: str) -> None:
+        """A claim closed (``RecordWriter``): the file is no longer held."""
+        self.held.pop(fid, None)
+
+    async def record(self, item: InputFile, result: FileResult) -> FileRecord:
+        """Write ``item``'s completion record from ``result`` (after its commit); return it."""
+        assert self.settings_hash is not None
+        uri = str(item.uri)
+        record = FileRecord(
+            Input=result.input_uri if result.input_uri == uri else uri,  # one copy is kept
+            InputETag=None if item.info is None else item.info.etag,
+            SettingsHash=self.settings_hash,
+            Status=result.status,
+            RunId=self.listing.run_id,
+            Instance=self.holder.label,
+            Output=result.output_uri,
+            OutputETag=result.output_etag,
+            Records=result.records,
+            Requests=result.requests,
+            InputBytes=result.input_bytes,
+            OutputBytes=result.output_bytes,
+            Seconds=round(result.seconds, 3),
+            FailureReason=result.error,
+            FinishedAt=self._finished_at(),
+        )
+        await self._keep(item, record)
+        return record
+
+    @abstractmethod
+    async def _keep(self, item: InputFile, record: FileRecord) -> None:
+        """Store ``record``, now or in a batch."""
+
+    def _finished_at(self) -> str:
+        """``now_iso()``, the same string object for files finished in the same millisecond
+        (many, in a run of small or missing files: each record keeps its time to the end)."""
+        now = now_iso()
+        if now != self._last_finished:
+            self._last_finished = now
+        return self._last_finished
+
+    @abstractmethod
+    async def flush_records(self) -> None:
+        """Write the records not yet written (a strategy that batches them has some)."""
+
+    async def finish(
+        self,
+        *,
+        stopped: str | None = None,
+        execution_parameters: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Write the job summary if every file now has a final record; return it if written
+        (without its per-file entries: ``"Files"`` is ``None``).
+
+        Records still pending are written first.
+
+        ``stopped`` (the reason, on SIGTERM/SIGINT) writes a ``Stopped`` summary instead
+        when the job is not final and no other instance holds a lease.
+        """
+        await self.flush_records()
+        records = await self.records.refresh()
+        # The stored snapshot is this run's while its ETag is the one read or written at
+        # the start (one HEAD, not a second copy of a listing of any size in memory).
+        listing = self.listing
+        stored = await self.state.head(self.layout.listing.key)
+        if stored is not None and listing.etag is not None and stored.etag != listing.etag:
+            log.warning(
+                "the run %s was replaced by another listing snapshot (a start that listed "
+                "another source with the same state prefix); this summary covers it alone",
+                listing.run_id,
+            )
+        summary, final = summary_head(
+            self.job.transform_job_name,
+            listing,
+            records,
+            self.settings_hash,
+            stopped=stopped,
+            execution_parameters=execution_parameters,
+        )
+        if not final and (stopped is None or not await self._alone()):
+            return None
+        written = await write_summary(
+            self.state,
+            self.layout,
+            summary,
+            lambda: summary_pieces(summary, listing, records, self.settings_hash),
+        )
+        return summary if written else None
+
+    async def _alone(self) -> bool:
+        """Whether no other instance may still be working on this run's files."""
+        return True
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release every claim the runner did not close (a stop mid-way); write records."""
+        for claim in list(self.held.values()):
+            await asyncio.shield(claim.close())
+        await self._close()
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """End what the strategy started (a background task: cancelled and awaited)."""
