@@ -40,9 +40,7 @@ from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
 from agent.report import JobSummary, Progress
 from agent.results import COMPLETED, FAILED, STOPPED, FileResult
-from agent.storage import open_stores
-from agent.storage.base import InputError, StorageError
-from agent.storage.inputs import InputFile
+from agent.storage import InputError, InputFile, StorageError, open_stores
 
 log = logging.getLogger("agent.run")
 

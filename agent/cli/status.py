@@ -27,9 +27,7 @@ from agent.coordination.summary import build_summary
 from agent.errors import ExitCode
 from agent.job import JobSettings
 from agent.results import COMPLETED, FAILED
-from agent.storage import Stores, list_inputs, open_stores
-from agent.storage.base import InputError, StorageError
-from agent.storage.inputs import ListingSource
+from agent.storage import InputError, ListingSource, StorageError, Stores, list_inputs, open_stores
 
 log = logging.getLogger("agent.status")
 

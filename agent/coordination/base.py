@@ -51,11 +51,9 @@ from agent.coordination.listing import Listing
 from agent.coordination.records import FileRecord, RecordCache, completed
 from agent.coordination.state import StateLayout, now_iso, write_summary
 from agent.coordination.summary import summary_head, summary_pieces
-from agent.job.types import DataUri, JobSettings
+from agent.job import DataUri, JobSettings
 from agent.results import COMPLETED, FileResult
-from agent.storage import Stores
-from agent.storage.base import Store
-from agent.storage.inputs import InputFile
+from agent.storage import InputFile, Store, Stores
 
 log = logging.getLogger("agent.coordinate")
 

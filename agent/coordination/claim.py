@@ -19,10 +19,9 @@ from agent.aio import race
 from agent.coordination.commit import CommitRule, UploadRecorder
 from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
 from agent.errors import BtAgentError
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.results import COMPLETED, FAILED, FileResult
-from agent.storage.base import PreconditionFailed, Upload
-from agent.storage.inputs import InputFile
+from agent.storage import InputFile, PreconditionFailed, Upload
 
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord

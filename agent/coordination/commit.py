@@ -27,9 +27,8 @@ from typing import Any
 import orjson
 
 from agent.coordination.state import STATE_FORMAT, StateLayout, dumps, now_iso
-from agent.job.types import DataUri
-from agent.storage import S3Store, Stores
-from agent.storage.base import ObjectNotFoundError, PendingUpload, StorageError, Store
+from agent.job import DataUri
+from agent.storage import ObjectNotFoundError, PendingUpload, S3Store, StorageError, Store, Stores
 
 log = logging.getLogger("agent.state")
 

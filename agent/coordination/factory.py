@@ -18,9 +18,8 @@ from agent.coordination.listing import Listing, open_listing
 from agent.coordination.plan import static_plan
 from agent.coordination.state import StateLayout
 from agent.coordination.static import StaticCoordinator
-from agent.job.types import DataUri, JobSettings
-from agent.storage import Stores, list_inputs
-from agent.storage.inputs import InputFile, ListingSource, name_outputs
+from agent.job import DataUri, JobSettings
+from agent.storage import InputFile, ListingSource, Stores, list_inputs, name_outputs
 
 log = logging.getLogger("agent.coordinate")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.errors import UsageError
-from agent.job.schema import MAX_INSTANCE_COUNT
+from agent.job import MAX_INSTANCE_COUNT
 
 
 class IdentityError(UsageError, ValueError):

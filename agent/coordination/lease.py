@@ -35,7 +35,7 @@ import orjson
 
 from agent.coordination.state import STATE_FORMAT, StateLayout, dumps, now_iso
 from agent.errors import BtAgentError, UsageError
-from agent.storage.base import PreconditionFailed, StorageError, Store
+from agent.storage import PreconditionFailed, StorageError, Store
 
 log = logging.getLogger("agent.lease")
 

@@ -21,10 +21,8 @@ from agent.coordination.lease import HeldLease, LeaseBook, LeaseSettings
 from agent.coordination.listing import Listing
 from agent.coordination.plan import largest_first
 from agent.coordination.records import FileRecord, write_record
-from agent.job.types import JobSettings
-from agent.storage import Stores
-from agent.storage.base import Store
-from agent.storage.inputs import InputFile
+from agent.job import JobSettings
+from agent.storage import InputFile, Store, Stores
 
 log = logging.getLogger("agent.coordinate")
 

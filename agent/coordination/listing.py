@@ -25,9 +25,8 @@ from agent.coordination.state import (
     now_iso,
     read_summary_head,
 )
-from agent.job.types import DataUri
-from agent.storage.base import ObjectInfo, PreconditionFailed, Store
-from agent.storage.inputs import InputFile, ListingSource
+from agent.job import DataUri
+from agent.storage import InputFile, ListingSource, ObjectInfo, PreconditionFailed, Store
 
 log = logging.getLogger("agent.state")
 

@@ -14,7 +14,7 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.storage.inputs import InputFile
+from agent.storage import InputFile
 
 
 @dataclass(frozen=True, slots=True)

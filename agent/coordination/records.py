@@ -29,10 +29,9 @@ from agent.coordination.state import (
     loads,
 )
 from agent.errors import UsageError
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.results import COMPLETED, FAILED, file_entry
-from agent.storage.base import ObjectInfo, Store
-from agent.storage.inputs import InputFile, file_id
+from agent.storage import InputFile, ObjectInfo, Store, file_id
 
 log = logging.getLogger("agent.state")
 

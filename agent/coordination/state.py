@@ -33,15 +33,10 @@ from typing import Any
 
 import orjson
 
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.redact import dumps_scrubbed
 from agent.results import COMPLETED, FAILED
-from agent.storage.base import (
-    ObjectTooLargeError,
-    PreconditionFailed,
-    StorageError,
-    Store,
-)
+from agent.storage import ObjectTooLargeError, PreconditionFailed, StorageError, Store
 
 log = logging.getLogger("agent.state")
 

@@ -21,10 +21,8 @@ from agent.coordination.identity import Identity
 from agent.coordination.listing import Listing
 from agent.coordination.plan import StaticPlan
 from agent.coordination.records import FileRecord, write_records
-from agent.job.types import DataUri, JobSettings
-from agent.storage import Stores
-from agent.storage.base import StorageError, Store
-from agent.storage.inputs import InputFile
+from agent.job import DataUri, JobSettings
+from agent.storage import InputFile, StorageError, Store, Stores
 
 log = logging.getLogger("agent.coordinate")
 

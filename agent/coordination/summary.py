@@ -13,7 +13,7 @@ from agent.coordination.records import FileRecord
 from agent.coordination.state import STATE_FORMAT, now_iso
 from agent.jsonstream import document_pieces
 from agent.results import COMPLETED, FAILED, IN_PROGRESS, STOPPED
-from agent.storage.inputs import InputFile
+from agent.storage import InputFile
 
 
 def build_summary(

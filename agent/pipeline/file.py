@@ -47,9 +47,7 @@ from agent.pipeline.settings import PipelineSettings
 from agent.report import Progress
 from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
 from agent.split import BodyLike, RecordTooLargeError, SplitError
-from agent.storage import Stores
-from agent.storage.base import ObjectInfo, StorageError, Store
-from agent.storage.inputs import InputFile, OutputKeyError
+from agent.storage import InputFile, ObjectInfo, OutputKeyError, StorageError, Store, Stores
 
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord

@@ -47,6 +47,7 @@ from agent.storage.inputs import (
     exclusions,
     file_id,
     list_inputs,
+    name_outputs,
     output_collisions,
     output_uri,
     relative_key,
@@ -57,6 +58,7 @@ from agent.storage.s3.store import S3Store
 from agent.storage.stores import Stores, open_stores
 
 __all__ = [
+    "name_outputs",
     "MAX_PARTS",
     "ChunkReader",
     "InputError",

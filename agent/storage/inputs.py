@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from agent.job.types import DataUri
+from agent.job import DataUri
 from agent.storage.base import InputError, ObjectInfo, StorageError, StorageSettings, Store
 from agent.storage.manifest import entry_keys, parse_manifest
 

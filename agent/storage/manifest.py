@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from agent.job.types import DataUri, parse_data_uri
+from agent.job import DataUri, parse_data_uri
 from agent.storage.base import InputError
 
 MAX_LISTED_PROBLEMS = 10
