@@ -10,9 +10,11 @@ network or the model; the only I/O is reading the job file.
 the file leaves them out: they are resolved against the model's /execution-parameters at
 start (docs/design.md §1.4). A ``MaxConcurrentTransforms`` of 0 means "absent", as in SageMaker.
 
-The work is split over private modules: ``_jobtypes`` (the dataclasses and locations),
-``_jobparse`` (the sections of the document) and ``_jobschema`` (the problem-collecting
-readers). Import everything from here.
+The work is split over modules behind this facade: ``types`` (the dataclasses and
+locations), ``parse`` (the sections of the document), ``schema`` (the problem-collecting
+readers and the limits), ``processing`` (which DataProcessing settings combine) and
+``jsonpath`` (the filter language). Import everything from here: ``make lint`` refuses an
+import of those modules from outside ``agent.job``.
 """
 
 from __future__ import annotations
