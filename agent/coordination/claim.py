@@ -69,6 +69,7 @@ class Claim:
         self.on_upload_id = recorder.record  # for open_upload(on_upload_id=...)
         self._records = records
         self.committed = False  # the output is ours: record it even if the lease goes now
+        self.settled = False  # committed and recorded: the lease has nothing left to guard
         self.output_etag: str | None = None  # once committed (also when a stop met the commit)
 
     def check(self) -> None:
@@ -130,7 +131,9 @@ class Claim:
         if it was lost."""
         if result.status not in (COMPLETED, FAILED) or (self.lost.is_set() and not self.committed):
             return None
-        return await self._records.record(self.item, result)
+        recorded = await self._records.record(self.item, result)
+        self.settled = self.committed and result.status == COMPLETED
+        return recorded
 
     async def __aenter__(self) -> Self:
         return self
@@ -144,8 +147,9 @@ class Claim:
         await asyncio.shield(self.close())
 
     async def close(self) -> None:
-        """Forget the UploadIds, release the lease (unless lost); safe to call twice."""
+        """Forget the UploadIds, release the lease (unless lost, or the file is settled and
+        the lease still ours); safe to call twice."""
         await self._recorder.forget()
         if self.lease is not None:
-            await self.lease.release()
+            await self.lease.release(settled=self.settled)
         self._records.released(self.file_id)

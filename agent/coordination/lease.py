@@ -256,15 +256,31 @@ class HeldLease:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def release(self) -> None:
-        """Stop renewing and delete the lease, unless it was lost (then it is another's)."""
+    async def release(self, *, settled: bool = False) -> None:
+        """Stop renewing and delete the lease, unless it was lost (then it may be another's).
+
+        ``settled``: the file's output was committed and its completion record written, so
+        nobody needs to take the lease over. Then a lease that merely ran out (renewals came
+        late) is still deleted, once a read shows it names this holder and claim: it is not
+        left behind for the others to wait out. A lease taken over is never touched.
+        """
         await self.stop()
-        if self.lost.is_set() or self.remaining() <= 0:
-            return
         try:
+            if self.lost.is_set() or self.remaining() <= 0:
+                if not settled or not await self._still_ours():
+                    return
             await self.store.delete(self.key)
-        except StorageError as error:
+        except (StorageError, TimeoutError) as error:
             log.warning("%s: could not release the lease (%s); it expires", self.input_uri, error)
+
+    async def _still_ours(self) -> bool:
+        """Whether the lease object still names this holder and claim."""
+        async with asyncio.timeout(self.settings.request_timeout_seconds):
+            found = await self.store.get_bytes(self.key)
+        if found is None:
+            return False
+        current = _parse(found[0])
+        return current.get("Holder") == self.holder.token and current.get("Claim") == self.claim
 
     async def __aexit__(
         self,

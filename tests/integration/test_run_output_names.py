@@ -15,8 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from runjob import run_agent, transform_job
-from servers import ModelServer
+
+from tests.support.runjob import run_agent, transform_job
+from tests.support.servers import ModelServer
 
 pytestmark = pytest.mark.integration
 

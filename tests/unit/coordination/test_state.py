@@ -583,3 +583,34 @@ def test_progress_lines_show_instances_and_leases() -> None:
         "  1 file(s) were completed by an earlier run and are skipped",
         "  first failure: s3://b/in/b: boom",
     ]
+
+
+async def test_a_settled_file_releases_its_lease_even_after_it_ran_out() -> None:
+    # The file was committed and recorded, but the release came after the holder's own
+    # deadline (renewals ran late): the lease, still naming this holder, is deleted.
+    store = MemoryStore()
+    clock = ManualClock()
+    lease = await LeaseBook(store, LAYOUT, Holder.new("h"), FAST, clock).try_acquire(
+        "f", "s3://b/in/f"
+    )
+    assert lease is not None
+    clock.advance(FAST.ttl_seconds)  # past its deadline, no renewal ran
+    assert lease.remaining() <= 0
+    await lease.release()  # unsettled: it may be about to be taken over, so it stays
+    assert LAYOUT.lease("f").key in store.objects
+    await lease.release(settled=True)
+    assert LAYOUT.lease("f").key not in store.objects
+
+
+async def test_a_settled_file_never_deletes_a_lease_taken_over() -> None:
+    store = MemoryStore()
+    clock = ManualClock()
+    lease = await LeaseBook(store, LAYOUT, Holder.new("h"), FAST, clock).try_acquire(
+        "f", "s3://b/in/f"
+    )
+    assert lease is not None
+    key = LAYOUT.lease("f").key
+    await store.put_bytes(key, b'{"Instance": "intruder"}', if_match=lease.etag)
+    clock.advance(FAST.ttl_seconds)
+    await lease.release(settled=True)
+    assert orjson.loads(store.objects[key][0]) == {"Instance": "intruder"}
