@@ -10,6 +10,9 @@ when it is acceptable and ``None`` otherwise (after recording why), which lets t
 caller keep going and fill in defaults. Messages name the JSON path and what is allowed.
 These readers quote the bad value, so they are never used under ``Environment``, whose
 values may be secrets; that map has its own reader, which names keys only.
+
+The module is a little over 400 lines because the readers and the tables of keys and limits
+they check against are one vocabulary, read together.
 """
 
 from __future__ import annotations
