@@ -97,6 +97,12 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
                 else "max(64, 4 × MaxPayloadInMB) MiB"
             ),
         ),
+        (
+            "answers",
+            "one line per record required (RequireLinePerRecord)"
+            if job.agent.require_line_per_record
+            else "not checked (RequireLinePerRecord false)",
+        ),
         ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
         (
             "processing",

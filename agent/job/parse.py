@@ -120,6 +120,15 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
     processing = _data_processing(check, top)
     check_processing(check, processing, transform_input, transform_output)
     agent = _agent(check, top, here)
+    if agent.require_line_per_record and transform_output is not None:
+        if transform_output.assemble_with != "Line":
+            check.problem(
+                "$.Agent.RequireLinePerRecord",
+                "true is not allowed with $.TransformOutput.AssembleWith "
+                f"{transform_output.assemble_with}: the rule counts the lines of each answer, "
+                'which only AssembleWith "Line" defines; set AssembleWith to "Line" or remove '
+                "RequireLinePerRecord",
+            )
     if transform_input is not None and transform_output is not None:
         if transform_input.uri.same_place(transform_output.uri):
             check.problem(
@@ -321,6 +330,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         reorder_buffer_mb=buffer_mb or default.reorder_buffer_mb,
         lease_ttl_seconds=lease_ttl or default.lease_ttl_seconds,
         max_response_mb=response_mb,
+        require_line_per_record=bool(check.boolean(fields, "RequireLinePerRecord", path)),
     )
 
 

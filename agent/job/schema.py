@@ -263,6 +263,16 @@ class Checker:
             return None
         return value
 
+    def boolean(self, fields: Mapping[str, object], key: str, path: str) -> bool | None:
+        """A ``true``/``false`` field; 1, 0 and "true" are not booleans."""
+        if key not in fields:
+            return None
+        value = fields[key]
+        if not isinstance(value, bool):
+            self.wrong_type(child(path, key), "true or false", value)
+            return None
+        return value
+
     def enum(
         self,
         fields: Mapping[str, object],
@@ -314,7 +324,7 @@ RESOURCES_IGNORED = ("InstanceType", "VolumeKmsKeyId", "TransformAmiVersion")
 PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
-    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB",
+    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "RequireLinePerRecord",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {

@@ -214,6 +214,8 @@ class AgentConfig:
     # Cap on one /invocations answer in MiB; None: JobSettings.max_response_bytes decides.
     max_response_mb: int | None = None
     lease_ttl_seconds: int = 60  # Lease mode: a lease unrenewed this long may be taken over
+    # Each answer must hold one line per record sent, else its file fails (AssembleWith Line).
+    require_line_per_record: bool = False
 
     @property
     def reorder_buffer_bytes(self) -> int:

@@ -42,6 +42,7 @@ from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.client import ModelClient, ModelExitedError, RequestBody
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
+from agent.pipeline.lines import RecordSpan, check_line_per_record
 from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
 from agent.pipeline.settings import PipelineSettings
 from agent.report import Progress
@@ -260,6 +261,9 @@ class Pipeline:
         try:
             try:
                 data: BytesLike = await self.client.invoke(body.data, what=what)
+                if self.settings.require_line_per_record:  # the file's first record is 0
+                    span = RecordSpan(str(item.uri), 0, body.start, body.end, body.records)
+                    await check_line_per_record(data, span)
                 processor = self.processor
                 if isinstance(body, Batch) and processor is not None and processor.processes_output:
                     data = await self._join(processor, body, data, what)
@@ -284,6 +288,7 @@ class Pipeline:
     ) -> None:
         order: asyncio.Queue[asyncio.Task[_Answer] | None] = asyncio.Queue()
         line = RequestOrder()
+        s = self.settings
         try:
             async with (
                 contextlib.aclosing(chain(ahead, rest)) as chained,
@@ -291,6 +296,7 @@ class Pipeline:
             ):
                 group.create_task(self._write(order, assembler))
                 streamed: UnboundedBody | None = None
+                span: RecordSpan | None = None  # the body's records, for the line rule
                 async for body in chained:
                     payload: RequestBody
                     if body.first:
@@ -304,7 +310,11 @@ class Pipeline:
                             streamed = UnboundedBody(reopen)
                             payload, what = streamed, f"{item.uri} body from byte {body.start}"
                         batch = body if isinstance(body, Batch) else None
-                        request = self._request(payload, what, line, line.issue(), batch)
+                        if s.require_line_per_record:
+                            # The records of the bodies before this one are counted: the
+                            # loop adds a body's records at its last part, before the next.
+                            span = RecordSpan(str(item.uri), result.records, body.start)
+                        request = self._request(payload, what, line, line.issue(), batch, span)
                         task = group.create_task(request)
                         task.add_done_callback(self._free_slot_if_failed)
                         order.put_nowait(task)
@@ -316,6 +326,9 @@ class Pipeline:
                             await streamed.close()
                             streamed = None
                     if body.last:
+                        if span is not None:
+                            span.close(body.records, body.end)
+                            span = None
                         result.records += body.records
                         self.progress.advance(body.records, body.end - result.input_bytes)
                         result.input_bytes = body.end
@@ -333,8 +346,11 @@ class Pipeline:
         line: RequestOrder,
         seq: int,
         batch: Batch | None = None,
+        span: RecordSpan | None = None,
     ) -> _Answer:
         data: BytesLike = await self.client.invoke(payload, what=what)
+        if span is not None:  # Agent.RequireLinePerRecord: on the answer, before the join
+            await check_line_per_record(data, span)
         if batch is not None and self.processor is not None and self.processor.processes_output:
             data = await self._join(self.processor, batch, data, what)
         early = not line.finish(seq)

@@ -27,6 +27,7 @@ class PipelineSettings:
     gzip: bool
     assemble_with: str
     kms_key_id: str | None
+    require_line_per_record: bool = False  # Agent.RequireLinePerRecord (AssembleWith Line)
 
     @classmethod
     def from_job(cls, job: JobSettings) -> PipelineSettings:
@@ -44,4 +45,5 @@ class PipelineSettings:
             gzip=job.input.compression == "Gzip",
             assemble_with=job.output.assemble_with,
             kms_key_id=job.output.kms_key_id,
+            require_line_per_record=job.agent.require_line_per_record,
         )
