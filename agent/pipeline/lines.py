@@ -1,5 +1,5 @@
 """``Agent.RequireLinePerRecord``: each answer holds exactly one line per record sent
-(docs/design.md §2.3, README "The job file").
+(docs/design.md §2.6, README "The job file").
 
 A line ends at ``\\n`` (so ``\\r\\n`` ends one line too); the last line's ``\\n`` is
 optional, and an empty answer has no line. The rule is checked on the model's answer as
