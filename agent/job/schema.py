@@ -314,7 +314,7 @@ RESOURCES_IGNORED = ("InstanceType", "VolumeKmsKeyId", "TransformAmiVersion")
 PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
-    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB",
+    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {
