@@ -12,7 +12,8 @@
 # A header split across chunks is gathered in `hdr`; nothing else is ever gathered: the
 # payload of a frame that claims 2^60 bytes is only counted, so no input allocates more
 # than the bound. MultiRecord bodies are cut at the header of the first record that does
-# not fit, so held bytes never exceed the bound.
+# not fit, so held bytes never exceed the bound, or at the end of the record that
+# reaches the cap (Agent.MaxRecordsPerRequest), whichever comes first.
 
 cdef enum:
     HEADER = 0
@@ -55,11 +56,12 @@ cdef class _Frames(_Splitter):
     cdef int64_t *segs  # SingleRecord: (start, length) of each payload part
     cdef Py_ssize_t nsegs, segcap
     cdef int64_t S, R, k  # MultiRecord: body start, end of its last record, its count
-    cdef int64_t records  # streamed MultiRecord: records completed so far
-    cdef bint streamed_single, sent, pfirst
+    cdef int64_t records  # streamed MultiRecord: records of the body completed so far
+    cdef bint streamed_single, sent, pfirst  # sent: a part of the body has gone out
+    cdef Py_ssize_t pi  # streamed MultiRecord with a cap: where in the chunk the next part starts
     cdef Py_ssize_t pa, pb  # streamed SingleRecord: chunk range of the next part's data
 
-    def __cinit__(self, int64_t bound, bint single, bint tf):
+    def __cinit__(self, int64_t bound, bint single, int64_t cap, bint tf):
         self.tf = tf
         self.fmt = "TFRecord" if tf else "RecordIO"
         self.hsize = 12 if tf else 8
@@ -244,12 +246,31 @@ cdef class _Frames(_Splitter):
         if self.bound and not self.single:
             self.R = fend
             self.k += 1
+            if self.k == self.cap:  # never true without a cap (0)
+                self.out.append(_body(self.w.take(self.S, fend - self.S), self.S, fend, self.k,
+                                      True, True))
+                self.S = fend
+                self.k = 0
         elif self.bound:
             self._emit_payload(fend)
         elif self.single:
             self._flush(fend, True)
         else:
             self.records += 1
+            if self.records == self.cap:
+                self._close_part(fend)
+        return 0
+
+    cdef int _close_part(self, int64_t fend) except -1:
+        """Streamed MultiRecord with a cap: the body's last part ends at ``fend``; the
+        next body starts there."""
+        cdef Py_ssize_t i = fend - self.w.cstart
+        self.out.append(_body(self.w.view()[self.pi:i], self.S, fend, self.records,
+                              not self.sent, True))
+        self.S = fend
+        self.pi = i
+        self.records = 0
+        self.sent = False
         return 0
 
     cdef int _emit_payload(self, int64_t fend) except -1:
@@ -286,6 +307,12 @@ cdef class _Frames(_Splitter):
         if self.bound == 0:
             if self.single:
                 self._flush(self.w.pos, False)
+            elif self.cap:
+                if self.pi < self.w.clen:
+                    self.out.append(_body(self.w.view()[self.pi:], self.S, self.w.pos,
+                                          self.records, not self.sent, False))
+                    self.sent = True
+                self.pi = 0
             else:
                 self.out.append(_body(self.w.view(), 0, self.w.pos, self.records, not self.sent, False))
                 self.sent = True
@@ -311,5 +338,5 @@ cdef class _Frames(_Splitter):
                 self.out.append(_body(self.w.take(self.S, self.R - self.S), self.S, self.R,
                                       self.k, True, True))
         elif self.bound == 0 and not self.single and self.sent:
-            self.out.append(_body(EMPTY_VIEW, 0, self.w.pos, self.records, False, True))
+            self.out.append(_body(EMPTY_VIEW, self.S, self.w.pos, self.records, False, True))
         return 0

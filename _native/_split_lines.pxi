@@ -6,6 +6,9 @@
 #          MultiRecord, bound B: once more than B bytes are held from the body start S,
 #          the body ends after the last \n in [S, S + B): one memrchr from the bound back,
 #          one copy of the body, one vectorised count of its newlines. No per-record work.
+#          With a cap of N records (Agent.MaxRecordsPerRequest) the body ends after the
+#          N-th \n from S instead, when that comes before the bound: counted a block at a
+#          time (bt_nth_byte) and only once, the count carried over between chunks.
 #
 #            S                                    S + B
 #            |r e c \n r e c o r d \n r e c \n r e c|o r d \n ...
@@ -42,9 +45,11 @@ cdef class _Whole(_Splitter):
 cdef class _Lines(_Splitter):
     cdef int64_t S  # start of the body (MultiRecord) or record (SingleRecord) in progress
     cdef bint skipping  # that record is over the bound; looking for its end
-    cdef bint open_  # streamed SingleRecord: a record's first part has gone out
+    cdef bint open_  # streamed: a part of the body (record) in progress has gone out
     cdef int64_t newlines  # streamed MultiRecord: records ended so far
     cdef int lastbyte  # ... and the last byte seen
+    cdef int64_t scan_at  # capped MultiRecord: the newlines in [S, scan_at) are counted ...
+    cdef int64_t seen  # ... and this is how many (always fewer than the cap)
 
     def __cinit__(self, *args):
         self.lastbyte = 10
@@ -61,6 +66,8 @@ cdef class _Lines(_Splitter):
         if self.bound == 0:
             if self.single:
                 self._stream_records()
+            elif self.cap:
+                self._stream_capped()
             else:
                 self.newlines += bt_count_byte(self.w.cptr, self.w.clen, 10)
                 self.lastbyte = self.w.cptr[self.w.clen - 1]
@@ -70,6 +77,8 @@ cdef class _Lines(_Splitter):
             return self.w.pos
         if self.single:
             self._records()
+        elif self.cap:
+            self._capped_bodies()
         else:
             self._bodies()
         return self.w.pos if self.skipping else self.S
@@ -90,6 +99,64 @@ cdef class _Lines(_Splitter):
                              True, True))
             S = q + 1
         self.S = S
+        return 0
+
+    cdef int _capped_bodies(self) except -1:
+        """MultiRecord with a cap: a body ends after the cap-th newline from its start,
+        or, when the bound comes first, where ``_bodies`` would end it."""
+        cdef int64_t S = self.S, B = self.bound, N = self.cap, pos = self.w.pos, q, lim
+        cdef int64_t found = 0
+        cdef list out = self.out
+        while True:
+            lim = pos if pos < S + B else S + B
+            q = self.w.nth(self.scan_at, lim, 10, N - self.seen, &found)
+            if q >= 0:
+                out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, N, True, True))
+                S = q + 1
+                self.scan_at = S
+                self.seen = 0
+                continue
+            self.seen += found
+            self.scan_at = lim
+            if pos - S <= B:
+                break
+            q = self.w.rfind(S, S + B, 10)
+            if q < 0:
+                q = self.w.find(S + B, pos, 10)
+                if q >= 0:
+                    raise err.too_large(S, q + 1 - S, B, "record")
+                self.skipping = True
+                break
+            out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, self.seen, True, True))
+            S = q + 1
+            self.scan_at = S
+            self.seen = 0
+        self.S = S
+        return 0
+
+    cdef int _stream_capped(self) except -1:
+        """MultiRecord, unbounded, with a cap: a body's parts as they arrive; it closes
+        after its cap-th newline and the next body opens on the byte after."""
+        cdef const unsigned char *p = self.w.cptr
+        cdef const unsigned char *q
+        cdef Py_ssize_t n = self.w.clen, i = 0, j
+        cdef int64_t cs = self.w.cstart
+        cdef size_t found = 0
+        cdef object view = self.w.view()
+        while i < n:
+            q = bt_nth_byte(p + i, n - i, 10, self.cap - self.seen, &found)
+            if q == NULL:
+                self.seen += found
+                self.out.append(_body(view[i:], self.S, cs + n, self.seen, not self.open_, False))
+                self.open_ = True
+                break
+            j = q - p + 1
+            self.out.append(_body(view[i:j], self.S, cs + j, self.cap, not self.open_, True))
+            self.S = cs + j
+            self.seen = 0
+            self.open_ = False
+            i = j
+        self.lastbyte = p[n - 1]
         return 0
 
     cdef int _records(self) except -1:
@@ -145,6 +212,10 @@ cdef class _Lines(_Splitter):
             if self.single:
                 if self.open_:
                     self.out.append(_body(EMPTY_VIEW, S, pos, 1, False, True))
+            elif self.cap:
+                if self.open_:
+                    records = self.seen + (self.lastbyte != 10)
+                    self.out.append(_body(EMPTY_VIEW, S, pos, records, False, True))
             elif pos:
                 records = self.newlines + (self.lastbyte != 10)
                 self.out.append(_body(EMPTY_VIEW, 0, pos, records, False, True))

@@ -239,6 +239,35 @@ cdef class _Window:
                 return self.cstart + (q - self.cptr)
         return -1
 
+    cdef int64_t nth(self, int64_t lo, int64_t hi, unsigned char c, int64_t k, int64_t *found):
+        """Position of the k-th (k >= 1) c in [lo, hi); or -1, and how many there are
+        (fewer than k) in ``found``."""
+        cdef const unsigned char *q
+        cdef int64_t a, b, pstart = self.held_start, pend, seen = 0
+        cdef size_t m
+        cdef Py_ssize_t i = self.head
+        cdef Piece *p
+        while i < self.count and pstart < hi:
+            p = &self.pieces[i]
+            pend = pstart + p.len
+            a = lo if lo > pstart else pstart
+            b = hi if hi < pend else pend
+            if b > a:
+                q = bt_nth_byte(p.ptr + (a - pstart), b - a, c, k - seen, &m)
+                if q != NULL:
+                    return pstart + (q - p.ptr)
+                seen += m
+            pstart = pend
+            i += 1
+        if hi > self.cstart:
+            a = lo if lo > self.cstart else self.cstart
+            q = bt_nth_byte(self.cptr + (a - self.cstart), hi - a, c, k - seen, &m)
+            if q != NULL:
+                return self.cstart + (q - self.cptr)
+            seen += m
+        found[0] = seen
+        return -1
+
     cdef int64_t count_byte(self, int64_t lo, int64_t hi, unsigned char c):
         """How many bytes in [lo, hi) equal c."""
         cdef int64_t a, b, pstart = self.held_start, pend, total = 0

@@ -42,6 +42,8 @@ cdef extern from "bt_memrchr.h" nogil:
     const void *bt_memrchr(const void *s, int c, size_t n)
     const void *bt_memrchr_portable(const void *s, int c, size_t n)
     size_t bt_count_byte(const unsigned char *p, size_t n, unsigned char c)
+    const unsigned char *bt_nth_byte(const unsigned char *p, size_t n, unsigned char c,
+                                     size_t k, size_t *found)
     void bt_prefetch(const void *p)
     int BT_LIBC_MEMRCHR
 
@@ -121,14 +123,16 @@ cdef class _Splitter:
 
     cdef int64_t bound
     cdef bint single
+    cdef int64_t cap  # MultiRecord: at most this many records a body; 0: no cap
     cdef _Window w
     cdef list out
     cdef object error
     cdef bint finished
 
-    def __cinit__(self, int64_t bound, bint single, *args):
+    def __cinit__(self, int64_t bound, bint single, int64_t cap, *args):
         self.bound = bound
         self.single = single
+        self.cap = cap
         self.w = _Window()
 
     def feed(self, chunk):
@@ -186,41 +190,52 @@ include "_split_lines.pxi"
 include "_split_frames.pxi"
 
 
-def make_splitter(split_type, batch_strategy, max_payload_bytes):
+def make_splitter(split_type, batch_strategy, max_payload_bytes, max_records=0):
     """A new splitter for one input object.
 
     ``split_type``: ``None``, ``Line``, ``RecordIO`` or ``TFRecord``; ``batch_strategy``:
     ``MultiRecord`` or ``SingleRecord``; ``max_payload_bytes``: the body bound in bytes,
-    ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream). ValueError otherwise.
+    ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream); ``max_records``:
+    at most this many records in a MultiRecord body (``Agent.MaxRecordsPerRequest``), 0
+    for no cap. ValueError otherwise.
     """
     single = _STRATEGIES.get(batch_strategy)
     bound = max_payload_bytes
     if (split_type not in ("None", "Line", "RecordIO", "TFRecord") or single is None
             or type(bound) is not int or bound < 0):
         raise err.bad_arguments(split_type, batch_strategy, bound)
+    if type(max_records) is not int or max_records < 0:
+        raise err.bad_max_records(max_records)
+    # No input holds 2^62 records, so a larger cap is the same as this one.
+    cap = 0 if single else min(max_records, 1 << 62)
     if split_type == "Line":
-        return _Lines(bound, single)
+        return _Lines(bound, single, cap)
     if split_type == "None":
-        return _Whole(bound, single)
-    return _Frames(bound, single, split_type == "TFRecord")
+        return _Whole(bound, single, cap)
+    return _Frames(bound, single, cap, split_type == "TFRecord")
 
 
 @cython.final
 cdef class Packer:
-    """Packs records the caller already cut (filtered records) under the same bound."""
+    """Packs records the caller already cut (filtered records) under the same bound, and
+    at most ``max_records`` of them a body (0: no cap)."""
 
     cdef bint single
     cdef int64_t bound
+    cdef int64_t cap
     cdef list parts
     cdef int64_t size, start, end, k
 
-    def __init__(self, batch_strategy, max_payload_bytes):
+    def __init__(self, batch_strategy, max_payload_bytes, max_records=0):
         single = _STRATEGIES.get(batch_strategy)
         bound = max_payload_bytes
         if single is None or type(bound) is not int or bound < 0:
             raise err.bad_arguments("(packer)", batch_strategy, bound)
+        if type(max_records) is not int or max_records < 0:
+            raise err.bad_max_records(max_records)
         self.single = single
         self.bound = bound
+        self.cap = min(max_records, 1 << 62)
         self.parts = []
 
     def add(self, record, int64_t start, int64_t end):
@@ -232,13 +247,17 @@ cdef class Packer:
             raise err.too_large(start, n, self.bound, "filtered")
         if self.single:
             return _body(data, start, end, 1, True, True)
+        cdef int64_t k
         if self.bound == 0:
             self.k += 1
-            if self.k == 1:
+            k = self.k
+            if k == 1:
                 self.start = start
             self.end = end
-            return _body(data, self.start, end, self.k, self.k == 1, False)
-        if self.k and self.size + n > self.bound:
+            if k == self.cap:  # the cap closes the streamed body
+                self.k = 0
+            return _body(data, self.start, end, k, k == 1, k == self.cap)
+        if self.k and (self.size + n > self.bound or self.k == self.cap):
             done = self._cut()
         if not self.k:
             self.start = start

@@ -6,6 +6,8 @@
  *                                  portable version below (macOS, Windows), which is also
  *                                  compiled everywhere so tests can check it.
  *   bt_count_byte(p, n, c)        how many bytes of p[0..n) equal c (SSE2 on x86-64).
+ *   bt_nth_byte(p, n, c, k, &m)   the k-th (k >= 1) c in p[0..n), or NULL with m set to
+ *                                  how many there are (fewer than k).
  *   bt_prefetch(p)                a hint to load p's cache line (no-op where unknown).
  *
  * Define BT_NO_LIBC_MEMRCHR to force the portable memrchr on any platform.
@@ -89,5 +91,40 @@ static size_t bt_count_byte(const unsigned char *p, size_t n, unsigned char c) {
     return total;
 }
 #endif
+
+/* Counted a block at a time (vectorised), then memchr in the block where the k-th lies:
+   a cap of thousands of records costs one count over the body, not a call per record. */
+enum { BT_NTH_BLOCK = 4096, BT_NTH_DIRECT = 16 };
+
+static const unsigned char *bt_nth_byte(const unsigned char *p, size_t n, unsigned char c,
+                                        size_t k, size_t *found) {
+    size_t seen = 0;
+    const unsigned char *end = p + n;
+    if (k <= BT_NTH_DIRECT) { /* a small cap: the k-th is likely near */
+        const unsigned char *q = p;
+        while (q < end && (q = (const unsigned char *)memchr(q, c, end - q)) != NULL) {
+            if (++seen == k) return q;
+            q++;
+        }
+        *found = seen;
+        return NULL;
+    }
+    while (p < end) {
+        size_t step = end - p < BT_NTH_BLOCK ? (size_t)(end - p) : BT_NTH_BLOCK;
+        size_t m = bt_count_byte(p, step, c);
+        if (seen + m >= k) {
+            const unsigned char *q = p;
+            for (;;) {
+                q = (const unsigned char *)memchr(q, c, p + step - q);
+                if (++seen == k) return q;
+                q++;
+            }
+        }
+        seen += m;
+        p += step;
+    }
+    *found = seen;
+    return NULL;
+}
 
 #endif

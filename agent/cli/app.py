@@ -147,6 +147,7 @@ def _split(namespace: argparse.Namespace) -> int:
             split_type=namespace.split_type,
             batch_strategy=namespace.batch_strategy,
             max_payload_mb=namespace.max_payload_mb,
+            max_records=namespace.max_records_per_request,
             compression=namespace.compression,
             output_dir=namespace.output_dir,
             out=sys.stdout,
@@ -277,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_bounded_int(0, MAX_PAYLOAD_MB),
         metavar="M",
         help=f"body bound in MiB, 0 to {MAX_PAYLOAD_MB}; 0 means no bound",
+    )
+    split.add_argument(
+        "--max-records-per-request",
+        type=_bounded_int(1),
+        metavar="N",
+        help="MultiRecord: at most N records a body (Agent.MaxRecordsPerRequest); default: no cap",
     )
     split.add_argument("--compression", choices=("None", "Gzip"), default="None")
     split.add_argument("--output-dir", metavar="DIR", help="write each request body here")

@@ -86,6 +86,7 @@ def _usage(
     split_type: str,
     batch_strategy: str,
     max_payload_mb: int,
+    max_records: int | None,
     compression: str,
     output_dir: str | None,
 ) -> str | None:
@@ -98,6 +99,8 @@ def _usage(
     if type(max_payload_mb) is not int or not 0 <= max_payload_mb <= MAX_PAYLOAD_MB:
         allowed = f"an integer from 0 to {MAX_PAYLOAD_MB}"
         return f"--max-payload-mb must be {allowed}, not {max_payload_mb!r}"
+    if max_records is not None and (type(max_records) is not int or max_records < 1):
+        return f"--max-records-per-request must be an integer of 1 or more, not {max_records!r}"
     if compression not in COMPRESSIONS:
         return f"--compression must be None or Gzip, not {compression!r}"
     if not os.path.isfile(path):
@@ -116,6 +119,7 @@ def run_split(
     split_type: str,
     batch_strategy: str,
     max_payload_mb: int,
+    max_records: int | None = None,
     compression: str = "None",
     output_dir: str | None = None,
     out: TextIO,
@@ -125,15 +129,18 @@ def run_split(
     Returns 0 when the whole file splits, 1 on a data error (printed with the file name
     and byte offset), 2 on a usage error.
     """
-    problem = _usage(path, split_type, batch_strategy, max_payload_mb, compression, output_dir)
+    problem = _usage(
+        path, split_type, batch_strategy, max_payload_mb, max_records, compression, output_dir
+    )
     if problem is not None:
         print(f"error: {problem}", file=out)
         return ExitCode.USAGE
     bound = max_payload_bytes(max_payload_mb)
     limit = f"bound {bound} bytes" if bound else "no bound: bodies stream"
+    cap = f" MaxRecordsPerRequest={max_records}" if max_records is not None else ""
     print(
         f"{path}: SplitType={split_type} BatchStrategy={batch_strategy} "
-        f"MaxPayloadInMB={max_payload_mb} ({limit}) CompressionType={compression}",
+        f"MaxPayloadInMB={max_payload_mb} ({limit}){cap} CompressionType={compression}",
         file=out,
     )
     if output_dir is not None:
@@ -142,7 +149,7 @@ def run_split(
         except OSError as error:
             print(f"error: --output-dir {output_dir}: {error.strerror or error}", file=out)
             return ExitCode.USAGE
-    splitter = make_splitter(split_type, batch_strategy, bound)
+    splitter = make_splitter(split_type, batch_strategy, bound, max_records or 0)
     tally = _Tally(output_dir)
     try:
         for chunk in _chunks(path, compression):

@@ -85,6 +85,7 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
             "batching",
             f"BatchStrategy {job.batch_strategy or unset}, "
             f"MaxPayloadInMB {_or(job.max_payload_mb, unset)}, "
+            f"MaxRecordsPerRequest {_or(job.agent.max_records_per_request, 'no cap')}, "
             f"MaxConcurrentTransforms {_or(job.max_concurrent_transforms, unset)}",
         ),
         (

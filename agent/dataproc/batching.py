@@ -9,7 +9,8 @@ together with the same records unfiltered, exactly as in the input (``inputs``),
   filtered in one call (``RecordProcessor.filter_rows``: compiled for CSV), which also
   says where each record starts; bodies are then cut at those offsets by bisection,
   with no per-record Python work: a MultiRecord body holds as many filtered records as
-  fit in the bound, a SingleRecord body one.
+  fit in the bound, and at most ``max_records`` (``Agent.MaxRecordsPerRequest``) when
+  that is set; a SingleRecord body one.
 * SplitType None: the object is one record, filtered whole once it has been read.
 * InputFilter ``$``: the compiled splitters cut the bodies; ``inputs`` is the body itself.
 
@@ -70,18 +71,24 @@ class RecordBatcher:
         max_payload_bytes: int,
         *,
         max_input_bytes: int | None = None,
+        max_records: int = 0,
     ) -> None:
-        if batch_strategy not in BATCH_STRATEGIES or max_payload_bytes < 0:
-            raise ValueError(f"bad batching: {batch_strategy!r}, {max_payload_bytes} bytes")
+        if batch_strategy not in BATCH_STRATEGIES or max_payload_bytes < 0 or max_records < 0:
+            raise ValueError(
+                f"bad batching: {batch_strategy!r}, {max_payload_bytes} bytes, "
+                f"{max_records} records"
+            )
         self.processor = processor
         self.bound = max_payload_bytes or UNBOUNDED_BODY_BYTES
         self.max_input_bytes = max_input_bytes or INPUT_FACTOR * self.bound
         self._single = batch_strategy == "SingleRecord"
+        # Records a MultiRecord body may still take when it is empty; 0: no cap.
+        self.max_records = 0 if self._single else max_records
         split_type = "Line" if processor.lines else "None"
         self._plain = (
             None
             if processor.filters_input
-            else make_splitter(split_type, batch_strategy, self.bound)
+            else make_splitter(split_type, batch_strategy, self.bound, self.max_records)
         )
         self._pending: list[bytes | memoryview] = []  # a record not yet complete
         self._pending_bytes = 0
@@ -176,11 +183,13 @@ class RecordBatcher:
             sent_bytes = self.processor.filter_input(whole, offset=base)
             sent, read = [0, len(sent_bytes)], [0, len(whole)]
         count = len(sent) - 1
+        cap = self.max_records
         i = 0
         while i < count:
             # The most records from i on that fit in what the open batch has left.
             j = min(
                 i + 1 if self._single else count,
+                i + cap - self._records if cap else count,
                 bisect_right(sent, sent[i] + self.bound - self._size, lo=i) - 1,
                 bisect_right(read, read[i] + self.max_input_bytes - self._raw, lo=i) - 1,
             )
@@ -200,7 +209,8 @@ class RecordBatcher:
             self._raw += read[j] - read[i]
             self._records += j - i
             i = j
-            if self._single or i < count:  # SingleRecord, or full: the next did not fit
+            # SingleRecord, full (the next did not fit), or at the cap
+            if self._single or i < count or self._records == cap:
                 out.append(self._cut())
 
     def _cut(self) -> Batch:

@@ -190,7 +190,7 @@ def output_settings(settings: JobSettings) -> dict[str, object]:
     digest, never in the clear.
     """
     environment = json.dumps(sorted(settings.environment.items()), ensure_ascii=False)
-    return {
+    shaping: dict[str, object] = {
         "ModelName": settings.model_name,
         "BatchStrategy": settings.batch_strategy,
         "MaxPayloadInMB": settings.max_payload_mb,
@@ -204,6 +204,11 @@ def output_settings(settings: JobSettings) -> dict[str, object]:
         "OutputFilter": settings.data_processing.output_filter,
         "JoinSource": settings.data_processing.join_source,
     }
+    # Only where it can bind (SingleRecord and SplitType None send a record a body anyway),
+    # so a job without it, or where it changes nothing, keeps the hash it had before.
+    if settings.records_cap is not None:
+        shaping["MaxRecordsPerRequest"] = settings.records_cap
+    return shaping
 
 
 def settings_hash(settings: JobSettings) -> str:

@@ -321,6 +321,8 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     lease_ttl = check.integer(fields, "LeaseTTLSeconds", path, minimum=2, maximum=86_400)
     # Memory for answers is up to MaxConcurrentTransforms × MaxResponseMB per instance.
     response_mb = check.integer(fields, "MaxResponseMB", path, minimum=1, maximum=MAX_RESPONSE_MB)
+    # MultiRecord bodies hold at most this many records as well as MaxPayloadInMB of bytes.
+    max_records = check.integer(fields, "MaxRecordsPerRequest", path, minimum=1)
     return AgentConfig(
         model_url=model_url,
         model_command=_model_command(check, fields, path),
@@ -330,6 +332,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         reorder_buffer_mb=buffer_mb or default.reorder_buffer_mb,
         lease_ttl_seconds=lease_ttl or default.lease_ttl_seconds,
         max_response_mb=response_mb,
+        max_records_per_request=max_records,
         require_line_per_record=bool(check.boolean(fields, "RequireLinePerRecord", path)),
     )
 
@@ -432,6 +435,17 @@ def _warnings(settings: JobSettings) -> tuple[str, ...]:
         found.append(
             f"BatchStrategy {settings.batch_strategy} has no effect with SplitType None: "
             "each input object is sent whole, in one request"
+        )
+    cap = settings.agent.max_records_per_request
+    if cap is not None and settings.input.split_type == "None":
+        found.append(
+            f"Agent.MaxRecordsPerRequest {cap} has no effect with SplitType None: each input "
+            "object is one record, sent in one request"
+        )
+    elif cap is not None and settings.batch_strategy == "SingleRecord":
+        found.append(
+            f"Agent.MaxRecordsPerRequest {cap} has no effect with BatchStrategy SingleRecord: "
+            "each request holds one record"
         )
     found.extend(processing_notes(settings.data_processing, settings.input, settings.output))
     return tuple(found)

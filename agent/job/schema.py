@@ -324,7 +324,8 @@ RESOURCES_IGNORED = ("InstanceType", "VolumeKmsKeyId", "TransformAmiVersion")
 PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
-    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "RequireLinePerRecord",
+    "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
+    "RequireLinePerRecord",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {

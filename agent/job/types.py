@@ -214,6 +214,8 @@ class AgentConfig:
     # Cap on one /invocations answer in MiB; None: JobSettings.max_response_bytes decides.
     max_response_mb: int | None = None
     lease_ttl_seconds: int = 60  # Lease mode: a lease unrenewed this long may be taken over
+    # At most this many records in a MultiRecord request body; None: no cap (SageMaker has none).
+    max_records_per_request: int | None = None
     # Each answer must hold one line per record sent, else its file fails (AssembleWith Line).
     require_line_per_record: bool = False
 
@@ -258,6 +260,17 @@ class JobSettings:
             else self.max_payload_mb or MAX_PAYLOAD_MB
         )
         return max(DEFAULT_MIN_RESPONSE_MB, 4 * payload_mb) * MIB
+
+    @property
+    def records_cap(self) -> int | None:
+        """``Agent.MaxRecordsPerRequest`` where it can bind: MultiRecord bodies (an unresolved
+        BatchStrategy counts as the default, MultiRecord) of records cut by a SplitType.
+        ``None`` otherwise: SingleRecord bodies and SplitType None hold one record anyway."""
+        cap = self.agent.max_records_per_request
+        strategy = self.batch_strategy or DEFAULT_BATCH_STRATEGY
+        if cap is None or strategy != "MultiRecord" or self.input.split_type == "None":
+            return None
+        return cap
 
     @property
     def state_uri(self) -> DataUri:

@@ -38,10 +38,12 @@ class BodyReader:
         max_payload_bytes: int,
         gzip: bool,
         processor: RecordProcessor | None,
+        max_records: int = 0,
     ) -> None:
         self.split_type = split_type
         self.batch_strategy = batch_strategy
         self.max_payload_bytes = max_payload_bytes
+        self.max_records = max_records  # Agent.MaxRecordsPerRequest; 0: no cap
         self.gzip = gzip
         self.processor = processor
 
@@ -69,9 +71,16 @@ class BodyReader:
         """The bodies of the input from offset ``start`` (a body's first byte)."""
         splitter: _Cutter
         if self.processor is not None:
-            splitter = RecordBatcher(self.processor, self.batch_strategy, self.max_payload_bytes)
+            splitter = RecordBatcher(
+                self.processor,
+                self.batch_strategy,
+                self.max_payload_bytes,
+                max_records=self.max_records,
+            )
         else:
-            splitter = make_splitter(self.split_type, self.batch_strategy, self.max_payload_bytes)
+            splitter = make_splitter(
+                self.split_type, self.batch_strategy, self.max_payload_bytes, self.max_records
+            )
         async with contextlib.aclosing(self.chunks(info, source, start)) as chunks:
             async for chunk in chunks:
                 for body in splitter.feed(chunk):

@@ -112,6 +112,7 @@ class Pipeline:
             settings.max_payload_bytes,
             settings.gzip,
             self.processor,
+            settings.max_records,
         )
 
     async def run(self, claims: AsyncIterable[Claim], results: list[FileOutcome]) -> None:

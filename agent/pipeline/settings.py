@@ -20,6 +20,7 @@ class PipelineSettings:
     split_type: str
     batch_strategy: str
     max_payload_bytes: int  # 0: no bound, bodies streamed
+    max_records: int  # at most this many records a MultiRecord body; 0: no cap
     max_inflight: int  # requests alive at once, over every file
     files_reading: int  # files being read and split at once
     files_open: int  # files open at once: being read, awaiting answers, or committing
@@ -38,6 +39,7 @@ class PipelineSettings:
             split_type=job.input.split_type,
             batch_strategy=job.batch_strategy or DEFAULT_BATCH_STRATEGY,
             max_payload_bytes=payload_mb << 20,
+            max_records=job.records_cap or 0,
             max_inflight=inflight,
             files_reading=max(2, inflight),
             files_open=4 * max(2, inflight),

@@ -2,7 +2,7 @@
 
 Usage, one splitter per input object::
 
-    splitter = make_splitter("Line", "MultiRecord", max_payload_bytes(6))
+    splitter = make_splitter("Line", "MultiRecord", max_payload_bytes(6), max_records=0)
     async for chunk in stream:              # chunks of any size, cut anywhere
         for body in splitter.feed(chunk):
             send(body)
@@ -19,12 +19,17 @@ Usage, one splitter per input object::
   are runs of whole records exactly as in the file, as many as fit (their concatenation is
   the input); SingleRecord bodies are one record each — for RecordIO and TFRecord the
   payload only (RecordIO parts joined by the 4 magic bytes).
+* ``max_records`` (``Agent.MaxRecordsPerRequest``; 0, the default, for none) caps the
+  records of a MultiRecord body: a body ends after that many records or at the bound,
+  whichever comes first, so where the bound comes first the bodies are those without the
+  cap. It applies to streamed bodies too (each closes after its last record and the next
+  opens). SingleRecord and None bodies hold one record anyway: the cap changes nothing.
 * With bound 0 a body is streamed as *parts* and never held whole: ``first`` marks the
   part that opens a body, ``last`` the part that closes it (both may be set). ``data``
   is a ``memoryview`` of the fed chunk (or empty): write it out before changing that
   chunk. ``start`` is the body's start in every part; ``end`` and ``records`` are running
-  totals, final in the ``last`` part. MultiRecord and None give one body for the whole
-  input, one part per chunk; SingleRecord streams each record.
+  totals, final in the ``last`` part. MultiRecord (without a cap) and None give one body
+  for the whole input, one part per chunk; SingleRecord streams each record.
 * Empty input gives no body. ``feed(b"")`` returns ``[]``.
 
 **Memory.** A splitter holds at most the bound (plus RecordIO part framing) of input
@@ -40,8 +45,9 @@ nothing) to the record's end; for ``None`` that is the end of the object, so che
 object size first where it is known. After an error the splitter raises it again.
 
 :class:`Packer` packs records the caller cut itself (DataProcessing's filtered records)
-under the same bound: ``add(record, start, end)`` returns a completed :class:`Body` or
-``None``; ``finish()`` the last one.
+under the same bound (and cap): ``Packer(batch_strategy, max_payload_bytes, max_records=0)``;
+``add(record, start, end)`` returns a completed :class:`Body` or ``None``; ``finish()``
+the last one.
 """
 
 from __future__ import annotations

@@ -47,9 +47,10 @@ class Body:
 class Base:
     """Feed/finish plumbing and held-byte bookkeeping for one input stream."""
 
-    def __init__(self, bound: int, single: bool) -> None:
+    def __init__(self, bound: int, single: bool, cap: int = 0) -> None:
         self._bound = bound
         self._single = single
+        self._cap = cap  # MultiRecord: at most this many records a body; 0: no cap
         self._held = bytearray()
         self._held_start = 0
         self._cb = b""  # the chunk being fed, as bytes
@@ -159,6 +160,28 @@ class Base:
             if q >= 0:
                 return q + hs
         return -1
+
+    def _nth(self, byte: bytes, lo: int, hi: int, k: int) -> tuple[int, int]:
+        """The position of the ``k``-th ``byte`` (``k`` >= 1) in ``[lo, hi)`` and ``k``;
+        or ``-1`` and how many there are, when fewer than ``k``."""
+        cs, hs = self._cstart, self._held_start
+        seen = 0
+        for data, base, a, b in (
+            (self._held, hs, lo, min(hi, cs)),
+            (self._cb, cs, max(lo, cs), hi),
+        ):
+            if a >= b:
+                continue
+            n = data.count(byte, a - base, b - base)
+            if seen + n < k:
+                seen += n
+                continue
+            q = a - base - 1
+            while seen < k:
+                q = data.find(byte, q + 1, b - base)
+                seen += 1
+            return q + base, k
+        return -1, seen
 
     def _count(self, byte: bytes, lo: int, hi: int) -> int:
         cs, hs = self._cstart, self._held_start

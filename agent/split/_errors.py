@@ -155,5 +155,12 @@ def bad_arguments(split_type: str, batch_strategy: str, bound: int) -> ValueErro
     )
 
 
+def bad_max_records(max_records: object) -> ValueError:
+    return ValueError(
+        f"cannot split with max_records={max_records!r}: expected an integer, "
+        "0 for no cap on the records in a body or a cap of 1 or more"
+    )
+
+
 class SplitterStateError(BtAgentError, RuntimeError):
     """A splitter used after ``finish()``: a bug in the caller, not in the data."""

@@ -27,8 +27,8 @@ class FrameSplitter(Base):
     fmt = ""
     hsize = 0
 
-    def __init__(self, bound: int, single: bool) -> None:
-        super().__init__(bound, single)
+    def __init__(self, bound: int, single: bool, cap: int = 0) -> None:
+        super().__init__(bound, single, cap)
         self._phase = HEADER
         self._hdr = bytearray()
         self._fstart = 0  # where the frame being walked starts
@@ -46,8 +46,9 @@ class FrameSplitter(Base):
         self._S = 0  # MultiRecord: start of the body being packed
         self._R = 0  # ... end of its last whole record
         self._k = 0  # ... its record count
-        self._records = 0  # streamed MultiRecord: records completed so far
-        self._sent = False  # streamed: a part has gone out
+        self._records = 0  # streamed MultiRecord: records of the body completed so far
+        self._sent = False  # streamed: a part (of the body in progress) has gone out
+        self._pi = 0  # streamed MultiRecord with a cap: where in the chunk the next part starts
         self._pfirst = False  # streamed SingleRecord: the next part opens a body
         self._pa = -1  # ... and the chunk range of its data
         self._pb = -1
@@ -159,12 +160,25 @@ class FrameSplitter(Base):
         if self._bound and not self._single:
             self._R = fend
             self._k += 1
+            if self._k == self._cap:  # never true without a cap (0)
+                self._emit(self._S, fend, self._k)
+                self._S, self._k = fend, 0
         elif self._bound:
             self._emit_payload(fend)
         elif self._single:
             self._flush(fend, True)
         else:
             self._records += 1
+            if self._records == self._cap:
+                self._close_part(fend)
+
+    def _close_part(self, fend: int) -> None:
+        """Streamed MultiRecord with a cap: the body's last part ends at ``fend``; the
+        next body starts there."""
+        i = fend - self._cstart
+        data = memoryview(self._cb)[self._pi : i]
+        self._out.append(Body(data, self._S, fend, self._records, not self._sent, True))
+        self._S, self._pi, self._records, self._sent = fend, i, 0, False
 
     def _emit(self, start: int, end: int, records: int) -> None:
         self._out.append(Body(self._take(start, end - start), start, end, records))
@@ -192,6 +206,12 @@ class FrameSplitter(Base):
         if self._bound == 0:
             if self._single:
                 self._flush(pos, False)
+            elif self._cap:
+                if self._pi < len(self._cb):
+                    data = memoryview(self._cb)[self._pi :]
+                    self._out.append(Body(data, self._S, pos, self._records, not self._sent, False))
+                    self._sent = True
+                self._pi = 0
             else:
                 first, self._sent = not self._sent, True
                 self._out.append(Body(memoryview(self._cb), 0, pos, self._records, first, False))
@@ -217,7 +237,7 @@ class FrameSplitter(Base):
             if self._k:
                 self._emit(self._S, self._R, self._k)
         elif self._bound == 0 and not self._single and self._sent:
-            self._out.append(Body(EMPTY_VIEW, 0, pos, self._records, False, True))
+            self._out.append(Body(EMPTY_VIEW, self._S, pos, self._records, False, True))
 
 
 class RecordIOSplitter(FrameSplitter):

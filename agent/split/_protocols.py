@@ -25,14 +25,15 @@ class BodyLike(Protocol):
 
 
 class SplitterLike(Protocol):
-    """Turns one input's chunks into bodies; made by ``make_splitter``."""
+    """Turns one input's chunks into bodies; made by ``make_splitter(split_type,
+    batch_strategy, max_payload_bytes, max_records=0)``."""
 
     def feed(self, chunk: BytesLike) -> list[BodyLike]: ...
     def finish(self) -> list[BodyLike]: ...
 
 
 class PackerLike(Protocol):
-    """Packs already-cut records under the bound."""
+    """Packs already-cut records under the bound (and the cap on records, if any)."""
 
     def add(self, record: BytesLike, start: int, end: int) -> BodyLike | None: ...
     def finish(self) -> BodyLike | None: ...

@@ -31,25 +31,31 @@ def implementation() -> str:
     return "python"
 
 
-def make_splitter(split_type: str, batch_strategy: str, max_payload_bytes: int) -> Base:
+def make_splitter(
+    split_type: str, batch_strategy: str, max_payload_bytes: int, max_records: int = 0
+) -> Base:
     """A new splitter for one input object.
 
     ``split_type``: ``None``, ``Line``, ``RecordIO`` or ``TFRecord``; ``batch_strategy``:
     ``MultiRecord`` or ``SingleRecord``; ``max_payload_bytes``: the body bound in bytes,
-    ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream). ValueError otherwise.
+    ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream); ``max_records``:
+    at most this many records in a MultiRecord body (``Agent.MaxRecordsPerRequest``), 0
+    for no cap. ValueError otherwise.
     """
     cls = _CLASSES.get(split_type)
     single = _STRATEGIES.get(batch_strategy)
     bound = max_payload_bytes
     if cls is None or single is None or type(bound) is not int or bound < 0:
         raise err.bad_arguments(split_type, batch_strategy, bound)
-    return cls(bound, single)
+    if type(max_records) is not int or max_records < 0:
+        raise err.bad_max_records(max_records)
+    return cls(bound, single, 0 if single else max_records)
 
 
 class WholeSplitter(Base):
-    """SplitType None: the whole object is one record and one body."""
+    """SplitType None: the whole object is one record and one body (a cap changes nothing)."""
 
-    def __init__(self, bound: int, single: bool) -> None:
+    def __init__(self, bound: int, single: bool, cap: int = 0) -> None:
         super().__init__(bound, single)
         self._skipping = False
 
@@ -77,13 +83,15 @@ class WholeSplitter(Base):
 class LineSplitter(Base):
     """SplitType Line: records end after ``\\n``; a final unterminated segment counts."""
 
-    def __init__(self, bound: int, single: bool) -> None:
-        super().__init__(bound, single)
+    def __init__(self, bound: int, single: bool, cap: int = 0) -> None:
+        super().__init__(bound, single, cap)
         self._S = 0  # start of the body (MultiRecord) or record (SingleRecord) in progress
         self._skipping = False  # that record is over the bound; looking for its end
-        self._open = False  # streamed SingleRecord: a record's first part has gone out
+        self._open = False  # streamed: a part of the body (record) in progress has gone out
         self._newlines = 0  # streamed MultiRecord: records ended so far
         self._last = 10  # ... and the last byte seen
+        self._scan_at = 0  # capped MultiRecord: newlines in [S, scan_at) are counted ...
+        self._seen = 0  # ... and this is how many (always fewer than the cap)
 
     def _scan(self, cb: bytes) -> int:
         pos, bound = self._pos, self._bound
@@ -96,6 +104,8 @@ class LineSplitter(Base):
         if bound == 0:
             if self._single:
                 self._stream_records(cb)
+            elif self._cap:
+                self._stream_capped(cb)
             else:
                 self._newlines += cb.count(b"\n")
                 self._last = cb[-1]
@@ -104,6 +114,8 @@ class LineSplitter(Base):
             return pos
         if self._single:
             self._records(cb)
+        elif self._cap:
+            self._capped_bodies()
         else:
             self._bodies()
         if self._skipping:
@@ -124,6 +136,52 @@ class LineSplitter(Base):
             out.append(Body(self._take(S, q + 1 - S), S, q + 1, self._count(b"\n", S, q + 1)))
             S = q + 1
         self._S = S
+
+    def _capped_bodies(self) -> None:
+        """MultiRecord with a cap: a body ends after the cap-th newline from its start,
+        or, when the bound comes first, where ``_bodies`` would end it."""
+        S, B, N, pos, out = self._S, self._bound, self._cap, self._pos, self._out
+        while True:
+            lim = min(pos, S + B)
+            q, seen = self._nth(b"\n", self._scan_at, lim, N - self._seen)
+            if q >= 0:
+                out.append(Body(self._take(S, q + 1 - S), S, q + 1, N))
+                S = self._scan_at = q + 1
+                self._seen = 0
+                continue
+            self._seen += seen
+            self._scan_at = lim
+            if pos - S <= B:
+                break
+            q = self._rfind(b"\n", S, S + B)
+            if q < 0:
+                q = self._find(b"\n", S + B, pos)
+                if q >= 0:
+                    raise err.too_large(S, q + 1 - S, B, "record")
+                self._skipping = True
+                break
+            out.append(Body(self._take(S, q + 1 - S), S, q + 1, self._seen))
+            S = self._scan_at = q + 1
+            self._seen = 0
+        self._S = S
+
+    def _stream_capped(self, cb: bytes) -> None:
+        """MultiRecord, unbounded, with a cap: a body's parts as they arrive; it closes
+        after its cap-th newline and the next body opens on the byte after."""
+        cs, n, view, out = self._cstart, len(cb), memoryview(cb), self._out
+        i = 0
+        while i < n:
+            q, seen = self._nth(b"\n", cs + i, cs + n, self._cap - self._seen)
+            if q < 0:
+                self._seen += seen
+                out.append(Body(view[i:], self._S, cs + n, self._seen, not self._open, False))
+                self._open = True
+                break
+            end = q + 1
+            out.append(Body(view[i : end - cs], self._S, end, self._cap, not self._open, True))
+            self._S, self._seen, self._open = end, 0, False
+            i = end - cs
+        self._last = cb[-1]
 
     def _records(self, cb: bytes) -> None:
         """SingleRecord, bounded: one body per line."""
@@ -164,6 +222,10 @@ class LineSplitter(Base):
             if self._single:
                 if self._open:
                     self._out.append(Body(EMPTY_VIEW, S, pos, 1, False, True))
+            elif self._cap:
+                if self._open:
+                    records = self._seen + (self._last != 10)
+                    self._out.append(Body(EMPTY_VIEW, S, pos, records, False, True))
             elif pos:
                 records = self._newlines + (self._last != 10)
                 self._out.append(Body(EMPTY_VIEW, 0, pos, records, False, True))
@@ -183,15 +245,19 @@ _CLASSES: dict[str, type[Base]] = {
 
 
 class Packer:
-    """Packs records the caller already cut (filtered records) under the same bound."""
+    """Packs records the caller already cut (filtered records) under the same bound, and
+    at most ``max_records`` of them a body (0: no cap)."""
 
-    def __init__(self, batch_strategy: str, max_payload_bytes: int) -> None:
+    def __init__(self, batch_strategy: str, max_payload_bytes: int, max_records: int = 0) -> None:
         single = _STRATEGIES.get(batch_strategy)
         bound = max_payload_bytes
         if single is None or type(bound) is not int or bound < 0:
             raise err.bad_arguments("(packer)", batch_strategy, bound)
+        if type(max_records) is not int or max_records < 0:
+            raise err.bad_max_records(max_records)
         self._single = single
         self._bound = bound
+        self._cap = max_records
         self._parts: list[bytes] = []
         self._size = 0
         self._start = 0
@@ -208,13 +274,16 @@ class Packer:
             return Body(data, start, end, 1)
         if bound == 0:
             self._k += 1
-            first = self._k == 1
+            k, first = self._k, self._k == 1
             if first:
                 self._start = start
             self._end = end
-            return Body(data, self._start, end, self._k, first, False)
+            last = k == self._cap  # the cap closes the streamed body
+            if last:
+                self._k = 0
+            return Body(data, self._start, end, k, first, last)
         done = None
-        if self._k and self._size + n > bound:
+        if self._k and (self._size + n > bound or self._k == self._cap):
             done = self._cut()
         if not self._k:
             self._start = start

@@ -76,9 +76,10 @@ def split(
     strategy: str,
     bound: int,
     chunks: Sequence[bytes],
+    max_records: int = 0,
 ) -> list[Outcome]:
     """Every body as a tuple, then the error (type name, offset, message) if one ends it."""
-    splitter = module.make_splitter(split_type, strategy, bound)
+    splitter = module.make_splitter(split_type, strategy, bound, max_records)
     out: list[Outcome] = []
     try:
         for chunk in chunks:

@@ -70,6 +70,23 @@ def test_validate_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert "0.5" not in out
 
 
+def test_validate_shows_the_cap_on_records_per_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "--job", EXAMPLE]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "batching" in line]
+    assert "MaxPayloadInMB 6, MaxRecordsPerRequest 1000, MaxConcurrentTransforms 4" in row
+    document = example()
+    del document["Agent"]["MaxRecordsPerRequest"]
+    document["BatchStrategy"] = "SingleRecord"
+    assert main(["validate", "--job", write_job(tmp_path, document)]) == 0
+    assert "MaxRecordsPerRequest no cap," in capsys.readouterr().out
+    document["Agent"]["MaxRecordsPerRequest"] = 5
+    assert main(["validate", "--job", write_job(tmp_path, document)]) == 0
+    out = capsys.readouterr().out
+    assert "warning" in out and "MaxRecordsPerRequest 5 has no effect" in out
+
+
 def test_validate_example_as_a_module() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "validate", "--job", EXAMPLE],
@@ -254,10 +271,16 @@ def test_split_forwards_to_the_splitter(
         "split_type": "RecordIO",
         "batch_strategy": "SingleRecord",
         "max_payload_mb": 0,
+        "max_records": None,
         "compression": "None",
         "output_dir": "bodies",
         "out": sys.stdout,
     }
+    assert main([*argv, "--max-payload-mb", "1", "--max-records-per-request", "5"]) == 0
+    assert calls[1][1]["max_records"] == 5
+    assert main([*argv, "--max-payload-mb", "1", "--max-records-per-request", "0"]) == 2
+    assert len(calls) == 2
+    assert "0 is out of range; use 1 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -154,3 +154,20 @@ def test_missing_file_and_busy_output_directory(tmp_path: Path) -> None:
     (busy / "000000.bin").write_bytes(b"old")
     code, text = run(source, output_dir=str(busy))
     assert code == 2 and "is not empty" in text
+
+
+def test_max_records_per_request_caps_each_body(tmp_path: Path) -> None:
+    data = b"".join(b"row %d\n" % i for i in range(25))
+    source = tmp_path / "data.csv"
+    source.write_bytes(data)
+    code, text = run(source, max_records=10, output_dir=str(tmp_path / "out"))
+    assert code == 0, text
+    bodies = written(tmp_path / "out")
+    assert [body.count(b"\n") for body in bodies] == [10, 10, 5] and b"".join(bodies) == data
+    assert "MaxRecordsPerRequest=10" in text and "3 requests" in text
+    code, text = run(source, max_payload_mb=0, max_records=10, output_dir=str(tmp_path / "o"))
+    assert code == 0 and written(tmp_path / "o") == bodies  # streamed bodies are capped too
+    assert run(source, max_records=0) == (
+        2,
+        "error: --max-records-per-request must be an integer of 1 or more, not 0\n",
+    )

@@ -4,7 +4,10 @@
   and errors (type, offset, message) for the same input and the same cutting.
 * For either twin, how the input is cut changes nothing but streamed parts (and which
   bodies a failing call had completed); bounded MultiRecord bodies concatenate back to
-  the input, each within the bound.
+  the input, each within the bound and the cap on records.
+
+Half of the cases carry a cap on records (``max_records``), drawn from a generator of
+their own so the cases drawn without it stay what they were.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ def _bound(rng: random.Random, size: int) -> int:
     )
 
 
+def _cap(caps: random.Random) -> int:
+    return caps.choice([0, 0, 0, 1, 2, 3, caps.randrange(1, 40)])
+
+
 def _failed(outcome: list[Outcome]) -> bool:
     return bool(outcome) and isinstance(outcome[-1][0], str)
 
@@ -105,16 +112,18 @@ def _failed(outcome: list[Outcome]) -> bool:
 def test_twins_agree(kind: str) -> None:
     native = importlib.import_module("agent.split._splitters_c")
     pure = importlib.import_module("agent.split._splitters_py")
-    rng = random.Random(f"twins-{kind}")
+    rng, caps = random.Random(f"twins-{kind}"), random.Random(f"twins-caps-{kind}")
     failures: Counter[tuple[str, bool]] = Counter()  # (error type, streamed) -> cases
     for case in range(4000):
         data = generate(rng, kind)
         strategy = rng.choice(STRATEGIES)
         bound = _bound(rng, len(data))
         chunks = cut(data, random_cuts(rng, len(data)))
-        expected = split(pure, kind, strategy, bound, chunks)
-        got = split(native, kind, strategy, bound, chunks)
-        assert got == expected, (case, kind, strategy, bound, data.hex(), [len(c) for c in chunks])
+        cap = _cap(caps)
+        expected = split(pure, kind, strategy, bound, chunks, cap)
+        got = split(native, kind, strategy, bound, chunks, cap)
+        where = (case, kind, strategy, bound, cap, data.hex(), [len(c) for c in chunks])
+        assert got == expected, where
         if _failed(expected):
             failures[expected[-1][0], bound == 0] += 1
     assert 150 < failures.total() < 3000, failures  # both paths well exercised
@@ -132,17 +141,17 @@ def test_twins_agree(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_cutting_changes_nothing(splitters_twin: ModuleType, kind: str) -> None:
-    rng = random.Random(f"cuts-{kind}")
+    rng, caps = random.Random(f"cuts-{kind}"), random.Random(f"cuts-caps-{kind}")
     rounds = 600 if splitters_twin.implementation() != "python" else 250
     for case in range(rounds):
         data = generate(rng, kind)
         strategy = rng.choice(STRATEGIES)
         bound = rng.choice([1, 8, 40, rng.randrange(1, max(2, len(data) + 8)), 1 << 20])
-        whole = split(splitters_twin, kind, strategy, bound, [data])
-        pieces = split(
-            splitters_twin, kind, strategy, bound, cut(data, random_cuts(rng, len(data)))
-        )
-        where = (case, kind, strategy, bound, data.hex())
+        cap = _cap(caps)
+        whole = split(splitters_twin, kind, strategy, bound, [data], cap)
+        chunks = cut(data, random_cuts(rng, len(data)))
+        pieces = split(splitters_twin, kind, strategy, bound, chunks, cap)
+        where = (case, kind, strategy, bound, cap, data.hex())
         if _failed(whole):
             assert pieces[-1] == whole[-1], where
             assert pieces[: len(whole) - 1] == whole[:-1], where
@@ -150,6 +159,7 @@ def test_cutting_changes_nothing(splitters_twin: ModuleType, kind: str) -> None:
         assert pieces == whole, where
         assert all(first and last for *_, first, last in whole)
         assert all(len(body) <= bound for body, *_ in whole), where
+        assert all(records <= (cap or records) for _, _, _, records, *_ in whole), where
         if strategy == "MultiRecord" or kind == "None":
             assert b"".join(body for body, *_ in whole) == data, where
             points = [0] + [end for _, _, end, *_ in whole]
@@ -186,7 +196,7 @@ def test_twins_agree_on_large_chunks_held_by_reference(kind: str) -> None:
     """Chunks of 16 KiB and more are held by reference, across many pieces."""
     native = importlib.import_module("agent.split._splitters_c")
     pure = importlib.import_module("agent.split._splitters_py")
-    rng = random.Random(f"large-{kind}")
+    rng, caps = random.Random(f"large-{kind}"), random.Random(f"large-caps-{kind}")
     for case in range(12):
         data = _large(rng, kind)
         strategy = rng.choice(STRATEGIES)
@@ -199,6 +209,7 @@ def test_twins_agree_on_large_chunks_held_by_reference(kind: str) -> None:
         chunks = cut(data, [p for p in points if p < len(data)])
         if rng.random() < 0.3:  # buffers of other types are copied when held
             chunks = [bytearray(c) if i % 2 else memoryview(c) for i, c in enumerate(chunks)]
-        expected = split(pure, kind, strategy, bound, chunks)
-        got = split(native, kind, strategy, bound, chunks)
-        assert got == expected, (case, kind, strategy, bound, len(data))
+        cap = caps.choice([0, 0, 5, 40])  # 40: counted a block at a time in the compiled core
+        expected = split(pure, kind, strategy, bound, chunks, cap)
+        got = split(native, kind, strategy, bound, chunks, cap)
+        assert got == expected, (case, kind, strategy, bound, cap, len(data))
