@@ -11,6 +11,11 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   c  TFRecord + MultiRecord, 512 MiB, one short line per request   MB/s of input
   d  2,000 files of 10 KiB, Line + MultiRecord                     files/s (= requests/s)
   e  2 GiB and 1 GiB of CSV echoed back (instant model only)       peak RSS, flat?
+  f  b with Agent.MaxRecordsPerRequest 1000 (the ideal caps too)   MB/s of input
+  g  b with Agent.RequireLinePerRecord, AssembleWith Line          MB/s of input
+
+f and g measure features on the data path: read each against b's rows (the same input with
+the feature off).
 
 Against the ``service`` model (2 ms + 20 ms per MiB, sleeping) the question is whether the
 agent keeps the model busy: throughput ratio agent/ideal ≥ 0.95 (a-c), ≥ 0.9 (d).
@@ -61,6 +66,12 @@ SCENARIOS = (
              "application/octet-stream", "MB/s", 0.0, ("instant",)),
     Scenario("e2", "e", "2x: CSV echoed back, memory ceiling", "Line", "MultiRecord",
              "application/octet-stream", "MB/s", 0.0, ("instant",)),
+    # Features on the data path, each on scenario b's input: compare with b's rows (off).
+    Scenario("f", "f", "b with Agent.MaxRecordsPerRequest 1000 (both programs cap)", "Line",
+             "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"), max_records=1000),
+    Scenario("g", "g", "b with Agent.RequireLinePerRecord (AssembleWith Line)", "Line",
+             "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"),
+             agent_fields=(("RequireLinePerRecord", True),), assemble_with="Line"),
 )  # fmt: skip
 
 
@@ -140,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
     add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
-    add("--only", default="a,b,c,d,e", help="scenarios to run, e.g. a,b")
+    add("--only", default="a,b,c,d,e,f,g", help="scenarios to run, e.g. a,b")
     add("--models", default="service,instant", help="model servers to run against")
     add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
     add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")

@@ -42,6 +42,11 @@ class Scenario:
     unit: str
     target: float  # throughput ratio agent/ideal wanted against the service model
     models: tuple[str, ...]
+    # A feature under measurement: Agent fields of the agent's job, its AssembleWith, and a
+    # cap on records per body that both programs apply (0: none).
+    agent_fields: tuple[tuple[str, object], ...] = ()
+    assemble_with: str = "None"
+    max_records: int = 0
 
 
 @dataclass
@@ -141,9 +146,14 @@ def _agent_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) ->
             "ContentType": sc.content_type,
             "SplitType": sc.split_type,
         },
-        "TransformOutput": {"S3OutputPath": bench.output_uri(tag, store), "AssembleWith": "None"},
-        "Agent": {"ModelUrl": bench.models[model].url},
+        "TransformOutput": {
+            "S3OutputPath": bench.output_uri(tag, store),
+            "AssembleWith": sc.assemble_with,
+        },
+        "Agent": {"ModelUrl": bench.models[model].url, **dict(sc.agent_fields)},
     }
+    if sc.max_records:
+        job["Agent"]["MaxRecordsPerRequest"] = sc.max_records
     path = bench.root / "jobs" / f"{tag}.json"
     path.write_bytes(orjson.dumps(job, option=orjson.OPT_INDENT_2))
     summary = path.with_suffix(".summary.json")
@@ -158,6 +168,7 @@ def _ideal_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) ->
         "--model", bench.models[model].url, "--split-type", sc.split_type,
         "--batch-strategy", sc.strategy, "--payload-mb", str(a.payload_mb),
         "--concurrency", str(a.concurrency), "--content-type", sc.content_type,
+        "--max-records", str(sc.max_records),
     ]  # fmt: skip
 
 

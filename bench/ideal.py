@@ -120,7 +120,9 @@ async def run(a: argparse.Namespace) -> dict[str, float | int]:
                 await s3.complete_multipart_upload(**where, MultipartUpload={"Parts": parts})
 
         async def bodies(key: str) -> AsyncIterator[bytes]:
-            splitter = make_splitter(a.split_type, a.batch_strategy, a.payload_mb * MIB)
+            splitter = make_splitter(
+                a.split_type, a.batch_strategy, a.payload_mb * MIB, a.max_records
+            )
             async for chunk in chunks(key):
                 for body in splitter.feed(chunk):
                     yield bytes(body.data)  # bytes already: no copy
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--payload-mb", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--content-type", default="text/csv")
+    parser.add_argument("--max-records", type=int, default=0, help="records per body (0: no cap)")
     parser.add_argument("--chunk-mib", type=int, default=4, help="largest read from the input")
     parser.add_argument("--part-mib", type=int, default=8, help="multipart part size")
     args = parser.parse_args()
