@@ -11,9 +11,7 @@ both counts, and no ``.out`` appears; without it the short answer passes silentl
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ from tests.support.runjob import (
     tfrecord,
     transform_job,
 )
-from tests.support.servers import HOST, SeaweedFS
+from tests.support.servers import SeaweedFS
+from tests.support.threaded_model import ThreadedModel
 
 pytestmark = pytest.mark.integration
 
@@ -42,45 +41,16 @@ RECORD_BYTES = 1024  # each Line record: 1024 per MiB, so MultiRecord bodies are
 _TOKEN = re.compile(rb"<r:(\d{6})>")
 
 
-class CountingModel:
+class CountingModel(ThreadedModel):
     """``POST /invocations``: one line per record token in the body, the record's number;
     the line of record ``drop`` (when set) is left out. ``GET /ping``: 200."""
 
+    ping_text = "ok\n"
+
     def __init__(self) -> None:
+        super().__init__()
         self.drop: int | None = None
-        self.port = 0
         self.answers = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=64 * MIB)
-        app.router.add_get("/ping", self._ping)
-        app.router.add_post("/invocations", self._invocations)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _ping(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
     async def _invocations(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -10,11 +10,9 @@ without a limit: the capped outputs are byte for byte the uncapped ones.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,8 @@ from tests.support.runjob import (
     tfrecord,
     transform_job,
 )
-from tests.support.servers import HOST, SeaweedFS
+from tests.support.servers import SeaweedFS
+from tests.support.threaded_model import ThreadedModel
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ def count_records(framing: str, body: bytes) -> int:
     return count
 
 
-class CountingModel:
+class CountingModel(ThreadedModel):
     """``/invocations``: 400 above ``limit`` records (``None``: no limit), else the body back.
 
     ``seen`` holds (first byte, records, size, status) per request in arrival order, and
@@ -58,47 +57,18 @@ class CountingModel:
     body is answered 503, so each is sent again. Runs its own event loop in a thread.
     """
 
+    max_body_bytes = 256 * MIB
+
     def __init__(self, framing: str, limit: int | None) -> None:
+        super().__init__()
         self.framing = framing
         self.limit = limit
         self.busy_once = False
         self.seen: list[tuple[bytes, int, int, int]] = []
         self.digests: list[str] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
 
     def reset(self, limit: int | None) -> None:
         self.limit, self.seen, self.digests = limit, [], []
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application(client_max_size=256 * MIB)
-        app.router.add_get("/ping", self._ping)
-        app.router.add_post("/invocations", self._invocations)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _ping(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
 
     async def _invocations(self, request: web.Request) -> web.Response:
         body = await request.read()
