@@ -217,18 +217,16 @@ class HeldLease:
     async def _after_refusal(self) -> None:
         """A renewal was refused: another holder, or an earlier attempt of ours that landed."""
         try:
-            async with asyncio.timeout(self.settings.request_timeout_seconds):
-                found = await self.store.get_bytes(self.key)
+            found = await self._read()
         except (StorageError, TimeoutError):
             return  # try again at the next renewal
         if found is None:
             self.lose("its lease object was deleted")
             return
-        current = _parse(found[0])
-        mine = current.get("Holder") == self.holder.token and current.get("Claim") == self.claim
+        current, etag = found
         number = current.get("Renewal")
-        if mine and isinstance(number, int) and number in self._sent:
-            self._renewed(found[1], number)
+        if self._names_us(current) and isinstance(number, int) and number in self._sent:
+            self._renewed(etag, number)
         else:
             self.lose(f"taken over by {current.get('Instance', 'another instance')}")
 
@@ -278,12 +276,18 @@ class HeldLease:
 
     async def _still_ours(self) -> bool:
         """Whether the lease object still names this holder and claim."""
+        found = await self._read()
+        return found is not None and self._names_us(found[0])
+
+    async def _read(self) -> tuple[dict[str, Any], str] | None:
+        """The lease object as stored now and its ETag; ``None`` when it is gone."""
         async with asyncio.timeout(self.settings.request_timeout_seconds):
             found = await self.store.get_bytes(self.key)
-        if found is None:
-            return False
-        current = _parse(found[0])
-        return current.get("Holder") == self.holder.token and current.get("Claim") == self.claim
+        return None if found is None else (_parse(found[0]), found[1])
+
+    def _names_us(self, document: dict[str, Any]) -> bool:
+        """Whether a lease document names this holder and this claim."""
+        return document.get("Holder") == self.holder.token and document.get("Claim") == self.claim
 
     async def __aexit__(
         self,
