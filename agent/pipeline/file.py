@@ -261,14 +261,11 @@ class Pipeline:
         what = f"{item.uri} bytes [{body.start}, {body.end})"
         try:
             try:
-                data: BytesLike = await self.client.invoke(body.data, what=what)
+                span = None
                 if self.settings.require_line_per_record:  # the file's first record is 0
                     span = RecordSpan(str(item.uri), 0, body.start, body.end, body.records)
-                    await check_line_per_record(data, span)
-                processor = self.processor
-                if isinstance(body, Batch) and processor is not None and processor.processes_output:
-                    data = await self._join(processor, body, data, what)
-                await assembler.add(data)
+                batch = body if isinstance(body, Batch) else None
+                await assembler.add(await self._answer(body.data, what, batch, span))
             finally:
                 self.slots.release()
         finally:
@@ -349,16 +346,25 @@ class Pipeline:
         batch: Batch | None = None,
         span: RecordSpan | None = None,
     ) -> _Answer:
-        data: BytesLike = await self.client.invoke(payload, what=what)
-        if span is not None:  # Agent.RequireLinePerRecord: on the answer, before the join
-            await check_line_per_record(data, span)
-        if batch is not None and self.processor is not None and self.processor.processes_output:
-            data = await self._join(self.processor, batch, data, what)
+        data = await self._answer(payload, what, batch, span)
         early = not line.finish(seq)
         if early:
             self.slots.release()
             self.budget.hold(len(data))
         return _Answer(data, early)
+
+    async def _answer(
+        self, payload: RequestBody, what: str, batch: Batch | None, span: RecordSpan | None
+    ) -> BytesLike:
+        """One request's answer as it is written: the model's, checked against
+        ``Agent.RequireLinePerRecord`` when ``span`` is given, then joined and filtered by
+        DataProcessing when ``batch`` is given and the processor works on answers."""
+        data: BytesLike = await self.client.invoke(payload, what=what)
+        if span is not None:  # on the model's own answer, before the join
+            await check_line_per_record(data, span)
+        if batch is not None and self.processor is not None and self.processor.processes_output:
+            data = await self._join(self.processor, batch, data, what)
+        return data
 
     @staticmethod
     async def _join(processor: RecordProcessor, batch: Batch, data: BytesLike, what: str) -> bytes:

@@ -75,7 +75,7 @@ class RecordSpan:
                 self._known = asyncio.Event()
             await self._known.wait()
 
-    def describe(self) -> str:
+    def __str__(self) -> str:
         """``s3://b/in/x.csv records 1000-1999 (bytes [a, b))``."""
         if self.records == 0:
             which = "no records"
@@ -91,7 +91,7 @@ class LinePerRecordError(BtAgentError):
     request's records and byte range, and both counts."""
 
     def __init__(self, span: RecordSpan, problem: str) -> None:
-        super().__init__(f"{span.describe()}: {problem}")
+        super().__init__(f"{span}: {problem}")
         self.span = span
         self.problem = problem
 

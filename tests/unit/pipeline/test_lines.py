@@ -79,8 +79,8 @@ def test_the_reason_names_the_file_records_and_bytes() -> None:
 
 
 def test_one_record_and_none_are_said_so() -> None:
-    assert RecordSpan("s3://b/x", 7, 10, 20, 1).describe() == "s3://b/x record 7 (bytes [10, 20))"
-    assert RecordSpan("s3://b/x", 7, 10, 10, 0).describe() == "s3://b/x no records (bytes [10, 10))"
+    assert str(RecordSpan("s3://b/x", 7, 10, 20, 1)) == "s3://b/x record 7 (bytes [10, 20))"
+    assert str(RecordSpan("s3://b/x", 7, 10, 10, 0)) == "s3://b/x no records (bytes [10, 10))"
 
 
 def test_a_large_answer_is_counted_off_the_loop_alike() -> None:
