@@ -101,14 +101,20 @@ def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
 
 
 def read_json_objects(client: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
-    """The JSON bodies under ``prefix`` (objects deleted meanwhile are left out)."""
+    """The JSON bodies under ``prefix`` (objects deleted meanwhile are left out).
+
+    A zero-length body is left out too: in a versioned bucket SeaweedFS can serve a key
+    with no content for a moment while a conditional PUT or a DELETE replaces its latest
+    version (seen once in CI, reading a lease during a takeover); the agent never writes one.
+    """
     found = []
     for key in list_keys(client, bucket, prefix):
         try:
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except client.exceptions.NoSuchKey:
             continue
-        found.append(orjson.loads(body))
+        if body:
+            found.append(orjson.loads(body))
     return found
 
 
