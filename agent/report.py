@@ -96,6 +96,7 @@ class JobSummary:
             "FilesCompleted": len(done),
             "FilesFailed": sum(f.status == FAILED for f in self.files),
             "Records": sum(f.records for f in self.files),
+            "FailedRecords": sum(f.failed_records for f in self.files),
             "Requests": sum(f.requests for f in self.files),
             "InputBytes": in_bytes,
             "OutputBytes": sum(f.output_bytes for f in self.files),
@@ -122,6 +123,7 @@ class Progress:
         self.total_bytes = total_bytes
         self.files_done = 0
         self.records = 0
+        self.failed_records = 0  # records that failed alone (Agent.MaxFailedRecords)
         self.bytes = 0
         self.started = time.monotonic()
         self._drawn = 0.0
@@ -142,17 +144,20 @@ class Progress:
 
     def file_done(self, result: FileResult) -> None:
         self.files_done += 1
+        self.failed_records += result.failed_records
         if self.tty:
             self._draw()
             if result.status != COMPLETED:
                 self.stream.write(scrub(f"\r\x1b[K{result.input_uri}: {result.error}\n"))
             return
         if result.status == COMPLETED:
+            failed = f" ({result.failed_records} failed)" if result.failed_records else ""
             log.info(
-                "%s -> %s: %d records, %d requests, %d bytes in, %d bytes out, %.2f s",
+                "%s -> %s: %d records%s, %d requests, %d bytes in, %d bytes out, %.2f s",
                 result.input_uri,
                 result.output_uri,
                 result.records,
+                failed,
                 result.requests,
                 result.input_bytes,
                 result.output_bytes,
@@ -182,7 +187,9 @@ class Progress:
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
             f"\r\x1b[K[{bar}] {self.files_done}/{self.total_files} files, "
-            f"{self.records} records, {self.bytes / 1e6:.1f} MB, "
+            f"{self.records} records, "
+            + (f"{self.failed_records} failed, " if self.failed_records else "")
+            + f"{self.bytes / 1e6:.1f} MB, "
             f"{rate / 1e6:.1f} MB/s, ETA {eta:.0f} s"
         )
         self.stream.flush()

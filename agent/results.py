@@ -34,6 +34,9 @@ class FileResult:
     output_bytes: int = 0
     error: str | None = None
     output_etag: str | None = None
+    failed_records: int = 0  # records that failed alone (Agent.MaxFailedRecords)
+    errors_etag: str | None = None  # the errors file committed with the output, if any
+    extra_requests: int = 0  # requests for bodies cut after a 413 or to isolate records
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -54,6 +57,7 @@ class FileResult:
             self.seconds,
             self.output_etag,
             self.error,
+            self.failed_records,
         )
 
 
@@ -68,6 +72,7 @@ def file_entry(
     seconds: float,
     output_etag: str | None,
     error: str | None,
+    failed_records: int = 0,
 ) -> dict[str, Any]:
     """A file's entry in the runner's summary (from a ``FileResult`` or a completion record)."""
     entry: dict[str, Any] = {
@@ -82,6 +87,8 @@ def file_entry(
     }
     if output_etag:
         entry["OutputETag"] = output_etag
+    if failed_records:
+        entry["FailedRecords"] = failed_records
     if error:
         entry["FailureReason"] = error
     return entry
@@ -104,4 +111,6 @@ class FileOutcome(Protocol):
     def output_bytes(self) -> int: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def failed_records(self) -> int: ...
     def as_json(self) -> dict[str, Any]: ...

@@ -121,16 +121,22 @@ def progress_lines(
         f"  files: {completed} of {progress['FilesTotal']} completed, {failed} failed, {rest}",
         f"  bytes: {done_bytes} of {total} input bytes completed{share}",
     ]
+    if progress["FailedRecords"]:
+        lines.append(
+            f"  failed records: {progress['FailedRecords']} in completed files "
+            "(each file's <name>.errors.jsonl lists its own)"
+        )
     per_instance: dict[str, list[str]] = defaultdict(list)
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for record in records.values():
         if record.RunId == listing.run_id:
             tally = counts[record.Instance]
             tally[0 if record.Status == COMPLETED else 1] += 1
             tally[2] += record.InputBytes
+            tally[3] += record.FailedRecords
     for lease in leases:
         label = str(lease.get("Instance", "?"))
-        counts.setdefault(label, [0, 0, 0])
+        counts.setdefault(label, [0, 0, 0, 0])
         per_instance[label].append(
             f"{lease.get('Input')} (lease renewed {lease.get('Renewal')} times, "
             f"last at {lease.get('RenewedAt')})"
@@ -138,8 +144,12 @@ def progress_lines(
     if counts:
         lines.append("  instances:")
     for label in sorted(counts):
-        ok, failed, nbytes = counts[label]
-        lines.append(f"    {label}: {ok} completed, {failed} failed, {nbytes} bytes in this run")
+        ok, failed, nbytes, bad = counts[label]
+        records_failed = f", {bad} failed records" if bad else ""
+        lines.append(
+            f"    {label}: {ok} completed, {failed} failed{records_failed}, "
+            f"{nbytes} bytes in this run"
+        )
         lines.extend(f"      working on {text}" for text in per_instance[label])
     earlier = sum(
         1

@@ -34,15 +34,18 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
-from agent.coordination.claim import Claim
+from agent.coordination.claim import Claim, ErrorsTarget
 from agent.coordination.commit import (
     CommitRule,
+    OutputHead,
     UploadRecorder,
     commit_rule,
     head_output,
+    matches,
     output_metadata,
 )
 from agent.coordination.identity import Identity
@@ -53,7 +56,7 @@ from agent.coordination.state import StateLayout, now_iso, write_summary
 from agent.coordination.summary import summary_head, summary_pieces
 from agent.job import DataUri, JobSettings
 from agent.results import COMPLETED, FileResult
-from agent.storage import InputFile, Store, Stores
+from agent.storage import InputFile, Store, Stores, errors_uri
 
 log = logging.getLogger("agent.coordinate")
 
@@ -136,13 +139,18 @@ class Coordinator(ABC):
         output = item.output  # None: the name is refused (the pipeline fails the file)
         metadata: dict[str, str] = {}
         rule = CommitRule(if_none_match=True)
+        isolating = self.job.agent.max_failed_records is not None
+        errors_head: OutputHead | None = None
         if item.info is not None and output is not None and item.problem is None:
             metadata = output_metadata(
                 item.info.etag, self.settings_hash, self.job.transform_job_name
             )
             head = None
             if self._must_head(output):
-                head = await head_output(await self.stores.get(output), output.key)
+                store = await self.stores.get(output)
+                head = await head_output(store, output.key)
+                if isolating:
+                    errors_head = await head_output(store, errors_uri(output).key)
             found = commit_rule(head, metadata)
             if found is None:
                 # Committed, but its record never written (the instance died in between).
@@ -150,13 +158,31 @@ class Coordinator(ABC):
                 log.info("%s: its output is already committed; recording it", item.uri)
                 result = FileResult(str(item.uri), str(output), item.info.size, COMPLETED)
                 result.output_etag, result.output_bytes = head.etag, head.size
+                if errors_head is not None and matches(errors_head, metadata):
+                    # Committed before the output, with the same input and settings.
+                    result.errors_etag = errors_head.etag
+                    result.failed_records = await _count_lines(
+                        await self.stores.get(output), errors_uri(output).key
+                    )
                 await self.record(item, result)
                 return None
             rule = found
         recorder = UploadRecorder(
             self.state, self.layout, item.id, output or item.uri, self.holder.token
         )
-        claim = Claim(item, output, metadata, rule, lease, recorder, self)
+        errors: ErrorsTarget | None = None
+        if isolating and output is not None:
+            where = errors_uri(output)
+            errors = ErrorsTarget(
+                where,
+                await self.stores.get(where),
+                CommitRule(if_none_match=True)
+                if errors_head is None
+                else CommitRule(if_match=errors_head.etag),
+                replace(recorder, output=where, written=recorder.written),
+                None if errors_head is None else errors_head.etag,
+            )
+        claim = Claim(item, output, metadata, rule, lease, recorder, self, errors)
         self.held[item.id] = claim
         return claim
 
@@ -183,6 +209,8 @@ class Coordinator(ABC):
             OutputBytes=result.output_bytes,
             Seconds=round(result.seconds, 3),
             FailureReason=result.error,
+            FailedRecords=result.failed_records,
+            ErrorsETag=result.errors_etag,
             FinishedAt=self._finished_at(),
         )
         await self._keep(item, record)
@@ -269,3 +297,15 @@ class Coordinator(ABC):
     @abstractmethod
     async def _close(self) -> None:
         """End what the strategy started (a background task: cancelled and awaited)."""
+
+
+async def _count_lines(store: Store, key: str) -> int:
+    """The lines of a committed errors file (one failed record each), read as a stream."""
+    info = await store.head(key)
+    if info is None:
+        return 0
+    count = 0
+    async with store.read(info) as reader:
+        async for chunk in reader:
+            count += chunk.count(b"\n")
+    return count

@@ -6,12 +6,19 @@ then the conditional write), ``lost`` to race against (``run`` does that), and
 ``record(result)`` for the completion record (written by its coordinator, the claim's
 :class:`RecordWriter`). Leaving its ``async with`` forgets the recorded UploadIds and
 releases the lease, unless the lease was lost: then it is another's.
+
+With ``Agent.MaxFailedRecords`` a claim also names the file's errors file
+(``errors_output``, ``on_errors_upload_id``); ``commit(upload, errors)`` commits it first,
+then the ``.out``, both under conditions decided before the file was processed
+(docs/design.md §4.7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
@@ -21,12 +28,25 @@ from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
 from agent.errors import BtAgentError
 from agent.job import DataUri
 from agent.results import COMPLETED, FAILED, FileResult
-from agent.storage import InputFile, PreconditionFailed, Upload
+from agent.storage import InputFile, PreconditionFailed, StorageError, Store, Upload
 
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
 
 _T = TypeVar("_T")
+log = logging.getLogger("agent.state")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorsTarget:
+    """Where a file's errors file goes, how its commit is conditioned, and the errors file
+    found there before the file was processed (``None``: none)."""
+
+    output: DataUri
+    store: Store
+    rule: CommitRule
+    recorder: UploadRecorder
+    existing: str | None  # its ETag
 
 
 class RecordWriter(Protocol):
@@ -57,6 +77,7 @@ class Claim:
         lease: HeldLease | None,
         recorder: UploadRecorder,
         records: RecordWriter,
+        errors: ErrorsTarget | None = None,
     ) -> None:
         self.item = item
         self.file_id = item.id
@@ -71,6 +92,10 @@ class Claim:
         self.committed = False  # the output is ours: record it even if the lease goes now
         self.settled = False  # committed and recorded: the lease has nothing left to guard
         self.output_etag: str | None = None  # once committed (also when a stop met the commit)
+        self.errors = errors  # None: isolation is off (no errors file)
+        self.errors_output = errors.output if errors is not None else None
+        self.on_errors_upload_id = errors.recorder.record if errors is not None else None
+        self.errors_etag: str | None = None  # the errors file committed with the output
 
     def check(self) -> None:
         """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
@@ -79,10 +104,12 @@ class Claim:
         elif self.lost.is_set():
             raise ClaimLost(f"{self.item.uri}: another instance committed its output first")
 
-    async def commit(self, upload: Upload) -> str:
-        """Commit ``upload`` under the claim's condition; ``ClaimLost`` if another won."""
+    async def commit(self, upload: Upload, errors: Upload | None = None) -> str:
+        """Commit ``upload`` (and first ``errors``, the file's errors file) under the
+        claim's conditions; ``ClaimLost`` if another won. A stop that comes meanwhile
+        waits for both, so the two are committed together or not at all."""
         self.check()
-        committing = asyncio.ensure_future(upload.commit(**self.rule.kwargs))
+        committing = asyncio.ensure_future(self._commit(upload, errors))
         try:
             etag = await asyncio.shield(committing)
         except asyncio.CancelledError:
@@ -112,6 +139,35 @@ class Claim:
         self.committed = True
         self.output_etag = etag
         return etag
+
+    async def _commit(self, upload: Upload, errors: Upload | None) -> str:
+        target = self.errors
+        if errors is not None:
+            assert target is not None
+            self.errors_etag = await errors.commit(**target.rule.kwargs)
+        try:
+            etag = await upload.commit(**self.rule.kwargs)
+        except PreconditionFailed:
+            if self.errors_etag is not None:  # ours, next to another's output: take it back
+                await self._delete_errors(self.errors_etag, "its output was committed first")
+                self.errors_etag = None
+            raise
+        if errors is None and target is not None and target.existing is not None:
+            await self._delete_errors(target.existing, "this run had no failed records")
+        return etag
+
+    async def _delete_errors(self, etag: str, why: str) -> None:
+        """Delete the errors file if it is still the one with ``etag`` (best effort)."""
+        target = self.errors
+        assert target is not None
+        key = target.output.key
+        try:
+            found = await target.store.head(key)
+            if found is not None and found.etag == etag:
+                await target.store.delete(key)
+                log.info("%s: deleted %s (%s)", self.item.uri, target.output, why)
+        except StorageError as error:
+            log.warning("%s: could not delete %s (%s)", self.item.uri, target.output, error)
 
     async def run(self, work: Awaitable[_T]) -> _T:
         """Await ``work``, cancelling it and raising ``ClaimLost`` if the claim is lost."""
@@ -150,6 +206,8 @@ class Claim:
         """Forget the UploadIds, release the lease (unless lost, or the file is settled and
         the lease still ours); safe to call twice."""
         await self._recorder.forget()
+        if self.errors is not None:
+            await self.errors.recorder.forget()
         if self.lease is not None:
             await self.lease.release(settled=self.settled)
         self._records.released(self.file_id)

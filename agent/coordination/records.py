@@ -59,6 +59,8 @@ class FileRecord:
     Seconds: float = 0.0
     FailureReason: str | None = None
     FinishedAt: str = ""
+    FailedRecords: int = 0  # records that failed alone, listed in the errors file
+    ErrorsETag: str | None = None  # that errors file, committed with the output
 
     # The facts the runner's summary reads (``agent.results.FileOutcome``): the runner keeps
     # the record in place of the file's ``FileResult`` once it is written.
@@ -86,6 +88,10 @@ class FileRecord:
     def error(self) -> str | None:
         return self.FailureReason
 
+    @property
+    def failed_records(self) -> int:
+        return self.FailedRecords
+
     def as_json(self) -> dict[str, Any]:
         """The file's entry in the runner's summary, as ``FileResult.as_json`` gives it."""
         return file_entry(
@@ -99,6 +105,7 @@ class FileRecord:
             self.Seconds,
             self.OutputETag,
             self.FailureReason,
+            self.FailedRecords,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def summary_head(
 ) -> tuple[dict[str, Any], bool]:
     """``build_summary`` without the per-file entries: ``"Files"`` stands where they go,
     as ``None``. One pass over the listing; nothing per file is kept."""
-    count = failed = records_sent = requests = in_bytes = out_bytes = 0
+    count = failed = records_sent = requests = in_bytes = out_bytes = failed_records = 0
     first_failure: FileRecord | None = None
     instances: set[str] = set()
     run_id = listing.run_id
@@ -76,6 +76,7 @@ def summary_head(
             if first_failure is None:
                 first_failure = record
         records_sent += record.Records
+        failed_records += record.FailedRecords
         requests += record.Requests
         in_bytes += record.InputBytes
         out_bytes += record.OutputBytes
@@ -101,6 +102,7 @@ def summary_head(
         "FilesCompleted": count - failed,
         "FilesFailed": failed,
         "Records": records_sent,
+        "FailedRecords": failed_records,
         "Requests": requests,
         "InputBytes": in_bytes,
         "OutputBytes": out_bytes,

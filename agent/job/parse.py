@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from agent.job.isolation import check_isolation
 from agent.job.processing import check_processing, filter_problem, processing_notes
 from agent.job.schema import (
     AGENT,
@@ -33,6 +34,7 @@ from agent.job.schema import (
     MODEL_NAME,
     NAME_RULE,
     OUTPUT,
+    PLACEHOLDER_MAX_CHARS,
     PROCESSING,
     REQUIRED,
     RESOURCES,
@@ -118,8 +120,9 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
     transform_output = _transform_output(check, top, here)
     instance_count = _instance_count(check, top)
     processing = _data_processing(check, top)
-    check_processing(check, processing, transform_input, transform_output)
+    plan = check_processing(check, processing, transform_input, transform_output)
     agent = _agent(check, top, here)
+    check_isolation(check, agent, payload_mb, strategy, transform_input, transform_output, plan)
     if agent.require_line_per_record and transform_output is not None:
         if transform_output.assemble_with != "Line":
             check.problem(
@@ -323,6 +326,18 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     response_mb = check.integer(fields, "MaxResponseMB", path, minimum=1, maximum=MAX_RESPONSE_MB)
     # MultiRecord bodies hold at most this many records as well as MaxPayloadInMB of bytes.
     max_records = check.integer(fields, "MaxRecordsPerRequest", path, minimum=1)
+    # Failed records an instance may meet before the run fails; -1: no limit.
+    max_failed = check.integer(fields, "MaxFailedRecords", path, minimum=-1)
+    placeholder = check.string(
+        fields, "FailedRecordPlaceholder", path, max_chars=PLACEHOLDER_MAX_CHARS
+    )
+    if placeholder is not None and ("\n" in placeholder or "\r" in placeholder):
+        check.problem(
+            child(path, "FailedRecordPlaceholder"),
+            "holds a line break; the placeholder stands for one line of output, so use a "
+            "string without \\n or \\r",
+        )
+        placeholder = None
     return AgentConfig(
         model_url=model_url,
         model_command=_model_command(check, fields, path),
@@ -334,6 +349,8 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         max_response_mb=response_mb,
         max_records_per_request=max_records,
         require_line_per_record=bool(check.boolean(fields, "RequireLinePerRecord", path)),
+        max_failed_records=max_failed,
+        failed_record_placeholder=placeholder,
     )
 
 

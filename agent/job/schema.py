@@ -325,7 +325,7 @@ PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
     "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
-    "RequireLinePerRecord",
+    "RequireLinePerRecord", "MaxFailedRecords", "FailedRecordPlaceholder",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {
@@ -367,6 +367,8 @@ NAME_RULE = "use 1 to 63 letters, digits and hyphens, starting and ending with a
 ENV_MAX_ENTRIES = 16
 ENV_VALUE_MAX_CHARS = 10240
 FILTER_MAX_CHARS = 63
+# Agent.FailedRecordPlaceholder: one line of output per failed record.
+PLACEHOLDER_MAX_CHARS = 4096
 MAX_RESPONSE_MB = 16_384  # Agent.MaxResponseMB: 1 MiB to 16 GiB per answer
 MAX_PAYLOAD_MB = 100  # MaxPayloadInMB: 0 (no bound) to 100 MiB per request body
 

@@ -218,6 +218,11 @@ class AgentConfig:
     max_records_per_request: int | None = None
     # Each answer must hold one line per record sent, else its file fails (AssembleWith Line).
     require_line_per_record: bool = False
+    # Record isolation (README "Failed records"): None off; else the failed records an
+    # instance may meet before its run fails, -1 for no limit.
+    max_failed_records: int | None = None
+    # Written as a failed record's line of output (AssembleWith Line); None: nothing.
+    failed_record_placeholder: str | None = None
 
     @property
     def reorder_buffer_bytes(self) -> int:

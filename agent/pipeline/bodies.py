@@ -39,11 +39,13 @@ class BodyReader:
         gzip: bool,
         processor: RecordProcessor | None,
         max_records: int = 0,
+        bounds: bool = False,
     ) -> None:
         self.split_type = split_type
         self.batch_strategy = batch_strategy
         self.max_payload_bytes = max_payload_bytes
         self.max_records = max_records  # Agent.MaxRecordsPerRequest; 0: no cap
+        self.bounds = bounds  # bodies carry their record ends (``Body.bounds``)
         self.gzip = gzip
         self.processor = processor
 
@@ -76,10 +78,15 @@ class BodyReader:
                 self.batch_strategy,
                 self.max_payload_bytes,
                 max_records=self.max_records,
+                bounds=self.bounds,
             )
         else:
             splitter = make_splitter(
-                self.split_type, self.batch_strategy, self.max_payload_bytes, self.max_records
+                self.split_type,
+                self.batch_strategy,
+                self.max_payload_bytes,
+                self.max_records,
+                bounds=self.bounds,
             )
         async with contextlib.aclosing(self.chunks(info, source, start)) as chunks:
             async for chunk in chunks:

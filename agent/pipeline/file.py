@@ -29,21 +29,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterable, AsyncIterator
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agent._compat import BytesLike
+from agent.aio import race
 from agent.codec.gzip import GzipError
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
-from agent.dataproc import Batch, RecordProcessor, make_processor
+from agent.dataproc import RecordProcessor, make_processor
 from agent.errors import BtAgentError
 from agent.job import JobSettings
-from agent.model.client import ModelClient, ModelExitedError, RequestBody
+from agent.model.client import ModelClient, ModelExitedError
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
-from agent.pipeline.lines import RecordSpan, check_line_per_record
+from agent.pipeline.failures import ErrorsFile, FailureLimit
+from agent.pipeline.lines import RecordSpan
 from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
+from agent.pipeline.requests import Answered, FailedRecord, Held, Requester
 from agent.pipeline.settings import PipelineSettings
 from agent.report import Progress
 from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
@@ -53,9 +57,8 @@ from agent.storage import InputFile, ObjectInfo, OutputKeyError, StorageError, S
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
 
-# A join over more bytes than this runs in a thread, so the event loop keeps serving the
-# other requests (orjson parsing is ~4 µs a row).
-JOIN_INLINE_BYTES = 256 << 10
+log = logging.getLogger("agent.run")
+_T = TypeVar("_T")
 
 
 class FileFailed(BtAgentError):
@@ -64,8 +67,14 @@ class FileFailed(BtAgentError):
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    data: BytesLike  # the model's answer as read (one buffer), or the joined output
+    # The model's answer as read (one buffer), or the joined output; Answered when the
+    # body was cut (a 413, or failed records isolated).
+    data: BytesLike | Answered
     early: bool  # finished before a request ahead of it: holds budget, not a slot
+
+    @property
+    def size(self) -> int:
+        return self.data.size if isinstance(self.data, Answered) else len(self.data)
 
 
 class _Place:
@@ -113,7 +122,20 @@ class Pipeline:
             settings.gzip,
             self.processor,
             settings.max_records,
+            bounds=settings.bounds,
         )
+        self.requester = Requester(
+            client,
+            self.processor,
+            split_type=settings.split_type,
+            single=settings.batch_strategy == "SingleRecord",
+            require_line_per_record=settings.require_line_per_record,
+            isolate=settings.max_failed_records is not None,
+            placeholder=settings.placeholder,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self.failures = FailureLimit(settings.max_failed_records)
+        self.limit_passed = asyncio.Event()  # more records failed than MaxFailedRecords allows
 
     async def run(self, claims: AsyncIterable[Claim], results: list[FileOutcome]) -> None:
         """Transform each file ``claims`` hands out (in its order); one entry each in
@@ -156,7 +178,9 @@ class Pipeline:
         try:
             async with claim:
                 try:
-                    await claim.run(self._transform_file(claim, result, reading))
+                    await claim.run(
+                        self._unless_limit(self._transform_file(claim, result, reading))
+                    )
                     result.finish(COMPLETED)
                 except ClaimLost as lost:  # another instance has the file now: not a failure
                     result.finish(LOST, str(lost))
@@ -173,6 +197,7 @@ class Pipeline:
         except asyncio.CancelledError:
             if claim.committed and result.status != COMPLETED:  # the stop met the commit
                 result.output_etag = claim.output_etag
+                result.errors_etag = claim.errors_etag
                 result.finish(COMPLETED)
                 recorded = await asyncio.shield(claim.record(result))
             else:
@@ -183,6 +208,29 @@ class Pipeline:
             open_.release()
             self.progress.file_done(result)
             _settled(results, index, result, recorded)
+            if result.failed_records or result.extra_requests:
+                log.warning(
+                    "%s: %d record(s) failed alone; cutting its bodies took %d more request(s)",
+                    item.uri,
+                    result.failed_records,
+                    result.extra_requests,
+                )
+
+    async def _unless_limit(self, work: Awaitable[_T]) -> _T:
+        """Await ``work``; once MaxFailedRecords is passed, stop it: its file fails."""
+        if self.failures.limit is None:
+            return await work
+        task = await race(work, self.limit_passed)
+        if task.cancelled() and self.limit_passed.is_set():
+            raise FileFailed(f"stopped: {self.fatal}")
+        return task.result()
+
+    def _count_failed(self, failed: list[FailedRecord]) -> None:
+        reason = self.failures.add(failed)
+        if reason is not None:
+            self.fatal = reason
+            log.error("%s; the files in progress fail and no other starts", reason)
+            self.limit_passed.set()
 
     async def _transform_file(self, claim: Claim, result: FileResult, reading: _Place) -> None:
         item, out = claim.item, claim.output
@@ -211,23 +259,31 @@ class Pipeline:
             metadata=claim.metadata or None,
             on_upload_id=claim.on_upload_id,
         )
-        async with upload:
-            assembler = Assembler(upload.write, s.assemble_with)
-            await self._transform(item, item.info, source, assembler, result, reading)
+        errors = ErrorsFile(
+            sink,
+            claim.errors_output,
+            kms_key_id=s.kms_key_id,
+            metadata=claim.metadata or None,
+            on_upload_id=claim.on_errors_upload_id,
+        )
+        async with upload, errors:
+            sinks = _Sinks(Assembler(upload.write, s.assemble_with), errors, result)
+            await self._transform(item, item.info, source, sinks, result, reading)
             try:
-                result.output_etag = await claim.commit(upload)
+                result.output_etag = await claim.commit(upload, errors.upload)
             finally:
                 # Also when a stop met the commit: the commit was finished and the file is
                 # recorded as completed, with its true size.
                 if claim.committed:
-                    result.output_bytes = assembler.bytes_written
+                    result.output_bytes = sinks.assembler.bytes_written
+                    result.errors_etag = claim.errors_etag
 
     async def _transform(
         self,
         item: InputFile,
         info: ObjectInfo,
         source: Store,
-        assembler: Assembler,
+        sinks: _Sinks,
         result: FileResult,
         reading: _Place,
     ) -> None:
@@ -238,34 +294,28 @@ class Pipeline:
                 ahead.append(body)
                 if (body := await anext(bodies, None)) is None:  # the file's only body
                     reading.release()
-                    await self._transform_alone(item, ahead[0], assembler, result)
+                    await self._transform_alone(item, ahead[0], sinks, result)
                     return
             if body is not None:
                 ahead.append(body)
-            await self._transform_many(
-                item, info, source, ahead, bodies, assembler, result, reading
-            )
+            await self._transform_many(item, info, source, ahead, bodies, sinks, result, reading)
 
     def _whole_file(self, body: BodyLike, info: ObjectInfo) -> bool:
         """Whether ``body`` is a whole body that reaches the end of the (uncompressed) input."""
         return body.first and body.last and body.end == info.size and not self.settings.gzip
 
     async def _transform_alone(
-        self, item: InputFile, body: BodyLike, assembler: Assembler, result: FileResult
+        self, item: InputFile, body: BodyLike, sinks: _Sinks, result: FileResult
     ) -> None:
         """A file of one body (most small files): its request awaited here, with no writer
         task, queue or task group, and its slot given back once the answer is written."""
         await self.budget.wait_for_room()
         await self.slots.acquire()
         result.requests += 1
-        what = f"{item.uri} bytes [{body.start}, {body.end})"
         try:
             try:
-                span = None
-                if self.settings.require_line_per_record:  # the file's first record is 0
-                    span = RecordSpan(str(item.uri), 0, body.start, body.end, body.records)
-                batch = body if isinstance(body, Batch) else None
-                await assembler.add(await self._answer(body.data, what, batch, span))
+                answer = await self._answer(Held(str(item.uri), body, 0), result)
+                await sinks.put(answer)
             finally:
                 self.slots.release()
         finally:
@@ -280,40 +330,39 @@ class Pipeline:
         source: Store,
         ahead: list[BodyLike],
         rest: AsyncIterator[BodyLike],
-        assembler: Assembler,
+        sinks: _Sinks,
         result: FileResult,
         reading: _Place,
     ) -> None:
         order: asyncio.Queue[asyncio.Task[_Answer] | None] = asyncio.Queue()
         line = RequestOrder()
         s = self.settings
+        uri = str(item.uri)
         try:
             async with (
                 contextlib.aclosing(chain(ahead, rest)) as chained,
                 asyncio.TaskGroup() as group,
             ):
-                group.create_task(self._write(order, assembler))
+                group.create_task(self._write(order, sinks))
                 streamed: UnboundedBody | None = None
-                span: RecordSpan | None = None  # the body's records, for the line rule
+                span: RecordSpan | None = None  # a streamed body's records, for the line rule
                 async for body in chained:
-                    payload: RequestBody
                     if body.first:
                         await self.budget.wait_for_room()
                         await self.slots.acquire()
+                        work: Awaitable[BytesLike | Answered]
                         if body.last:
-                            payload = body.data
-                            what = f"{item.uri} bytes [{body.start}, {body.end})"
+                            # The records of the bodies before this one are counted: the
+                            # loop adds a body's records at its last part, before the next.
+                            work = self._answer(Held(uri, body, result.records), result)
                         else:
                             reopen = functools.partial(self.reader.reread, info, source, body.start)
                             streamed = UnboundedBody(reopen)
-                            payload, what = streamed, f"{item.uri} body from byte {body.start}"
-                        batch = body if isinstance(body, Batch) else None
-                        if s.require_line_per_record:
-                            # The records of the bodies before this one are counted: the
-                            # loop adds a body's records at its last part, before the next.
-                            span = RecordSpan(str(item.uri), result.records, body.start)
-                        request = self._request(payload, what, line, line.issue(), batch, span)
-                        task = group.create_task(request)
+                            if s.require_line_per_record:
+                                span = RecordSpan(uri, result.records, body.start)
+                            what = f"{uri} body from byte {body.start}"
+                            work = self.requester.streamed(streamed, what, span)
+                        task = group.create_task(self._request(work, line, line.issue()))
                         task.add_done_callback(self._free_slot_if_failed)
                         order.put_nowait(task)
                         result.requests += 1
@@ -337,44 +386,25 @@ class Pipeline:
         finally:
             await self._drop_waiting(order)
 
+    async def _answer(self, held: Held, result: FileResult) -> BytesLike | Answered:
+        """A whole body's answer; the failed records it held are counted at once."""
+        answer = await self.requester.answer(held)
+        if isinstance(answer, Answered):
+            result.requests += answer.requests
+            result.extra_requests += answer.requests
+            if answer.failed:
+                self._count_failed(answer.failed)
+        return answer
+
     async def _request(
-        self,
-        payload: RequestBody,
-        what: str,
-        line: RequestOrder,
-        seq: int,
-        batch: Batch | None = None,
-        span: RecordSpan | None = None,
+        self, work: Awaitable[BytesLike | Answered], line: RequestOrder, seq: int
     ) -> _Answer:
-        data = await self._answer(payload, what, batch, span)
-        early = not line.finish(seq)
-        if early:
+        answer = _Answer(await work, False)
+        if not line.finish(seq):  # early: wait in the budget, not in a slot
+            answer = _Answer(answer.data, True)
             self.slots.release()
-            self.budget.hold(len(data))
-        return _Answer(data, early)
-
-    async def _answer(
-        self, payload: RequestBody, what: str, batch: Batch | None, span: RecordSpan | None
-    ) -> BytesLike:
-        """One request's answer as it is written: the model's, checked against
-        ``Agent.RequireLinePerRecord`` when ``span`` is given, then joined and filtered by
-        DataProcessing when ``batch`` is given and the processor works on answers."""
-        data: BytesLike = await self.client.invoke(payload, what=what)
-        if span is not None:  # on the model's own answer, before the join
-            await check_line_per_record(data, span)
-        if batch is not None and self.processor is not None and self.processor.processes_output:
-            data = await self._join(self.processor, batch, data, what)
-        return data
-
-    @staticmethod
-    async def _join(processor: RecordProcessor, batch: Batch, data: BytesLike, what: str) -> bytes:
-        """JoinSource and OutputFilter over one answer; big answers off the event loop."""
-        join = functools.partial(
-            processor.assemble, batch.inputs, data, what=what, start=batch.start
-        )
-        if len(data) + len(batch.inputs) < JOIN_INLINE_BYTES:
-            return join()
-        return await asyncio.to_thread(join)
+            self.budget.hold(answer.size)
+        return answer
 
     def _free_slot_if_failed(self, task: asyncio.Task[_Answer]) -> None:
         """A request that failed or was cancelled gives its slot back.
@@ -389,17 +419,17 @@ class Pipeline:
     async def _settle(self, answer: _Answer) -> None:
         """An answer was written or dropped: give back its slot or its budget."""
         if answer.early:
-            await self.budget.release(len(answer.data))
+            await self.budget.release(answer.size)
         else:
             self.slots.release()
 
     async def _write(
-        self, order: asyncio.Queue[asyncio.Task[_Answer] | None], assembler: Assembler
+        self, order: asyncio.Queue[asyncio.Task[_Answer] | None], sinks: _Sinks
     ) -> None:
         while (task := await order.get()) is not None:
             answer = await task
             try:
-                await assembler.add(answer.data)
+                await sinks.put(answer.data)
             finally:
                 await self._settle(answer)
 
@@ -410,6 +440,28 @@ class Pipeline:
             if task is not None and task.done() and not task.cancelled():
                 if task.exception() is None:
                     await self._settle(task.result())
+
+
+class _Sinks:
+    """Where one file's answers go, in input order: outputs to its ``.out`` (through the
+    assembler), failed records to its errors file."""
+
+    __slots__ = ("assembler", "errors", "result")
+
+    def __init__(self, assembler: Assembler, errors: ErrorsFile, result: FileResult) -> None:
+        self.assembler = assembler
+        self.errors = errors
+        self.result = result
+
+    async def put(self, answer: BytesLike | Answered) -> None:
+        if not isinstance(answer, Answered):
+            await self.assembler.add(answer)
+            return
+        for data in answer.outputs:
+            await self.assembler.add(data)
+        for failed in answer.failed:
+            await self.errors.add(failed)
+            self.result.failed_records += 1
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

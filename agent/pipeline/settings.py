@@ -29,6 +29,14 @@ class PipelineSettings:
     assemble_with: str
     kms_key_id: str | None
     require_line_per_record: bool = False  # Agent.RequireLinePerRecord (AssembleWith Line)
+    max_failed_records: int | None = None  # Agent.MaxFailedRecords; None: no isolation
+    placeholder: str | None = None  # Agent.FailedRecordPlaceholder
+
+    @property
+    def bounds(self) -> bool:
+        """Whether bodies carry their record ends (a held MultiRecord body may be halved:
+        after a 413, always, or to isolate failed records)."""
+        return self.batch_strategy == "MultiRecord" and self.max_payload_bytes > 0
 
     @classmethod
     def from_job(cls, job: JobSettings) -> PipelineSettings:
@@ -48,4 +56,6 @@ class PipelineSettings:
             assemble_with=job.output.assemble_with,
             kms_key_id=job.output.kms_key_id,
             require_line_per_record=job.agent.require_line_per_record,
+            max_failed_records=job.agent.max_failed_records,
+            placeholder=job.agent.failed_record_placeholder,
         )

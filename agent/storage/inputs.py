@@ -30,11 +30,11 @@ log = logging.getLogger("agent.inputs")
 
 # What the agent itself writes under the output path, by name ending: these are never
 # inputs, whatever the prefixes. Add the suffix of any new per-file output here.
-OUTPUT_SUFFIXES: tuple[str, ...] = (".out",)
+OUTPUT_SUFFIXES: tuple[str, ...] = (".out", ".errors.jsonl")
 STATE_DIRECTORY = "_bt-agent"  # <S3OutputPath>/_bt-agent/: the default state roots of all jobs
 # Bumped whenever the rule above (what is excluded, how keys are resolved) changes, so a
 # snapshot taken under another rule is never joined.
-LISTING_RULE = 2
+LISTING_RULE = 3
 
 
 class StoreLookup(Protocol):
@@ -122,6 +122,12 @@ def output_uri(relative: str, output: DataUri) -> DataUri:
             f"directory {directory}; rename the input or fix its manifest entry"
         )
     return DataUri("file", "", path)
+
+
+def errors_uri(output: DataUri) -> DataUri:
+    """The errors file beside an output: ``<name>.errors.jsonl`` for ``<name>.out``."""
+    stem = output.key[: -len(".out")] if output.key.endswith(".out") else output.key
+    return DataUri(output.scheme, output.bucket, f"{stem}.errors.jsonl")
 
 
 def _directory(uri: DataUri) -> str | None:

@@ -1,0 +1,95 @@
+"""Failed records (README "Failed records"): each file's ``<name>.errors.jsonl`` and the
+instance's ``Agent.MaxFailedRecords`` limit.
+
+A file's errors file is an upload like its ``.out``, opened at its first failed record
+and written in input order by the file's writer; the claim commits it before the
+``.out`` (docs/design.md §4.7). A file without failed records writes none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import TracebackType
+
+from agent.job import DataUri
+from agent.pipeline.requests import FailedRecord
+from agent.storage import Store, Upload, UploadIdCallback
+
+FIRST_NAMED = 3  # failed records the limit's message names
+ERRORS_CONTENT_TYPE = "application/jsonlines"
+
+
+class ErrorsFile:
+    """One file's errors file, opened at its first line; ``async with`` it around the
+    file's work, so a file that does not commit leaves nothing behind."""
+
+    def __init__(
+        self,
+        sink: Store,
+        where: DataUri | None,
+        *,
+        kms_key_id: str | None,
+        metadata: dict[str, str] | None,
+        on_upload_id: UploadIdCallback | None,
+    ) -> None:
+        self.sink = sink
+        self.where = where
+        self.kms_key_id = kms_key_id
+        self.metadata = metadata
+        self.on_upload_id = on_upload_id
+        self.upload: Upload | None = None
+        self.count = 0
+        self._stack = contextlib.AsyncExitStack()
+
+    async def add(self, failed: FailedRecord) -> None:
+        if self.where is None:  # isolation is off: no record fails alone
+            raise RuntimeError("a failed record without an errors file")
+        if self.upload is None:
+            self.upload = await self._stack.enter_async_context(
+                self.sink.open_upload(
+                    self.where.key,
+                    kms_key_id=self.kms_key_id,
+                    metadata=self.metadata,
+                    content_type=ERRORS_CONTENT_TYPE,
+                    on_upload_id=self.on_upload_id,
+                )
+            )
+        await self.upload.write(failed.entry())
+        self.count += 1
+
+    async def __aenter__(self) -> ErrorsFile:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()  # an upload not committed is aborted
+
+
+class FailureLimit:
+    """The failed records of this instance's files, against ``Agent.MaxFailedRecords``."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit  # None: isolation off; -1: no limit
+        self.count = 0
+        self.first: list[FailedRecord] = []
+
+    def add(self, failed: list[FailedRecord]) -> str | None:
+        """Count ``failed``; the reason the run stops when the limit was just passed."""
+        before = self.count
+        self.count += len(failed)
+        room = FIRST_NAMED - len(self.first)
+        if room > 0:
+            self.first += failed[:room]
+        limit = self.limit
+        if limit is None or limit < 0 or not before <= limit < self.count:
+            return None
+        named = "; ".join(record.where() for record in self.first)
+        more = "" if self.count <= len(self.first) else f" (the first {len(self.first)} named)"
+        return (
+            f"more records failed than Agent.MaxFailedRecords allows ({limit}): "
+            f"{self.count} failed on this instance{more}: {named}"
+        )

@@ -1,0 +1,351 @@
+"""Failed records and 413s end to end (README "Failed records"), against SeaweedFS and a
+real model server (``RecordModel``: 400 to a body holding a bad record, 413 over a size).
+
+Two files of 120,000 records each hold bad records at the first and the last record, two
+adjacent ones and one alone. With ``Agent.MaxFailedRecords`` each failing record is cut
+out by halving its body and written to ``<name>.errors.jsonl``; line *i* of the ``.out``
+still answers record *i* when a placeholder stands in. Over the limit the run fails and
+no output appears; without the field a bad record fails its file, as SageMaker does.
+"""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support.record_model import RecordModel, token
+from tests.support.runjob import (
+    Record,
+    file_bytes,
+    get_objects,
+    line,
+    output_keys,
+    put_objects,
+    recordio,
+    run_in_process,
+    start_agent,
+    tfrecord,
+    transform_job,
+)
+from tests.support.servers import SeaweedFS
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 120_000
+BAD = (0, 40_000, 40_001, 77_777, RECORDS - 1)  # first, two adjacent, one alone, last
+PLACEHOLDER = "FAILED"
+FILES = ("in/a.csv", "in/b.csv")
+
+
+@pytest.fixture
+def record_model() -> Iterator[RecordModel]:
+    model = RecordModel()
+    model.start()
+    try:
+        yield model
+    finally:
+        model.stop()
+
+
+def records_of(split_type: str, count: int) -> list[Record]:
+    """Records carrying their numbers; frames with a byte that is not UTF-8."""
+    if split_type == "Line":
+        return [line(token(n) + b",%d\n" % (n * 7919 % 100_003)) for n in range(count)]
+    frame = recordio if split_type == "RecordIO" else tfrecord
+    return [frame(token(n) + b"\xff" + b"p" * (n % 13)) for n in range(count)]
+
+
+def expected_out(count: int, bad: Sequence[int], placeholder: str | None) -> bytes:
+    """Each good record's answer, in order; the placeholder's line for a bad one."""
+    stand_in = b"" if placeholder is None else placeholder.encode() + b"\n"
+    skip = set(bad)
+    return b"".join(stand_in if n in skip else b"%06d\n" % n for n in range(count))
+
+
+def expected_errors(
+    uri: str, records: Sequence[Record], bad: Sequence[int]
+) -> list[dict[str, Any]]:
+    offsets = [0]
+    for record in records:
+        offsets.append(offsets[-1] + len(record.raw))
+    entries = []
+    for n in sorted(bad):
+        entry: dict[str, Any] = {
+            "input": uri,
+            "record": n,
+            "offset": offsets[n],
+            "length": len(records[n].raw),
+            "status": 400,
+            "error": f"cannot read record {n}\n",
+            "attempts": 1,
+        }
+        try:
+            entry["record_text"] = records[n].single.decode()
+        except UnicodeDecodeError:
+            entry["record_base64"] = base64.b64encode(records[n].single).decode()
+        entries.append(entry)
+    return entries
+
+
+def outputs(s3_server: SeaweedFS, bucket: str) -> dict[str, bytes]:
+    client = s3_server.sync_client()
+    return get_objects(client, bucket, output_keys(client, bucket, "out/"))
+
+
+JobMaker = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def make_job(bucket: str, record_model: RecordModel) -> JobMaker:
+    def make(agent: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        fields.setdefault("split_type", "Line")
+        fields.setdefault("batch_strategy", "MultiRecord")
+        fields.setdefault("max_payload_mb", 1)
+        fields.setdefault("max_concurrent", 4)
+        fields.setdefault("assemble_with", "Line")
+        return transform_job(
+            "failed-records",
+            f"s3://{bucket}/in/",
+            f"s3://{bucket}/out",
+            model_url=record_model.url,
+            agent=agent,
+            **fields,
+        )
+
+    return make
+
+
+def put_files(s3_server: SeaweedFS, bucket: str, records: Sequence[Record]) -> None:
+    data = file_bytes(records)
+    put_objects(s3_server.sync_client(), bucket, dict.fromkeys(FILES, data))
+
+
+# ---------------------------------------------------------------------- isolation on
+
+
+@pytest.mark.parametrize(
+    ("split_type", "strategy", "assemble_with", "count"),
+    [
+        ("Line", "MultiRecord", "Line", RECORDS),
+        ("Line", "MultiRecord", "None", RECORDS),
+        ("RecordIO", "MultiRecord", "Line", RECORDS),
+        ("TFRecord", "MultiRecord", "None", RECORDS),
+        # One request a record: fewer records keep the suite quick; the bad ones are the same
+        # kinds (first, adjacent, alone, last) among them.
+        ("Line", "SingleRecord", "Line", 3_000),
+        ("TFRecord", "SingleRecord", "None", 3_000),
+    ],
+)
+def test_bad_records_are_cut_out_and_listed(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+    split_type: str,
+    strategy: str,
+    assemble_with: str,
+    count: int,
+) -> None:
+    bad = BAD if count == RECORDS else (0, 1_000, 1_001, 2_222, count - 1)
+    records = records_of(split_type, count)
+    put_files(s3_server, bucket, records)
+    record_model.set_bad(bad)
+    placeholder = PLACEHOLDER if assemble_with == "Line" else None
+    agent: dict[str, Any] = {"MaxFailedRecords": 10}
+    if placeholder is not None:
+        agent["FailedRecordPlaceholder"] = placeholder
+    job = make_job(
+        agent, split_type=split_type, batch_strategy=strategy, assemble_with=assemble_with
+    )
+
+    run = run_in_process(job, tmp_path)
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    found = outputs(s3_server, bucket)
+    assert sorted(found) == sorted(
+        [f"out/{name[3:]}{suffix}" for name in FILES for suffix in (".out", ".errors.jsonl")]
+    )
+    for name in FILES:
+        uri = f"s3://{bucket}/{name}"
+        assert found[f"out/{name[3:]}.out"] == expected_out(count, bad, placeholder)
+        errors = [orjson.loads(text) for text in found[f"out/{name[3:]}.errors.jsonl"].splitlines()]
+        assert errors == expected_errors(uri, records, bad)
+        entry = run.file(uri)
+        assert entry["Status"] == "Completed" and entry["FailedRecords"] == len(bad)
+    assert run.summary is not None and run.summary["FailedRecords"] == 2 * len(bad)
+    if strategy == "MultiRecord":
+        # 2·k·log2(n) more requests at most, for k bad records in bodies of n.
+        bodies = 2 * 3  # two files of three 1 MiB bodies (or fewer)
+        bound = 2 * 2 * len(bad) * (count // 2).bit_length() + bodies
+        assert record_model.requests <= bound + bodies
+
+
+def test_over_the_limit_the_run_fails_and_nothing_is_written(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    put_files(s3_server, bucket, records_of("Line", RECORDS))
+    record_model.set_bad(BAD)
+    job = make_job({"MaxFailedRecords": 3, "FailedRecordPlaceholder": PLACEHOLDER})
+
+    run = run_in_process(job, tmp_path)
+
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    assert outputs(s3_server, bucket) == {}
+    assert run.summary is not None
+    reason = run.summary["FailureReason"]
+    assert "more records failed than Agent.MaxFailedRecords allows (3)" in reason
+    assert f"s3://{bucket}/in/" in reason and "record " in reason and "status 400" in reason
+    for name in FILES:
+        assert run.file(f"s3://{bucket}/{name}")["Status"] == "Failed"
+
+
+def test_zero_names_the_record_that_broke_the_run(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    records = records_of("Line", 5_000)
+    put_objects(s3_server.sync_client(), bucket, {"in/a.csv": file_bytes(records)})
+    record_model.set_bad([4_321])
+    job = make_job({"MaxFailedRecords": 0})
+
+    run = run_in_process(job, tmp_path)
+
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    offset = len(file_bytes(records[:4_321]))
+    named = f"s3://{bucket}/in/a.csv record 4321 (byte {offset}, status 400)"
+    assert run.summary is not None and named in run.summary["FailureReason"]
+    assert outputs(s3_server, bucket) == {}
+
+
+def test_without_the_field_a_bad_record_fails_its_file_as_before(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    put_files(s3_server, bucket, records_of("Line", RECORDS))
+    record_model.set_bad(BAD)
+
+    run = run_in_process(make_job({}), tmp_path)
+
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    assert outputs(s3_server, bucket) == {}
+    for name in FILES:
+        entry = run.file(f"s3://{bucket}/{name}")
+        assert entry["Status"] == "Failed" and "FailedRecords" not in entry
+        assert "status 400" in entry["FailureReason"]
+    # One request a body at most: nothing was cut.
+    assert record_model.requests <= 6
+
+
+# ---------------------------------------------------------------------- 413
+
+
+def test_a_model_that_refuses_bodies_over_300_kib_gets_smaller_ones(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    count = 400_000  # about 7 MiB of lines: two 6 MiB bodies
+    records = records_of("Line", count)
+    put_objects(s3_server.sync_client(), bucket, {"in/big.csv": file_bytes(records)})
+    record_model.refuse_over = 300 << 10
+    job = make_job({}, max_payload_mb=6)
+
+    run = run_in_process(job, tmp_path)
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    assert outputs(s3_server, bucket) == {"out/big.csv.out": expected_out(count, (), None)}
+    refused = record_model.refused_sizes
+    assert 1 <= len(refused) <= 16, refused  # a handful: the first bodies, halved a few times
+    assert record_model.statuses[200] >= len(file_bytes(records)) // (300 << 10)
+
+
+def test_one_record_over_the_models_limit_fails_its_file_naming_it(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    records = records_of("Line", 2_000)
+    big = line(token(1_500) + b"," + b"x" * 5_000 + b"\n")
+    records[1_500] = big
+    put_objects(s3_server.sync_client(), bucket, {"in/a.csv": file_bytes(records)})
+    record_model.refuse_over = 4_096
+
+    run = run_in_process(make_job({}), tmp_path)
+
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    offset = len(file_bytes(records[:1_500]))
+    reason = run.file(f"s3://{bucket}/in/a.csv")["FailureReason"]
+    assert f"record 1500 (byte {offset}, {len(big.raw)} bytes sent)" in reason
+    assert "413" in reason
+    assert outputs(s3_server, bucket) == {}
+
+
+# ---------------------------------------------------------------------- a stop mid-isolation
+
+
+def test_a_run_stopped_mid_isolation_and_run_again_gives_the_same_files(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    records = records_of("Line", RECORDS)
+    put_files(s3_server, bucket, records)
+    record_model.set_bad(BAD)
+    record_model.delay_seconds = 0.05
+    job = make_job({"MaxFailedRecords": 10, "FailedRecordPlaceholder": PLACEHOLDER})
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    agent = start_agent(job, tmp_path / "first")
+    try:
+        deadline = time.monotonic() + 60
+        while record_model.statuses[400] < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert record_model.statuses[400] >= 8, agent.log()[-4000:]
+        agent.signal(signal.SIGTERM)
+        stopped = agent.wait(60)
+    finally:
+        agent.kill()
+    assert stopped.returncode != 0, stopped.explain()
+    record_model.delay_seconds = 0.0
+
+    run = run_in_process(job, tmp_path / "second")
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    found = outputs(s3_server, bucket)
+    for name in FILES:
+        uri = f"s3://{bucket}/{name}"
+        assert found[f"out/{name[3:]}.out"] == expected_out(RECORDS, BAD, PLACEHOLDER)
+        errors = [orjson.loads(text) for text in found[f"out/{name[3:]}.errors.jsonl"].splitlines()]
+        assert errors == expected_errors(uri, records, BAD)
