@@ -13,7 +13,8 @@
 # payload of a frame that claims 2^60 bytes is only counted, so no input allocates more
 # than the bound. MultiRecord bodies are cut at the header of the first record that does
 # not fit, so held bytes never exceed the bound, or at the end of the record that
-# reaches the cap (Agent.MaxRecordsPerRequest), whichever comes first.
+# reaches the cap (Agent.MaxRecordsPerRequest), whichever comes first. A splitter made
+# with ``bounds`` notes each record's end as its last frame ends (`ends`, Body.bounds).
 
 cdef enum:
     HEADER = 0
@@ -175,8 +176,7 @@ cdef class _Frames(_Splitter):
         if self.bound and not self.single:
             if not self.skipping and self._overflows():
                 if self.rstart > self.S:
-                    self.out.append(_body(self.w.take(self.S, self.rstart - self.S), self.S,
-                                          self.rstart, self.k, True, True))
+                    self._cut(self.rstart)
                     self.S = self.rstart
                     self.k = 0
                 self.skipping = self._overflows()
@@ -246,9 +246,10 @@ cdef class _Frames(_Splitter):
         if self.bound and not self.single:
             self.R = fend
             self.k += 1
+            if self.ends is not None:
+                self.ends.add(<uint32_t>(fend - self.S))
             if self.k == self.cap:  # never true without a cap (0)
-                self.out.append(_body(self.w.take(self.S, fend - self.S), self.S, fend, self.k,
-                                      True, True))
+                self._cut(fend)
                 self.S = fend
                 self.k = 0
         elif self.bound:
@@ -259,6 +260,16 @@ cdef class _Frames(_Splitter):
             self.records += 1
             if self.records == self.cap:
                 self._close_part(fend)
+        return 0
+
+    cdef int _cut(self, int64_t end) except -1:
+        """Bounded MultiRecord: the body [S, end) of the k records packed so far goes out,
+        with their ends (Body.bounds) when the splitter was made with ``bounds``."""
+        cdef object data = self.w.take(self.S, end - self.S)
+        if self.ends is None:
+            self.out.append(_body(data, self.S, end, self.k, True, True))
+        else:
+            self.out.append(_bbody(data, self.S, end, self.k, self.ends.take()))
         return 0
 
     cdef int _close_part(self, int64_t fend) except -1:
@@ -335,8 +346,7 @@ cdef class _Frames(_Splitter):
             raise err.unclosed_at_end(self.open_)
         if self.bound and not self.single:
             if self.k:
-                self.out.append(_body(self.w.take(self.S, self.R - self.S), self.S, self.R,
-                                      self.k, True, True))
+                self._cut(self.R)
         elif self.bound == 0 and not self.single and self.sent:
             self.out.append(_body(EMPTY_VIEW, self.S, self.w.pos, self.records, False, True))
         return 0

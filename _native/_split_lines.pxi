@@ -9,6 +9,8 @@
 #          With a cap of N records (Agent.MaxRecordsPerRequest) the body ends after the
 #          N-th \n from S instead, when that comes before the bound: counted a block at a
 #          time (bt_nth_byte) and only once, the count carried over between chunks.
+#          A splitter made with ``bounds`` records each body's line ends instead of
+#          counting them: one memchr loop over the body once it is cut (_with_ends).
 #
 #            S                                    S + B
 #            |r e c \n r e c o r d \n r e c \n r e c|o r d \n ...
@@ -95,11 +97,34 @@ cdef class _Lines(_Splitter):
                     raise err.too_large(S, q + 1 - S, B, "record")
                 self.skipping = True
                 break
-            out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, self.w.count_byte(S, q + 1, 10),
-                             True, True))
+            if self.ends is None:
+                out.append(_body(self.w.take(S, q + 1 - S), S, q + 1,
+                                 self.w.count_byte(S, q + 1, 10), True, True))
+            else:
+                out.append(self._with_ends(S, q + 1))
             S = q + 1
         self.S = S
         return 0
+
+    cdef Body _with_ends(self, int64_t S, int64_t e):
+        """The whole MultiRecord body [S, e) with its record ends (Body.bounds): one memchr
+        loop over the body, which also counts its records. Only for a splitter made with
+        ``bounds``; the others keep the memrchr-and-count path above."""
+        cdef object data = self.w.take(S, e - S)
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+        cdef const unsigned char *q
+        cdef Py_ssize_t n = e - S, i = 0, records
+        cdef _Ends ends = self.ends
+        while True:
+            q = <const unsigned char *>memchr(p + i, 10, n - i)
+            if q == NULL:
+                break
+            i = q - p + 1
+            ends.add(<uint32_t>i)
+        if i < n:  # the final line, without a newline
+            ends.add(<uint32_t>n)
+        records = ends.n
+        return _bbody(data, S, e, records, ends.take())
 
     cdef int _capped_bodies(self) except -1:
         """MultiRecord with a cap: a body ends after the cap-th newline from its start,
@@ -111,7 +136,10 @@ cdef class _Lines(_Splitter):
             lim = pos if pos < S + B else S + B
             q = self.w.nth(self.scan_at, lim, 10, N - self.seen, &found)
             if q >= 0:
-                out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, N, True, True))
+                if self.ends is None:
+                    out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, N, True, True))
+                else:
+                    out.append(self._with_ends(S, q + 1))
                 S = q + 1
                 self.scan_at = S
                 self.seen = 0
@@ -127,7 +155,10 @@ cdef class _Lines(_Splitter):
                     raise err.too_large(S, q + 1 - S, B, "record")
                 self.skipping = True
                 break
-            out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, self.seen, True, True))
+            if self.ends is None:
+                out.append(_body(self.w.take(S, q + 1 - S), S, q + 1, self.seen, True, True))
+            else:
+                out.append(self._with_ends(S, q + 1))
             S = q + 1
             self.scan_at = S
             self.seen = 0
@@ -219,6 +250,8 @@ cdef class _Lines(_Splitter):
             elif pos:
                 records = self.newlines + (self.lastbyte != 10)
                 self.out.append(_body(EMPTY_VIEW, 0, pos, records, False, True))
+        elif pos > S and self.ends is not None:
+            self.out.append(self._with_ends(S, pos))
         elif pos > S:
             if self.single:
                 records = 1

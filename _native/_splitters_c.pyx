@@ -85,15 +85,17 @@ cdef class Body:
     cdef readonly int64_t records
     cdef readonly bint first
     cdef readonly bint last
+    cdef readonly object bounds  # record ends as little-endian uint32, or None
 
     def __init__(self, data, int64_t start, int64_t end, int64_t records,
-                 bint first=True, bint last=True):
+                 bint first=True, bint last=True, bounds=None):
         self.data = data
         self.start = start
         self.end = end
         self.records = records
         self.first = first
         self.last = last
+        self.bounds = bounds
 
     def __repr__(self):
         kind = "body" if self.first and self.last else "part"
@@ -115,6 +117,52 @@ cdef inline Body _body(object data, int64_t start, int64_t end, int64_t records,
     return b
 
 
+cdef inline Body _bbody(object data, int64_t start, int64_t end, int64_t records, object bounds):
+    """A whole body with its record ends (``bounds``, see ``_Ends``)."""
+    cdef Body b = _body(data, start, end, records, True, True)
+    b.bounds = bounds
+    return b
+
+
+@cython.final
+cdef class _Ends:
+    """The record ends of the body being packed, as little-endian uint32 values relative
+    to its start (Body.bounds, docs/design.md §2.4): a growable buffer, reused."""
+
+    cdef unsigned char *buf
+    cdef Py_ssize_t n, room  # entries held, entries allocated
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    cdef inline int add(self, uint32_t v) except -1:
+        cdef unsigned char *p
+        if self.n == self.room:
+            self._grow()
+        p = self.buf + 4 * self.n
+        p[0] = v & 0xFF
+        p[1] = (v >> 8) & 0xFF
+        p[2] = (v >> 16) & 0xFF
+        p[3] = v >> 24
+        self.n += 1
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t room = self.room * 2 + 1024
+        cdef void *grown = PyMem_Realloc(self.buf, 4 * room)
+        if grown == NULL:
+            raise MemoryError()
+        self.buf = <unsigned char *>grown
+        self.room = room
+        return 0
+
+    cdef bytes take(self):
+        """The ends added since the last take, as bytes; the buffer starts over."""
+        cdef bytes data = PyBytes_FromStringAndSize(<char *>self.buf, 4 * self.n)
+        self.n = 0
+        return data
+
+
 include "_split_window.pxi"
 
 
@@ -124,6 +172,7 @@ cdef class _Splitter:
     cdef int64_t bound
     cdef bint single
     cdef int64_t cap  # MultiRecord: at most this many records a body; 0: no cap
+    cdef _Ends ends  # whole MultiRecord bodies carry their record ends; None: they do not
     cdef _Window w
     cdef list out
     cdef object error
@@ -190,15 +239,17 @@ include "_split_lines.pxi"
 include "_split_frames.pxi"
 
 
-def make_splitter(split_type, batch_strategy, max_payload_bytes, max_records=0):
+def make_splitter(split_type, batch_strategy, max_payload_bytes, max_records=0, bounds=False):
     """A new splitter for one input object.
 
     ``split_type``: ``None``, ``Line``, ``RecordIO`` or ``TFRecord``; ``batch_strategy``:
     ``MultiRecord`` or ``SingleRecord``; ``max_payload_bytes``: the body bound in bytes,
     ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream); ``max_records``:
     at most this many records in a MultiRecord body (``Agent.MaxRecordsPerRequest``), 0
-    for no cap. ValueError otherwise.
+    for no cap; ``bounds``: whole MultiRecord bodies carry their record ends
+    (``Body.bounds``). ValueError otherwise.
     """
+    cdef _Splitter splitter
     single = _STRATEGIES.get(batch_strategy)
     bound = max_payload_bytes
     if (split_type not in ("None", "Line", "RecordIO", "TFRecord") or single is None
@@ -209,24 +260,30 @@ def make_splitter(split_type, batch_strategy, max_payload_bytes, max_records=0):
     # No input holds 2^62 records, so a larger cap is the same as this one.
     cap = 0 if single else min(max_records, 1 << 62)
     if split_type == "Line":
-        return _Lines(bound, single, cap)
-    if split_type == "None":
+        splitter = _Lines(bound, single, cap)
+    elif split_type == "None":
         return _Whole(bound, single, cap)
-    return _Frames(bound, single, cap, split_type == "TFRecord")
+    else:
+        splitter = _Frames(bound, single, cap, split_type == "TFRecord")
+    if bounds and bound and not single:
+        splitter.ends = _Ends()
+    return splitter
 
 
 @cython.final
 cdef class Packer:
     """Packs records the caller already cut (filtered records) under the same bound, and
-    at most ``max_records`` of them a body (0: no cap)."""
+    at most ``max_records`` of them a body (0: no cap); with ``bounds``, a whole
+    MultiRecord body carries its record ends in ``data`` (``Body.bounds``)."""
 
     cdef bint single
     cdef int64_t bound
     cdef int64_t cap
     cdef list parts
     cdef int64_t size, start, end, k
+    cdef _Ends ends
 
-    def __init__(self, batch_strategy, max_payload_bytes, max_records=0):
+    def __init__(self, batch_strategy, max_payload_bytes, max_records=0, bounds=False):
         single = _STRATEGIES.get(batch_strategy)
         bound = max_payload_bytes
         if single is None or type(bound) is not int or bound < 0:
@@ -237,6 +294,8 @@ cdef class Packer:
         self.bound = bound
         self.cap = min(max_records, 1 << 62)
         self.parts = []
+        if bounds and bound and not single:
+            self.ends = _Ends()
 
     def add(self, record, int64_t start, int64_t end):
         """Add one record whose input range is ``[start, end)``; maybe complete a body."""
@@ -265,6 +324,8 @@ cdef class Packer:
         self.size += n
         self.end = end
         self.k += 1
+        if self.ends is not None:
+            self.ends.add(<uint32_t>self.size)
         return done
 
     def finish(self):
@@ -280,7 +341,8 @@ cdef class Packer:
     cdef Body _cut(self):
         cdef list parts = self.parts
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        cdef Body body = _body(data, self.start, self.end, self.k, True, True)
+        cdef Body body = _bbody(data, self.start, self.end, self.k,
+                                None if self.ends is None else self.ends.take())
         self.parts = []
         self.size = 0
         self.k = 0

@@ -14,6 +14,14 @@ together with the same records unfiltered, exactly as in the input (``inputs``),
 * SplitType None: the object is one record, filtered whole once it has been read.
 * InputFilter ``$``: the compiled splitters cut the bodies; ``inputs`` is the body itself.
 
+With ``bounds=True`` each MultiRecord batch of SplitType Line also says where its records
+end, so the pipeline can cut it in halves by record without parsing it again
+(docs/design.md §2.4): ``bounds`` in ``data`` (the filtered body) and ``input_bounds`` in
+``inputs``, both ``records`` little-endian uint32 values relative to the start of their
+bytes, the last one their length. They come from the offsets filtering already gave (or,
+for ``$``, from the splitter's ``Body.bounds``, and then both are the same object); both
+are ``None`` without the flag and for SingleRecord or SplitType None.
+
 Bounds (decisions): the bound applies to the filtered bytes, so a record may be larger
 before filtering — up to ``max_input_bytes`` (default four times the bound), which also
 caps the unfiltered bytes one batch keeps; a larger record fails its file. Since each
@@ -23,6 +31,7 @@ bound, bodies streamed) becomes the largest bound SageMaker allows, 100 MiB.
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
 
 from agent._compat import MIB, BytesLike
@@ -37,14 +46,25 @@ INPUT_FACTOR = 4  # unfiltered bytes a batch may hold, per byte of bound
 class Batch:
     """One whole request body and the unfiltered input records it was made from."""
 
-    __slots__ = ("data", "inputs", "start", "end", "records")
+    __slots__ = ("data", "inputs", "start", "end", "records", "bounds", "input_bounds")
 
-    def __init__(self, data: bytes, inputs: bytes, start: int, end: int, records: int) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        inputs: bytes,
+        start: int,
+        end: int,
+        records: int,
+        bounds: bytes | None = None,
+        input_bounds: bytes | None = None,
+    ) -> None:
         self.data = data  # what to send
         self.inputs = inputs  # input bytes [start, end), as in the file
         self.start = start
         self.end = end
         self.records = records
+        self.bounds = bounds  # record ends in data (uint32 LE), or None; see the module doc
+        self.input_bounds = input_bounds  # ... and in inputs
 
     @property
     def first(self) -> bool:
@@ -72,6 +92,7 @@ class RecordBatcher:
         *,
         max_input_bytes: int | None = None,
         max_records: int = 0,
+        bounds: bool = False,
     ) -> None:
         if batch_strategy not in BATCH_STRATEGIES or max_payload_bytes < 0 or max_records < 0:
             raise ValueError(
@@ -85,11 +106,17 @@ class RecordBatcher:
         # Records a MultiRecord body may still take when it is empty; 0: no cap.
         self.max_records = 0 if self._single else max_records
         split_type = "Line" if processor.lines else "None"
+        # Record ends for each MultiRecord Line batch (see the module doc).
+        self._bounds = bool(bounds) and not self._single and processor.lines
         self._plain = (
             None
             if processor.filters_input
-            else make_splitter(split_type, batch_strategy, self.bound, self.max_records)
+            else make_splitter(
+                split_type, batch_strategy, self.bound, self.max_records, self._bounds
+            )
         )
+        self._ends: list[int] = []  # with bounds: record ends in the batch's body ...
+        self._input_ends: list[int] = []  # ... and in its inputs
         self._pending: list[bytes | memoryview] = []  # a record not yet complete
         self._pending_bytes = 0
         self._pos = 0  # input offset of the first pending byte
@@ -203,6 +230,10 @@ class RecordBatcher:
                 raise self._raw_too_large(base + read[i], read[i + 1] - read[i])
             if not self._body:
                 self._start = base + read[i]
+            if self._bounds:
+                at, raw_at = self._size - sent[i], self._raw - read[i]
+                self._ends.extend([at + end for end in sent[i + 1 : j + 1]])
+                self._input_ends.extend([raw_at + end for end in read[i + 1 : j + 1]])
             self._body.append(_part(sent_bytes, sent[i], sent[j]))
             self._runs.append(_part(whole, read[i], read[j]))
             self._size += sent[j] - sent[i]
@@ -216,6 +247,9 @@ class RecordBatcher:
     def _cut(self) -> Batch:
         data, inputs = _joined(self._body), _joined(self._runs)
         batch = Batch(data, inputs, self._start, self._start + len(inputs), self._records)
+        if self._bounds:
+            batch.bounds, batch.input_bounds = _u32s(self._ends), _u32s(self._input_ends)
+            self._ends, self._input_ends = [], []
         self._body, self._runs = [], []
         self._size = self._raw = self._records = 0
         return batch
@@ -232,8 +266,14 @@ def _joined(parts: list[bytes | memoryview]) -> bytes:
     return b"".join(parts)
 
 
+def _u32s(values: list[int]) -> bytes:
+    """Record ends as ``Batch.bounds`` holds them: little-endian uint32 values."""
+    return struct.pack(f"<{len(values)}I", *values)
+
+
 def _batch(body: BodyLike) -> Batch:
     """A splitter's body (InputFilter ``$``) as a batch whose inputs are the body itself."""
     data = body.data
     raw = data if type(data) is bytes else bytes(data)
-    return Batch(raw, raw, body.start, body.end, body.records)
+    ends = body.bounds
+    return Batch(raw, raw, body.start, body.end, body.records, ends, ends)

@@ -31,6 +31,15 @@ Usage, one splitter per input object::
   totals, final in the ``last`` part. MultiRecord (without a cap) and None give one body
   for the whole input, one part per chunk; SingleRecord streams each record.
 * Empty input gives no body. ``feed(b"")`` returns ``[]``.
+* ``bounds`` (``make_splitter(..., bounds=True)``; off by default): each whole bounded
+  MultiRecord body (Line, RecordIO, TFRecord) says where its records end, so it can be
+  cut in halves by record without parsing it again. ``bounds`` is ``bytes`` of
+  ``records`` little-endian uint32 values, each the end of a record relative to
+  ``start`` (so also an offset into ``data``); the last is ``end - start``, and record
+  ``i`` is ``data[bounds[i-1]:bounds[i]]`` (with ``bounds[-1]`` read as 0). A Line
+  record is a line (the final one may lack its newline); a RecordIO record ends with
+  the frame that closes it (cflag 0 or 3); a TFRecord record is a frame. In every other
+  case (flag off, SingleRecord, None, streamed parts) ``bounds`` is ``None``.
 
 **Memory.** A splitter holds at most the bound (plus RecordIO part framing) of input
 between calls, however the input is framed: a TFRecord length claiming petabytes is only
@@ -45,9 +54,10 @@ nothing) to the record's end; for ``None`` that is the end of the object, so che
 object size first where it is known. After an error the splitter raises it again.
 
 :class:`Packer` packs records the caller cut itself (DataProcessing's filtered records)
-under the same bound (and cap): ``Packer(batch_strategy, max_payload_bytes, max_records=0)``;
-``add(record, start, end)`` returns a completed :class:`Body` or ``None``; ``finish()``
-the last one.
+under the same bound (and cap): ``Packer(batch_strategy, max_payload_bytes, max_records=0,
+bounds=False)``; ``add(record, start, end)`` returns a completed :class:`Body` or ``None``;
+``finish()`` the last one. With ``bounds`` a whole MultiRecord body's ``bounds`` are the
+ends of its records in ``data`` (the records joined; their input ranges may have gaps).
 """
 
 from __future__ import annotations

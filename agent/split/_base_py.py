@@ -9,16 +9,19 @@ body may still need are *held* (``[held_start, cstart)``); the chunk being fed c
 
 from __future__ import annotations
 
+import struct
+
 from agent._compat import BytesLike
 from agent.split._errors import SplitError, SplitterStateError
 
 EMPTY_VIEW = memoryview(b"")
+_U32S = struct.Struct("<I")
 
 
 class Body:
     """One request body, or one part of a streamed body (see ``agent.split``)."""
 
-    __slots__ = ("data", "start", "end", "records", "first", "last")
+    __slots__ = ("data", "start", "end", "records", "first", "last", "bounds")
 
     def __init__(
         self,
@@ -28,6 +31,7 @@ class Body:
         records: int,
         first: bool = True,
         last: bool = True,
+        bounds: bytes | None = None,
     ) -> None:
         self.data = data
         self.start = start
@@ -35,6 +39,7 @@ class Body:
         self.records = records
         self.first = first
         self.last = last
+        self.bounds = bounds  # record ends as little-endian uint32, or None
 
     def __repr__(self) -> str:
         kind = "body" if self.first and self.last else "part"
@@ -44,6 +49,23 @@ class Body:
         )
 
 
+def pack_ends(ends: list[int]) -> bytes:
+    """Record ends as ``Body.bounds`` holds them: little-endian uint32 values."""
+    return _U32S.pack(*ends) if len(ends) == 1 else struct.pack(f"<{len(ends)}I", *ends)
+
+
+def line_ends(data: bytes) -> list[int]:
+    """The end of each line of ``data`` (the final line may lack its newline)."""
+    ends = []
+    q = data.find(b"\n")
+    while q >= 0:
+        ends.append(q + 1)
+        q = data.find(b"\n", q + 1)
+    if data and data[-1] != 10:
+        ends.append(len(data))
+    return ends
+
+
 class Base:
     """Feed/finish plumbing and held-byte bookkeeping for one input stream."""
 
@@ -51,6 +73,8 @@ class Base:
         self._bound = bound
         self._single = single
         self._cap = cap  # MultiRecord: at most this many records a body; 0: no cap
+        # Whole MultiRecord bodies carry their record ends (Body.bounds); set by make_splitter.
+        self._bounds = False
         self._held = bytearray()
         self._held_start = 0
         self._cb = b""  # the chunk being fed, as bytes

@@ -13,7 +13,7 @@ import struct
 
 from agent.codec import _crc32c_py as crc32c
 from agent.split import _errors as err
-from agent.split._base_py import EMPTY_VIEW, Base, Body
+from agent.split._base_py import EMPTY_VIEW, Base, Body, pack_ends
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -53,6 +53,7 @@ class FrameSplitter(Base):
         self._pa = -1  # ... and the chunk range of its data
         self._pb = -1
         self._streamed_single = single and bound == 0
+        self._ends: list[int] = []  # with bounds: record ends of the body being packed
 
     def _header(self, h: bytes | bytearray, at: int) -> tuple[int, bool, bool]:
         """Validate a header at ``h[at:]``; return (payload length, starts, completes)."""
@@ -160,6 +161,8 @@ class FrameSplitter(Base):
         if self._bound and not self._single:
             self._R = fend
             self._k += 1
+            if self._bounds:
+                self._ends.append(fend - self._S)
             if self._k == self._cap:  # never true without a cap (0)
                 self._emit(self._S, fend, self._k)
                 self._S, self._k = fend, 0
@@ -181,7 +184,13 @@ class FrameSplitter(Base):
         self._S, self._pi, self._records, self._sent = fend, i, 0, False
 
     def _emit(self, start: int, end: int, records: int) -> None:
-        self._out.append(Body(self._take(start, end - start), start, end, records))
+        """A whole MultiRecord body; with bounds, the record ends noted since the last."""
+        bounds = None
+        if self._bounds:
+            bounds, self._ends = pack_ends(self._ends), []
+        self._out.append(
+            Body(self._take(start, end - start), start, end, records, True, True, bounds)
+        )
 
     def _emit_payload(self, fend: int) -> None:
         segs = self._segments

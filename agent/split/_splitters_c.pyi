@@ -15,6 +15,8 @@ class Body:
     def first(self) -> bool: ...
     @property
     def last(self) -> bool: ...
+    @property
+    def bounds(self) -> bytes | None: ...
     def __init__(
         self,
         data: bytes | memoryview,
@@ -23,6 +25,7 @@ class Body:
         records: int,
         first: bool = True,
         last: bool = True,
+        bounds: bytes | None = None,
     ) -> None: ...
 
 class _Splitter:
@@ -31,13 +34,21 @@ class _Splitter:
 
 class Packer:
     def __init__(
-        self, batch_strategy: str, max_payload_bytes: int, max_records: int = 0
+        self,
+        batch_strategy: str,
+        max_payload_bytes: int,
+        max_records: int = 0,
+        bounds: bool = False,
     ) -> None: ...
     def add(self, record: BytesLike, start: int, end: int) -> Body | None: ...
     def finish(self) -> Body | None: ...
 
 def make_splitter(
-    split_type: str, batch_strategy: str, max_payload_bytes: int, max_records: int = 0
+    split_type: str,
+    batch_strategy: str,
+    max_payload_bytes: int,
+    max_records: int = 0,
+    bounds: bool = False,
 ) -> _Splitter: ...
 def implementation() -> str: ...
 def libc_memrchr() -> bool: ...

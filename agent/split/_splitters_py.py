@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent._compat import BytesLike
 from agent.split import _errors as err
-from agent.split._base_py import EMPTY_VIEW, Base, Body
+from agent.split._base_py import EMPTY_VIEW, Base, Body, line_ends, pack_ends
 from agent.split._frames_py import RecordIOSplitter, TFRecordSplitter
 
 __all__ = [
@@ -32,7 +32,11 @@ def implementation() -> str:
 
 
 def make_splitter(
-    split_type: str, batch_strategy: str, max_payload_bytes: int, max_records: int = 0
+    split_type: str,
+    batch_strategy: str,
+    max_payload_bytes: int,
+    max_records: int = 0,
+    bounds: bool = False,
 ) -> Base:
     """A new splitter for one input object.
 
@@ -40,7 +44,8 @@ def make_splitter(
     ``MultiRecord`` or ``SingleRecord``; ``max_payload_bytes``: the body bound in bytes,
     ``max_payload_bytes(MaxPayloadInMB)``, 0 for none (bodies stream); ``max_records``:
     at most this many records in a MultiRecord body (``Agent.MaxRecordsPerRequest``), 0
-    for no cap. ValueError otherwise.
+    for no cap; ``bounds``: whole MultiRecord bodies carry their record ends
+    (``Body.bounds``). ValueError otherwise.
     """
     cls = _CLASSES.get(split_type)
     single = _STRATEGIES.get(batch_strategy)
@@ -49,7 +54,9 @@ def make_splitter(
         raise err.bad_arguments(split_type, batch_strategy, bound)
     if type(max_records) is not int or max_records < 0:
         raise err.bad_max_records(max_records)
-    return cls(bound, single, 0 if single else max_records)
+    splitter = cls(bound, single, 0 if single else max_records)
+    splitter._bounds = bool(bounds) and bool(bound) and not single and cls is not WholeSplitter
+    return splitter
 
 
 class WholeSplitter(Base):
@@ -133,9 +140,19 @@ class LineSplitter(Base):
                     raise err.too_large(S, q + 1 - S, B, "record")
                 self._skipping = True
                 break
-            out.append(Body(self._take(S, q + 1 - S), S, q + 1, self._count(b"\n", S, q + 1)))
+            if self._bounds:
+                out.append(self._with_ends(S, q + 1))
+            else:
+                data = self._take(S, q + 1 - S)
+                out.append(Body(data, S, q + 1, self._count(b"\n", S, q + 1)))
             S = q + 1
         self._S = S
+
+    def _with_ends(self, S: int, e: int) -> Body:
+        """The whole MultiRecord body [S, e) with its line ends (Body.bounds)."""
+        data = self._take(S, e - S)
+        ends = line_ends(data)
+        return Body(data, S, e, len(ends), True, True, pack_ends(ends))
 
     def _capped_bodies(self) -> None:
         """MultiRecord with a cap: a body ends after the cap-th newline from its start,
@@ -145,7 +162,10 @@ class LineSplitter(Base):
             lim = min(pos, S + B)
             q, seen = self._nth(b"\n", self._scan_at, lim, N - self._seen)
             if q >= 0:
-                out.append(Body(self._take(S, q + 1 - S), S, q + 1, N))
+                if self._bounds:
+                    out.append(self._with_ends(S, q + 1))
+                else:
+                    out.append(Body(self._take(S, q + 1 - S), S, q + 1, N))
                 S = self._scan_at = q + 1
                 self._seen = 0
                 continue
@@ -160,7 +180,10 @@ class LineSplitter(Base):
                     raise err.too_large(S, q + 1 - S, B, "record")
                 self._skipping = True
                 break
-            out.append(Body(self._take(S, q + 1 - S), S, q + 1, self._seen))
+            if self._bounds:
+                out.append(self._with_ends(S, q + 1))
+            else:
+                out.append(Body(self._take(S, q + 1 - S), S, q + 1, self._seen))
             S = self._scan_at = q + 1
             self._seen = 0
         self._S = S
@@ -229,6 +252,8 @@ class LineSplitter(Base):
             elif pos:
                 records = self._newlines + (self._last != 10)
                 self._out.append(Body(EMPTY_VIEW, 0, pos, records, False, True))
+        elif pos > S and self._bounds:
+            self._out.append(self._with_ends(S, pos))
         elif pos > S:
             records = (
                 1 if self._single else self._count(b"\n", S, pos) + (self._byte(pos - 1) != 10)
@@ -246,9 +271,16 @@ _CLASSES: dict[str, type[Base]] = {
 
 class Packer:
     """Packs records the caller already cut (filtered records) under the same bound, and
-    at most ``max_records`` of them a body (0: no cap)."""
+    at most ``max_records`` of them a body (0: no cap); with ``bounds``, a whole
+    MultiRecord body carries its record ends in ``data`` (``Body.bounds``)."""
 
-    def __init__(self, batch_strategy: str, max_payload_bytes: int, max_records: int = 0) -> None:
+    def __init__(
+        self,
+        batch_strategy: str,
+        max_payload_bytes: int,
+        max_records: int = 0,
+        bounds: bool = False,
+    ) -> None:
         single = _STRATEGIES.get(batch_strategy)
         bound = max_payload_bytes
         if single is None or type(bound) is not int or bound < 0:
@@ -263,6 +295,9 @@ class Packer:
         self._start = 0
         self._end = 0
         self._k = 0
+        # Whole MultiRecord bodies carry their record ends in ``data`` (Body.bounds).
+        self._bounds = bool(bounds) and bool(bound) and not single
+        self._ends: list[int] = []
 
     def add(self, record: BytesLike, start: int, end: int) -> Body | None:
         """Add one record whose input range is ``[start, end)``; maybe complete a body."""
@@ -291,6 +326,8 @@ class Packer:
         self._size += n
         self._end = end
         self._k += 1
+        if self._bounds:
+            self._ends.append(self._size)
         return done
 
     def finish(self) -> Body | None:
@@ -304,9 +341,10 @@ class Packer:
 
     def _cut(self) -> Body:
         parts = self._parts
-        body = Body(
-            parts[0] if len(parts) == 1 else b"".join(parts), self._start, self._end, self._k
-        )
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        bounds = pack_ends(self._ends) if self._bounds else None
+        body = Body(data, self._start, self._end, self._k, True, True, bounds)
+        self._ends = []
         self._parts = []
         self._size = 0
         self._k = 0
