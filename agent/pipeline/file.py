@@ -32,7 +32,7 @@ import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from agent._compat import BytesLike
 from agent.aio import race
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
 
 log = logging.getLogger("agent.run")
-_T = TypeVar("_T")
 
 
 class FileFailed(BtAgentError):
@@ -178,9 +177,8 @@ class Pipeline:
         try:
             async with claim:
                 try:
-                    await claim.run(
-                        self._unless_limit(self._transform_file(claim, result, reading))
-                    )
+                    work = self._transform_file(claim, result, reading)
+                    await claim.run(self._unless_limit(work, claim))
                     result.finish(COMPLETED)
                 except ClaimLost as lost:  # another instance has the file now: not a failure
                     result.finish(LOST, str(lost))
@@ -216,12 +214,15 @@ class Pipeline:
                     result.extra_requests,
                 )
 
-    async def _unless_limit(self, work: Awaitable[_T]) -> _T:
-        """Await ``work``; once MaxFailedRecords is passed, stop it: its file fails."""
+    async def _unless_limit(self, work: Awaitable[None], claim: Claim) -> None:
+        """Await ``work``; once MaxFailedRecords is passed, stop it: its file fails, unless
+        the stop met its commit (then the commit was finished: the file is complete)."""
         if self.failures.limit is None:
             return await work
         task = await race(work, self.limit_passed)
         if task.cancelled() and self.limit_passed.is_set():
+            if claim.committed:
+                return None
             raise FileFailed(f"stopped: {self.fatal}")
         return task.result()
 
@@ -269,12 +270,15 @@ class Pipeline:
         async with upload, errors:
             sinks = _Sinks(Assembler(upload.write, s.assemble_with), errors, result)
             await self._transform(item, item.info, source, sinks, result, reading)
+            if self.limit_passed.is_set():  # perhaps by this file's own failed records
+                raise FileFailed(f"not committed: {self.fatal}")
             try:
                 result.output_etag = await claim.commit(upload, errors.upload)
             finally:
                 # Also when a stop met the commit: the commit was finished and the file is
                 # recorded as completed, with its true size.
                 if claim.committed:
+                    result.output_etag = claim.output_etag
                     result.output_bytes = sinks.assembler.bytes_written
                     result.errors_etag = claim.errors_etag
 
