@@ -349,3 +349,101 @@ def test_a_run_stopped_mid_isolation_and_run_again_gives_the_same_files(
         assert found[f"out/{name[3:]}.out"] == expected_out(RECORDS, BAD, PLACEHOLDER)
         errors = [orjson.loads(text) for text in found[f"out/{name[3:]}.errors.jsonl"].splitlines()]
         assert errors == expected_errors(uri, records, BAD)
+
+
+# ---------------------------------------------------------------------- exactly once
+
+
+def _state_keys(s3_server: SeaweedFS, bucket: str, part: str) -> list[str]:
+    client = s3_server.sync_client()
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="out/"):
+        keys += [item["Key"] for item in page.get("Contents", []) if f"/{part}/" in item["Key"]]
+    return keys
+
+
+def test_a_rerun_keeps_the_files_and_their_errors_files(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    put_files(s3_server, bucket, records_of("Line", 20_000))
+    record_model.set_bad([5, 6, 19_999])
+    job = make_job({"MaxFailedRecords": -1, "FailedRecordPlaceholder": PLACEHOLDER})
+    first = run_in_process(job, tmp_path)
+    assert first.returncode == 0, first.explain()
+    before = outputs(s3_server, bucket)
+    record_model.reset_counts()
+
+    again = run_in_process(job, tmp_path)
+
+    assert (again.returncode, record_model.requests) == (0, 0), again.explain()
+    assert outputs(s3_server, bucket) == before
+    assert again.summary is not None and again.summary["FailedRecords"] == 6
+
+
+def test_a_lost_completion_record_is_rebuilt_from_both_files(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    """An instance that died between its commits and its records: the next run finds the
+    ``.out`` and the errors file with the same input and settings, and records both."""
+    put_files(s3_server, bucket, records_of("Line", 20_000))
+    record_model.set_bad([5, 6, 19_999])
+    job = make_job({"MaxFailedRecords": 10})
+    first = run_in_process(job, tmp_path)
+    assert first.returncode == 0, first.explain()
+    before = outputs(s3_server, bucket)
+    client = s3_server.sync_client()
+    for key in _state_keys(s3_server, bucket, "done") + [
+        key for key in _state_keys(s3_server, bucket, "_bt-agent") if key.endswith("summary.json")
+    ]:
+        client.delete_object(Bucket=bucket, Key=key)
+    record_model.reset_counts()
+
+    again = run_in_process(job, tmp_path)
+
+    assert (again.returncode, record_model.requests) == (0, 0), again.explain()
+    assert outputs(s3_server, bucket) == before
+    for name in FILES:
+        entry = again.file(f"s3://{bucket}/{name}")
+        assert (entry["Status"], entry["FailedRecords"], "ErrorsETag" in entry) == (
+            "Completed",
+            3,
+            True,
+        )
+
+
+@pytest.mark.parametrize("bad", [(), (7,)])
+def test_an_errors_file_from_another_input_is_replaced_or_deleted(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+    bad: tuple[int, ...],
+) -> None:
+    records = records_of("Line", 1_000)
+    client = s3_server.sync_client()
+    put_objects(client, bucket, {"in/a.csv": file_bytes(records)})
+    put_objects(client, bucket, {"out/a.csv.errors.jsonl": b'{"stale": true}\n'})
+    record_model.set_bad(bad)
+
+    run = run_in_process(make_job({"MaxFailedRecords": 10}), tmp_path)
+
+    assert run.returncode == 0, run.explain()
+    found = outputs(s3_server, bucket)
+    assert found["out/a.csv.out"] == expected_out(1_000, bad, None)
+    if bad:
+        errors = [orjson.loads(text) for text in found["out/a.csv.errors.jsonl"].splitlines()]
+        assert errors == expected_errors(f"s3://{bucket}/in/a.csv", records, bad)
+    else:
+        assert "out/a.csv.errors.jsonl" not in found
