@@ -13,9 +13,13 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   e  2 GiB and 1 GiB of CSV echoed back (instant model only)       peak RSS, flat?
   f  b with Agent.MaxRecordsPerRequest 1000 (the ideal caps too)   MB/s of input
   g  b with Agent.RequireLinePerRecord, AssembleWith Line          MB/s of input
+  h  b with Agent.MaxFailedRecords -1: isolation on, no bad record MB/s of input
+  i  h with 1 bad line in 10,000 (the model answers 400 to it)    MB/s of input
 
-f and g measure features on the data path: read each against b's rows (the same input with
-the feature off).
+f, g and h measure features on the data path: read each against b's rows (the same input
+with the feature off). i's agent isolates the bad lines; its ideal reads the same input
+without them (it cannot survive a 400), and the extra requests the agent sent are printed
+against the bound 2·k·log2(n) for k bad records among bodies of n.
 
 Against the ``service`` model (2 ms + 20 ms per MiB, sleeping) the question is whether the
 agent keeps the model busy: throughput ratio agent/ideal ≥ 0.95 (a-c), ≥ 0.9 (d).
@@ -34,6 +38,7 @@ agent, for before/after comparisons; ``--py-spy DIR`` profiles every run
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import shutil
@@ -48,9 +53,10 @@ import orjson
 
 from bench import e2e_setup as setup
 from bench.e2e_report import print_table
-from bench.e2e_run import BUCKET, PIPELINES, Bench, Row, Scenario, run_once
+from bench.e2e_run import BUCKET, PIPELINES, Bench, Measure, Row, Scenario, run_once
 
 MIB, GIB = 1 << 20, 1 << 30
+BAD_EVERY = 10_000  # scenario i: one bad line in this many
 
 
 SCENARIOS = (
@@ -72,6 +78,12 @@ SCENARIOS = (
     Scenario("g", "g", "b with Agent.RequireLinePerRecord (AssembleWith Line)", "Line",
              "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"),
              agent_fields=(("RequireLinePerRecord", True),), assemble_with="Line"),
+    Scenario("h", "h", "b with Agent.MaxFailedRecords -1 (isolation on, no bad record)", "Line",
+             "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"),
+             agent_fields=(("MaxFailedRecords", -1),)),
+    Scenario("i", "i", "h with 1 bad line in 10,000 (400 from the model; the ideal reads "
+             "them good)", "Line", "MultiRecord", "text/csv", "MB/s", 0.0, ("service", "instant"),
+             agent_fields=(("MaxFailedRecords", -1),), bad_every=BAD_EVERY),
 )  # fmt: skip
 
 
@@ -96,6 +108,9 @@ def prepare(bench: Bench, scenario: Scenario, stores: set[str]) -> None:
         data = setup.csv_data(int(a.e_gib * GIB * scale * (1 if scenario.name == "e1" else 2)))
     else:
         data = setup.csv_data(int(a.mib * MIB * scale))
+    if scenario.bad_every:  # the ideal reads the input without the bad lines
+        data.upload(bench.s3, BUCKET, f"{scenario.name}-ideal/in/input.bin")
+        data = setup.csv_data(int(a.mib * MIB * scale), bad_every=scenario.bad_every)
     data.upload(bench.s3, BUCKET, f"{scenario.name}/in/input.bin")
     if "local" in stores:
         data.write(local / "input.bin")
@@ -130,13 +145,30 @@ def run_row(bench: Bench, sc: Scenario, model: str, store: str) -> Row:
             if bench.args.verbose:
                 print(f"  {sc.name} {model} {store} run {run} {pipeline}: {measure}", flush=True)
         agent, ideal = row.runs["agent"][-1], row.runs["ideal"][-1]
-        if (agent.output_bytes, agent.requests) != (ideal.output_bytes, ideal.requests):
+        if sc.bad_every:
+            _isolation_cost(bench, sc, agent, ideal)
+        elif (agent.output_bytes, agent.requests) != (ideal.output_bytes, ideal.requests):
             raise RuntimeError(
                 f"{sc.name} {model} {store} run {run}: the agent wrote {agent.output_bytes} "
                 f"bytes in {agent.requests} requests, the ideal pipeline {ideal.output_bytes} "
                 f"in {ideal.requests}: they did not do the same work"
             )
     return row
+
+
+def _isolation_cost(bench: Bench, sc: Scenario, agent: Measure, ideal: Measure) -> None:
+    """Print the requests isolating the bad lines took against 2·k·log2(n)."""
+    lines = agent.input_bytes // setup.CSV_LINE_BYTES
+    bad = lines // sc.bad_every
+    per_body = bench.args.payload_mb * MIB // setup.CSV_LINE_BYTES
+    bound = 2 * bad * math.log2(per_body)
+    extra = agent.requests - ideal.requests
+    print(
+        f"  {sc.name}: {bad} bad of {lines} lines; the agent sent {agent.requests} requests, "
+        f"the ideal {ideal.requests}: {extra} more, against 2·k·log2(n) = {bound:.0f} "
+        f"(n = {per_body} records a body) -> {'within' if extra <= bound else 'OVER'}",
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -151,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
     add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
-    add("--only", default="a,b,c,d,e,f,g", help="scenarios to run, e.g. a,b")
+    add("--only", default="a,b,c,d,e,f,g,h,i", help="scenarios to run, e.g. a,b")
     add("--models", default="service,instant", help="model servers to run against")
     add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
     add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")
@@ -222,6 +254,7 @@ def main() -> int:
                     for store in stores:
                         group_rows.append(run_row(bench, sc, model, store))
                 setup.delete_prefix(s3, BUCKET, f"{sc.name}/in/")
+                setup.delete_prefix(s3, BUCKET, f"{sc.name}-ideal/in/")
                 if not args.keep:  # kept: the local-store jobs can be run again by hand
                     shutil.rmtree(scratch / "data" / sc.name, ignore_errors=True)
             print_table(members, group_rows, bench)

@@ -47,6 +47,8 @@ class Scenario:
     agent_fields: tuple[tuple[str, object], ...] = ()
     assemble_with: str = "None"
     max_records: int = 0
+    bad_every: int = 0  # one line in this many is bad (the model answers 400); the ideal
+    # then reads ``<name>-ideal/in/``, the same input without them
 
 
 @dataclass
@@ -164,7 +166,8 @@ def _ideal_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) ->
     a = bench.args
     return [
         sys.executable, "-m", "bench.ideal",
-        "--input", bench.input_uri(sc.name, store), "--output", bench.output_uri(tag, store),
+        "--input", bench.input_uri(f"{sc.name}-ideal" if sc.bad_every else sc.name, store),
+        "--output", bench.output_uri(tag, store),
         "--model", bench.models[model].url, "--split-type", sc.split_type,
         "--batch-strategy", sc.strategy, "--payload-mb", str(a.payload_mb),
         "--concurrency", str(a.concurrency), "--content-type", sc.content_type,

@@ -151,12 +151,25 @@ def line_records(count: int, record_bytes: int) -> Data:
     return Data(b"".join(rows), 1)
 
 
-def csv_data(size: int) -> Data:
-    """About ``size`` bytes of 100-byte CSV lines, as a 4 MiB block repeated."""
+CSV_LINE_BYTES = 100
+
+
+def csv_data(size: int, *, bad_every: int = 0) -> Data:
+    """About ``size`` bytes of 100-byte CSV lines, as a 4 MiB block repeated; with
+    ``bad_every`` N, every N-th line of the block says ``BAD`` (bench.models answers 400
+    to a body holding one)."""
     line = b"%012d,0.123456789,alpha,beta,gamma,delta,epsilon,zeta,eta,theta,iota,kap\n"
-    pad = b"x" * (100 - len(line % 0))
-    rows = (4 * MIB) // 100
-    block = b"".join(line[:-1] % i + pad + b"\n" for i in range(rows))
+    pad = b"x" * (CSV_LINE_BYTES - len(line % 0))
+    rows = (4 * MIB) // CSV_LINE_BYTES
+    bad = b"<BAD-RECORD>"  # bench.models.BAD_MARKER
+
+    def row(i: int) -> bytes:
+        text = line[:-1] % i + pad
+        if bad_every and i % bad_every == bad_every - 1:
+            text = text[: -len(bad)] + bad
+        return text + b"\n"
+
+    block = b"".join(row(i) for i in range(rows))
     return _repeats(block, size)
 
 

@@ -39,6 +39,7 @@ MIB = 1 << 20
 MAX_BODY_BYTES = 1 << 30
 KINDS = ("service", "instant")
 ECHO_TYPE = "application/octet-stream"
+BAD_MARKER = b"<BAD-RECORD>"  # a body holding it gets 400 (bench.e2e scenario i)
 
 
 @dataclass
@@ -120,6 +121,8 @@ class Model:
             stats.body_bytes += len(body)
             if self.kind == "service":
                 await self._serve(len(body))
+            if BAD_MARKER in body:  # bench.e2e scenario i: a record the model cannot read
+                return web.Response(status=400, text="cannot read a record\n")
             data = answer(body, request.headers.get("Content-Type", ""))
         finally:
             stats.step(-1)

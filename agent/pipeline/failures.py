@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 from types import TracebackType
 
+from agent._compat import BytesLike
 from agent.job import DataUri
-from agent.pipeline.requests import FailedRecord
+from agent.pipeline.ordering import Assembler
+from agent.pipeline.requests import Answered, FailedRecord
+from agent.results import FileResult
 from agent.storage import Store, Upload, UploadIdCallback
 
 FIRST_NAMED = 3  # failed records the limit's message names
@@ -93,3 +96,25 @@ class FailureLimit:
             f"more records failed than Agent.MaxFailedRecords allows ({limit}): "
             f"{self.count} failed on this instance{more}: {named}"
         )
+
+
+class Sinks:
+    """Where one file's answers go, in input order: outputs to its ``.out`` (through the
+    assembler), failed records to its errors file."""
+
+    __slots__ = ("assembler", "errors", "result")
+
+    def __init__(self, assembler: Assembler, errors: ErrorsFile, result: FileResult) -> None:
+        self.assembler = assembler
+        self.errors = errors
+        self.result = result
+
+    async def put(self, answer: BytesLike | Answered) -> None:
+        if not isinstance(answer, Answered):
+            await self.assembler.add(answer)
+            return
+        for data in answer.outputs:
+            await self.assembler.add(data)
+        for failed in answer.failed:
+            await self.errors.add(failed)
+            self.result.failed_records += 1

@@ -18,7 +18,8 @@ Bounds, each a setting and none a function of input size:
   those waiting for their last answers or committing their output.
 
 A file's failure stops that file only: its requests are cancelled and its upload aborted,
-so no partial ``.out`` is ever visible; the other files go on.
+so no partial ``.out`` is ever visible; the other files go on. Passing
+``Agent.MaxFailedRecords`` stops every file in progress (docs/design.md §2.7).
 
 The module is a little over 400 lines because the slot, budget and place protocol above
 is kept in one class, where each acquire can be read beside its release.
@@ -36,32 +37,27 @@ from typing import TYPE_CHECKING
 
 from agent._compat import BytesLike
 from agent.aio import race
-from agent.codec.gzip import GzipError
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
 from agent.dataproc import RecordProcessor, make_processor
-from agent.errors import BtAgentError
 from agent.job import JobSettings
 from agent.model.client import ModelClient, ModelExitedError
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
-from agent.pipeline.failures import ErrorsFile, FailureLimit
+from agent.pipeline.failures import ErrorsFile, FailureLimit, Sinks
 from agent.pipeline.lines import RecordSpan
 from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
+from agent.pipeline.outcomes import FileFailed, first_cause, message, settled
 from agent.pipeline.requests import Answered, FailedRecord, Held, Requester
 from agent.pipeline.settings import PipelineSettings
 from agent.report import Progress
 from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
-from agent.split import BodyLike, RecordTooLargeError, SplitError
-from agent.storage import InputFile, ObjectInfo, OutputKeyError, StorageError, Store, Stores
+from agent.split import BodyLike, RecordTooLargeError
+from agent.storage import InputFile, ObjectInfo, OutputKeyError, Store, Stores
 
 if TYPE_CHECKING:
     from agent.coordination.records import FileRecord
 
 log = logging.getLogger("agent.run")
-
-
-class FileFailed(BtAgentError):
-    """A file cannot be transformed; the message names it and says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +151,7 @@ class Pipeline:
                         result.finish(FAILED, f"{item.uri}: not started: {self.fatal}")
                         self.progress.file_done(result)
                         async with claim:
-                            _settled(results, index, result, await claim.record(result))
+                            settled(results, index, result, await claim.record(result))
                         continue
                     group.create_task(self._file(claim, result, results, index))
                     await self._room()
@@ -184,9 +180,9 @@ class Pipeline:
                     result.finish(LOST, str(lost))
                 except ModelExitedError as error:  # no later file can succeed: start none
                     self.fatal = f"the model command {error.exit.explain()}"
-                    result.finish(FAILED, _message(item, error))
+                    result.finish(FAILED, message(item, error))
                 except Exception as error:  # one file's failure leaves the others running
-                    result.finish(FAILED, _message(item, error))
+                    result.finish(FAILED, message(item, error))
                 # The output is settled and its buffers are gone: the completion record (a
                 # small PUT) need not keep another file from starting.
                 reading.release()
@@ -205,7 +201,7 @@ class Pipeline:
             reading.release()
             open_.release()
             self.progress.file_done(result)
-            _settled(results, index, result, recorded)
+            settled(results, index, result, recorded)
             if result.failed_records or result.extra_requests:
                 log.warning(
                     "%s: %d record(s) failed alone; cutting its bodies took %d more request(s)",
@@ -268,7 +264,7 @@ class Pipeline:
             on_upload_id=claim.on_errors_upload_id,
         )
         async with upload, errors:
-            sinks = _Sinks(Assembler(upload.write, s.assemble_with), errors, result)
+            sinks = Sinks(Assembler(upload.write, s.assemble_with), errors, result)
             await self._transform(item, item.info, source, sinks, result, reading)
             if self.limit_passed.is_set():  # perhaps by this file's own failed records
                 raise FileFailed(f"not committed: {self.fatal}")
@@ -287,7 +283,7 @@ class Pipeline:
         item: InputFile,
         info: ObjectInfo,
         source: Store,
-        sinks: _Sinks,
+        sinks: Sinks,
         result: FileResult,
         reading: _Place,
     ) -> None:
@@ -309,7 +305,7 @@ class Pipeline:
         return body.first and body.last and body.end == info.size and not self.settings.gzip
 
     async def _transform_alone(
-        self, item: InputFile, body: BodyLike, sinks: _Sinks, result: FileResult
+        self, item: InputFile, body: BodyLike, sinks: Sinks, result: FileResult
     ) -> None:
         """A file of one body (most small files): its request awaited here, with no writer
         task, queue or task group, and its slot given back once the answer is written."""
@@ -334,7 +330,7 @@ class Pipeline:
         source: Store,
         ahead: list[BodyLike],
         rest: AsyncIterator[BodyLike],
-        sinks: _Sinks,
+        sinks: Sinks,
         result: FileResult,
         reading: _Place,
     ) -> None:
@@ -386,7 +382,7 @@ class Pipeline:
                 order.put_nowait(None)
                 reading.release()  # read to its end: the next file may start reading
         except BaseExceptionGroup as group_error:
-            raise _first_cause(group_error) from None
+            raise first_cause(group_error) from None
         finally:
             await self._drop_waiting(order)
 
@@ -428,7 +424,7 @@ class Pipeline:
             self.slots.release()
 
     async def _write(
-        self, order: asyncio.Queue[asyncio.Task[_Answer] | None], sinks: _Sinks
+        self, order: asyncio.Queue[asyncio.Task[_Answer] | None], sinks: Sinks
     ) -> None:
         while (task := await order.get()) is not None:
             answer = await task
@@ -444,63 +440,3 @@ class Pipeline:
             if task is not None and task.done() and not task.cancelled():
                 if task.exception() is None:
                     await self._settle(task.result())
-
-
-class _Sinks:
-    """Where one file's answers go, in input order: outputs to its ``.out`` (through the
-    assembler), failed records to its errors file."""
-
-    __slots__ = ("assembler", "errors", "result")
-
-    def __init__(self, assembler: Assembler, errors: ErrorsFile, result: FileResult) -> None:
-        self.assembler = assembler
-        self.errors = errors
-        self.result = result
-
-    async def put(self, answer: BytesLike | Answered) -> None:
-        if not isinstance(answer, Answered):
-            await self.assembler.add(answer)
-            return
-        for data in answer.outputs:
-            await self.assembler.add(data)
-        for failed in answer.failed:
-            await self.errors.add(failed)
-            self.result.failed_records += 1
-
-
-def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that failed a file, out of the group its tasks raised."""
-    leaves: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        else:
-            leaves.append(error)
-
-    walk(group)
-    for error in leaves:
-        if not isinstance(error, asyncio.CancelledError):
-            return error
-    return leaves[0] if leaves else group
-
-
-def _message(item: InputFile, error: BaseException) -> str:
-    """The sentence a user reads for a failed file: which file, where, and why."""
-    if isinstance(error, SplitError | GzipError):
-        return error.in_file(str(item.uri))
-    if isinstance(error, FileFailed | StorageError | OutputKeyError):
-        text = str(error)
-        return text if str(item.uri) in text else f"{item.uri}: {text}"
-    text = str(error) or type(error).__name__
-    return text if str(item.uri) in text else f"{item.uri}: {text}"
-
-
-def _settled(
-    results: list[FileOutcome], index: int, result: FileResult, record: FileRecord | None
-) -> None:
-    """Keep ``record`` in ``result``'s place when it says the same (each file's facts are
-    then held once until the summary is written, not as a result and a record)."""
-    if record is not None and record.Status == result.status:
-        results[index] = record
