@@ -4,7 +4,10 @@ For each format × batch strategy, feeds data held in memory through both twins 
 chunks and times the whole pass (feed, finish, and a consumer that touches every body),
 next to baselines measured in the same run on the same data: Python's ``for line in f``
 with a ``bytes.join`` per body for Line, and the pure-Python twin for every format.
-Prints the median of the runs. MB/s counts 10^6 input bytes per second.
+Prints the median of the runs. MB/s counts 10^6 input bytes per second. MultiRecord
+rows (but None's) are run again with record boundaries on the bodies (``bounds=True``),
+and the throughput with them over the throughput without, per twin, is printed as
+``bounds on/off`` (the two passes timed in turn, so a busy machine slows both alike).
 """
 
 from __future__ import annotations
@@ -93,10 +96,16 @@ def chunked(data: bytes, chunk: int) -> list[bytes]:
 
 
 def split_pass(
-    module: ModuleType, kind: str, strategy: str, bound: int, chunks: list[bytes]
+    module: ModuleType,
+    kind: str,
+    strategy: str,
+    bound: int,
+    chunks: list[bytes],
+    bounds: bool = False,
 ) -> int:
-    """Feed every chunk, touch every body; return the record count."""
-    splitter = module.make_splitter(kind, strategy, bound)
+    """Feed every chunk, touch every body; return the record count. ``bounds``: make the
+    splitter with record boundaries on its bodies (``Body.bounds``)."""
+    splitter = module.make_splitter(kind, strategy, bound, 0, bounds)
     records = 0
     for chunk in chunks:
         for body in splitter.feed(chunk):
@@ -136,6 +145,24 @@ def median_seconds(run: Callable[[], int], runs: int) -> tuple[float, int]:
         records = run()
         times.append(time.perf_counter() - start)
     return statistics.median(times), records
+
+
+def paired_median_seconds(
+    first: Callable[[], int], second: Callable[[], int], runs: int
+) -> tuple[tuple[float, int], tuple[float, int]]:
+    """``median_seconds`` of two passes timed in turn (which goes first alternating), so
+    that a shared machine's slow spells fall on both alike and their ratio holds."""
+    records = [first(), second()]
+    times: list[list[float]] = [[], []]
+    for i in range(runs):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            records[which] = (first, second)[which]()
+            times[which].append(time.perf_counter() - start)
+    return (
+        (statistics.median(times[0]), records[0]),
+        (statistics.median(times[1]), records[1]),
+    )
 
 
 # ------------------------------------------------------------------------- report
@@ -178,18 +205,30 @@ def _report(kind: str, size: int, py_size: int, chunk: int, runs: int) -> None:
             name = "for line in f" + ("" if single else " + join")
             run = functools.partial(baseline_lines, data, single, bound)
             rows.append((name, *median_seconds(run, runs), len(data)))
-        run = functools.partial(split_pass, _splitters_py, kind, strategy, bound, small_chunks)
-        rows.append(("pure twin", *median_seconds(run, runs), len(small)))
+        # Record boundaries (Body.bounds) are kept on whole MultiRecord bodies only.
+        with_bounds = strategy == "MultiRecord" and kind != "None"
+        twins = [("pure twin", _splitters_py, small_chunks, len(small))]
         if native is not None:
-            run = functools.partial(split_pass, native, kind, strategy, bound, chunks)
-            rows.append(("native", *median_seconds(run, runs), len(data)))
+            twins.append(("native", native, chunks, len(data)))
+        for name, module, pieces, n in twins:
+            run = functools.partial(split_pass, module, kind, strategy, bound, pieces)
+            if not with_bounds:
+                rows.append((name, *median_seconds(run, runs), n))
+                continue
+            run_on = functools.partial(split_pass, module, kind, strategy, bound, pieces, True)
+            off, on = paired_median_seconds(run, run_on, runs)
+            rows += [(name, *off, n), (f"{name}, bounds", *on, n)]
         base = rows[0][3] / rows[0][1]
+        rates = {}
         for name, secs, recs, n in rows:
-            rate = n / secs
+            rate = rates[name] = n / secs
             print(
                 f"{kind:9} {strategy:13} {name:22} {rate / 1e6:9.1f} {recs / secs / 1e6:8.2f}"
                 f" {rate / base:7.1f}x"
             )
+        for name, *_ in twins if with_bounds else []:
+            ratio = rates[f"{name}, bounds"] / rates[name]
+            print(f"{kind:9} {strategy:13} {name + ': bounds on/off':22} {ratio:9.3f}")
 
 
 def _frame_boundary(kind: str, data: bytes, limit: int) -> int:
