@@ -330,6 +330,8 @@ class Requester:
             if len(data) > RECORD_TEXT_BYTES:
                 data = None
         status = error.status if isinstance(error, InvocationError) else None
+        if isinstance(error, LinePerRecordError | DataProcessingError):
+            status = 200  # answered, but the answer broke a rule
         attempts = error.attempts if isinstance(error, InvocationError) else 1
         if isinstance(error, InvocationError) and error.body_excerpt is not None:
             text = error.body_excerpt

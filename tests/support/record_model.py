@@ -4,8 +4,9 @@ Every record holds ``<r:NNNNNN>`` (its number); ``RecordModel`` answers a body w
 line per token, the number, so it finds the records of any body (lines, RecordIO or
 TFRecord frames, a SingleRecord payload) without parsing their framing. Told which
 records are bad, it answers 400 to any body holding one of them; told a size, it answers
-413 to any body over it (a server whose own body limit is below MaxPayloadInMB). It
-counts what it answered, by status.
+413 to any body over it (a server whose own body limit is below MaxPayloadInMB); it may
+also answer 500 to chosen records, or leave their lines out of its answer. It counts what
+it answered, by status.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class RecordModel(ThreadedModel):
         self.bad: frozenset[int] = frozenset()
         self.refuse_over = 0  # 0: no limit
         self.delay_seconds = 0.0  # before each answer
+        self.server_error: frozenset[int] = frozenset()  # a body holding one gets 500
+        self.short: frozenset[int] = frozenset()  # these records get no line of answer
         self._lock = threading.Lock()
         self.statuses: Counter[int] = Counter()
         self.refused_sizes: list[int] = []
@@ -73,5 +76,9 @@ class RecordModel(ThreadedModel):
             if int(number) in self.bad:
                 self._count(400, len(body))
                 return web.Response(status=400, text=f"cannot read record {int(number)}\n")
+            if int(number) in self.server_error:
+                self._count(500, len(body))
+                return web.Response(status=500, text=f"crashed on record {int(number)}\n")
         self._count(200, len(body))
-        return web.Response(body=b"".join(n + b"\n" for n in numbers), content_type="text/plain")
+        lines = [n + b"\n" for n in numbers if int(n) not in self.short]
+        return web.Response(body=b"".join(lines), content_type="text/plain")
