@@ -8,7 +8,7 @@ import logging
 import sys
 
 from agent.errors import ExitCode
-from agent.job import JobError, LoadedJob, load_job
+from agent.job import JobError, JobSettings, LoadedJob, load_job
 
 log = logging.getLogger("agent.cli")
 
@@ -104,6 +104,7 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
             if job.agent.require_line_per_record
             else "not checked (RequireLinePerRecord false)",
         ),
+        ("failed records", _isolation(job)),
         ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
         (
             "processing",
@@ -131,3 +132,17 @@ def _or(value: int | None, unset: str) -> str:
 
 
 # ---------------------------------------------------------------------- parser
+
+
+def _isolation(job: JobSettings) -> str:
+    """The validate line for Agent.MaxFailedRecords and Agent.FailedRecordPlaceholder."""
+    limit = job.agent.max_failed_records
+    if limit is None:
+        return "a failed request fails its file (MaxFailedRecords not set); 413s are cut"
+    allowed = "no limit" if limit < 0 else f"at most {limit} an instance"
+    placeholder = job.agent.failed_record_placeholder
+    stands = "nothing" if placeholder is None else repr(placeholder)
+    return (
+        f"isolated to <name>.errors.jsonl, {allowed} (MaxFailedRecords {limit}); "
+        f"{stands} in their place in the output"
+    )

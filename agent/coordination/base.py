@@ -146,11 +146,11 @@ class Coordinator(ABC):
                 item.info.etag, self.settings_hash, self.job.transform_job_name
             )
             head = None
+            store = await self.stores.get(output)
             if self._must_head(output):
-                store = await self.stores.get(output)
                 head = await head_output(store, output.key)
-                if isolating:
-                    errors_head = await head_output(store, errors_uri(output).key)
+            if isolating and self._must_head(where := errors_uri(output)):
+                errors_head = await head_output(store, where.key)
             found = commit_rule(head, metadata)
             if found is None:
                 # Committed, but its record never written (the instance died in between).
@@ -161,9 +161,7 @@ class Coordinator(ABC):
                 if errors_head is not None and matches(errors_head, metadata):
                     # Committed before the output, with the same input and settings.
                     result.errors_etag = errors_head.etag
-                    result.failed_records = await _count_lines(
-                        await self.stores.get(output), errors_uri(output).key
-                    )
+                    result.failed_records = await _count_lines(store, errors_uri(output).key)
                 await self.record(item, result)
                 return None
             rule = found

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -350,18 +350,19 @@ class Pipeline:
                     if body.first:
                         await self.budget.wait_for_room()
                         await self.slots.acquire()
-                        work: Awaitable[BytesLike | Answered]
+                        work: Callable[[], Awaitable[BytesLike | Answered]]
                         if body.last:
                             # The records of the bodies before this one are counted: the
                             # loop adds a body's records at its last part, before the next.
-                            work = self._answer(Held(uri, body, result.records), result)
+                            held = Held(uri, body, result.records)
+                            work = functools.partial(self._answer, held, result)
                         else:
                             reopen = functools.partial(self.reader.reread, info, source, body.start)
                             streamed = UnboundedBody(reopen)
                             if s.require_line_per_record:
                                 span = RecordSpan(uri, result.records, body.start)
                             what = f"{uri} body from byte {body.start}"
-                            work = self.requester.streamed(streamed, what, span)
+                            work = functools.partial(self.requester.streamed, streamed, what, span)
                         task = group.create_task(self._request(work, line, line.issue()))
                         task.add_done_callback(self._free_slot_if_failed)
                         order.put_nowait(task)
@@ -397,9 +398,11 @@ class Pipeline:
         return answer
 
     async def _request(
-        self, work: Awaitable[BytesLike | Answered], line: RequestOrder, seq: int
+        self, work: Callable[[], Awaitable[BytesLike | Answered]], line: RequestOrder, seq: int
     ) -> _Answer:
-        answer = _Answer(await work, False)
+        """A body's request, started by the task (a task cancelled before its first step
+        never makes the coroutine)."""
+        answer = _Answer(await work(), False)
         if not line.finish(seq):  # early: wait in the budget, not in a slot
             answer = _Answer(answer.data, True)
             self.slots.release()
