@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support.multirun import completion_records, enable_versioning
 from tests.support.record_model import RecordModel, token
 from tests.support.runjob import (
     Record,
@@ -458,3 +459,53 @@ def test_an_errors_file_from_another_input_is_replaced_or_deleted(
         assert errors == expected_errors(f"s3://{bucket}/in/a.csv", records, bad)
     else:
         assert "out/a.csv.errors.jsonl" not in found
+
+
+def test_instances_sharing_files_under_leases_commit_each_errors_file_once(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+) -> None:
+    """Three instances claim six files under leases (docs/design.md §4.4): each file's
+    ``.out`` and errors file are written by one of them, and recorded once."""
+    client = s3_server.sync_client()
+    enable_versioning(client, bucket)
+    records = records_of("Line", 20_000)
+    names = [f"in/part-{n}.csv" for n in range(6)]
+    put_objects(client, bucket, dict.fromkeys(names, file_bytes(records)))
+    bad = (0, 9_999, 10_000, 19_999)
+    record_model.set_bad(bad)
+    record_model.delay_seconds = 0.01
+    job = make_job(
+        {"MaxFailedRecords": -1, "FailedRecordPlaceholder": PLACEHOLDER, "Coordination": "Lease"},
+        max_payload_mb=1,
+    )
+    agents = []
+    for n in range(3):
+        (tmp_path / f"agent-{n}").mkdir()
+        agents.append(start_agent(job, tmp_path / f"agent-{n}"))
+    try:
+        runs = [agent.wait(120) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [run.returncode for run in runs] == [0, 0, 0], [run.explain() for run in runs]
+
+    found = outputs(s3_server, bucket)
+    assert sorted(found) == sorted(
+        f"out/{name[3:]}{suffix}" for name in names for suffix in (".out", ".errors.jsonl")
+    )
+    for name in names:
+        uri = f"s3://{bucket}/{name}"
+        assert found[f"out/{name[3:]}.out"] == expected_out(20_000, bad, PLACEHOLDER)
+        errors = [orjson.loads(text) for text in found[f"out/{name[3:]}.errors.jsonl"].splitlines()]
+        assert errors == expected_errors(uri, records, bad)
+    recorded = completion_records(client, bucket, job)
+    assert sorted(record["Input"] for record in recorded) == sorted(
+        f"s3://{bucket}/{name}" for name in names
+    )
+    assert all(record["FailedRecords"] == len(bad) and record["ErrorsETag"] for record in recorded)
+    assert job_summary(s3_server, bucket)["FailedRecords"] == 6 * len(bad)
