@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -583,6 +584,17 @@ def test_progress_lines_show_instances_and_leases() -> None:
         "  1 file(s) were completed by an earlier run and are skipped",
         "  first failure: s3://b/in/b: boom",
     ]
+
+
+def test_progress_lines_count_failed_records() -> None:
+    a, b = item("a", 100), item("b", 300)
+    listing = Listing("r2", "t0", (a, b))
+    isolated = dataclasses.replace(record(a, run="r2"), FailedRecords=3, ErrorsETag='"e"')
+    records = {file_id(a.uri): isolated}
+    lines = progress_lines("job", listing, records, [])
+    shown = "  failed records: 3 in completed files (each file's <name>.errors.jsonl lists its own)"
+    assert shown in lines
+    assert "    host:1: 1 completed, 0 failed, 3 failed records, 10 bytes in this run" in lines
 
 
 async def test_a_settled_file_releases_its_lease_even_after_it_ran_out() -> None:
