@@ -24,9 +24,7 @@ but closes the connection normally, short of the promised Content-Length; ``malf
 bytes that are not HTTP at all. ``delay_ms`` + a uniform random ``random_delay_ms`` delay every
 answer; ``exit_after`` N makes the process exit (status 3) when invocation N+1 arrives, cutting
 whatever is in flight: a model that dies mid-job. ``ping_fail_seconds`` makes /ping answer 503
-for that long: a slow start. Record faults, before any of those: ``refuse_over`` N answers
-413 to a body of more than N bytes (a server whose own body limit is below MaxPayloadInMB);
-``bad_marker`` answers 400 to a body holding that text (a model that cannot read a record).
+for that long: a slow start.
 
 Test hooks, outside the SageMaker contract (paths starting with ``/_`` are never logged):
 
@@ -79,8 +77,6 @@ class Settings:
     exit_after: int = 0
     ping_fail_seconds: float = 0.0
     execution_parameters: dict[str, Any] | None = None
-    refuse_over: int = 0  # bodies over this many bytes get 413; 0: none
-    bad_marker: str = ""  # bodies holding this text get 400; "": none
 
     def changed(self, changes: dict[str, Any]) -> Settings:
         """A copy with ``changes`` applied; ValueError names any bad field or value."""
@@ -97,9 +93,6 @@ class Settings:
             elif name == "execution_parameters":
                 if value is not None and not isinstance(value, dict):
                     problems.append("execution_parameters must be an object or null")
-            elif name == "bad_marker":
-                if not isinstance(value, str):
-                    problems.append("bad_marker must be a string")
             elif name in fields and not (
                 isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
             ):
@@ -188,12 +181,6 @@ class ModelServer:
         try:
             body = await request.read()
             entry = self._record(request, body)
-            if s.refuse_over and len(body) > s.refuse_over:
-                entry["answer"] = 413
-                return web.Response(status=413, text=f"body over {s.refuse_over} bytes\n")
-            if s.bad_marker and s.bad_marker.encode() in body:
-                entry["answer"] = 400
-                return web.Response(status=400, text="bad record: cannot read it\n")
             entry["answer"] = s.status if fault == "status" else 200 if fault == "none" else fault
             delay_ms = s.delay_ms + random.uniform(0, s.random_delay_ms)
             if delay_ms:
@@ -310,8 +297,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exit-after", type=int, default=0, metavar="N")
     parser.add_argument("--ping-fail-seconds", type=float, default=0.0)
     parser.add_argument("--execution-parameters", type=json.loads, default=None, metavar="JSON")
-    parser.add_argument("--refuse-over", type=int, default=0, metavar="BYTES")
-    parser.add_argument("--bad-marker", default="", metavar="TEXT")
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
     try:
