@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.support.record_model import RecordModel
 from tests.support.servers import LIVE, ModelServer, SeaweedFS, ServerError, stop_all
 
 _bucket_numbers = itertools.count(1)
@@ -144,6 +145,18 @@ def _stop_each(servers: list[SeaweedFS] | list[ModelServer]) -> None:
             errors.append(str(error))
     if errors:
         raise ServerError("\n".join(errors))
+
+
+@pytest.fixture
+def record_model() -> Iterator[RecordModel]:
+    """A ``RecordModel`` (tests/support/record_model.py) of the test's own: bad records,
+    413s and short answers on demand."""
+    model = RecordModel()
+    model.start()
+    try:
+        yield model
+    finally:
+        model.stop()
 
 
 # ----------------------------------------------------------------------------- leftovers

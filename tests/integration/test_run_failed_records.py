@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from tests.support.multirun import completion_records, enable_versioning
-from tests.support.record_model import RecordModel, token
+from tests.support.record_model import RecordModel, error_lines, token
 from tests.support.runjob import (
     Record,
     file_bytes,
@@ -43,16 +43,6 @@ RECORDS = 120_000
 BAD = (0, 40_000, 40_001, 77_777, RECORDS - 1)  # first, two adjacent, one alone, last
 PLACEHOLDER = "FAILED"
 FILES = ("in/a.csv", "in/b.csv")
-
-
-@pytest.fixture
-def record_model() -> Iterator[RecordModel]:
-    model = RecordModel()
-    model.start()
-    try:
-        yield model
-    finally:
-        model.stop()
 
 
 def records_of(split_type: str, count: int) -> list[Record]:
@@ -485,7 +475,7 @@ def test_an_errors_file_from_another_input_is_replaced_or_deleted(
     found = outputs(s3_server, bucket)
     assert found["out/a.csv.out"] == expected_out(1_000, bad, None)
     if bad:
-        errors = [orjson.loads(text) for text in found["out/a.csv.errors.jsonl"].splitlines()]
+        errors = error_lines(found["out/a.csv.errors.jsonl"])
         assert errors == expected_errors(f"s3://{bucket}/in/a.csv", records, bad)
     else:
         assert "out/a.csv.errors.jsonl" not in found

@@ -5,14 +5,12 @@ tests/unit/pipeline/test_failed_records.py.) SeaweedFS and ``RecordModel`` on 12
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from tests.support.record_model import RecordModel, token
+from tests.support.record_model import RecordModel, error_lines, token
 from tests.support.runjob import (
     Record,
     file_bytes,
@@ -26,16 +24,6 @@ from tests.support.runjob import (
 from tests.support.servers import SeaweedFS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def record_model() -> Iterator[RecordModel]:
-    model = RecordModel()
-    model.start()
-    try:
-        yield model
-    finally:
-        model.stop()
 
 
 def rows(count: int) -> list[Record]:
@@ -64,7 +52,7 @@ def outputs(s3_server: SeaweedFS, bucket: str) -> dict[str, bytes]:
 
 
 def errors_of(found: dict[str, bytes]) -> list[dict[str, Any]]:
-    return [orjson.loads(text) for text in found["out/x.csv.errors.jsonl"].splitlines()]
+    return error_lines(found["out/x.csv.errors.jsonl"])
 
 
 def test_a_server_error_after_its_retries_is_the_records(

@@ -16,7 +16,9 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.support.threaded_model import ThreadedModel
@@ -26,6 +28,11 @@ TOKEN = re.compile(rb"<r:(\d{6})>")
 
 def token(n: int) -> bytes:
     return b"<r:%06d>" % n
+
+
+def error_lines(data: bytes) -> list[dict[str, Any]]:
+    """The entries of an errors file (``<name>.errors.jsonl``), in order."""
+    return [orjson.loads(text) for text in data.splitlines()]
 
 
 class RecordModel(ThreadedModel):
