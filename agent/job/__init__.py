@@ -158,7 +158,7 @@ def with_overrides(
     agent = settings.agent
     if model_url is not None:
         try:
-            agent = replace(agent, model_url=check_model_url(model_url))
+            agent = replace(agent, model_url=check_model_url(model_url), model_servers=())
         except ValueError as exc:
             problems.append(Problem("--model-url", str(exc)))
     if state_uri is not None:

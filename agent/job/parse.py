@@ -50,6 +50,7 @@ from agent.job.schema import (
     quote,
     type_name,
 )
+from agent.job.serving import read_serving
 from agent.job.types import (
     ASSEMBLY_TYPES,
     BATCH_STRATEGIES,
@@ -68,7 +69,6 @@ from agent.job.types import (
     S3DataType,
     TransformInput,
     TransformOutput,
-    check_model_url,
     parse_data_uri,
 )
 
@@ -305,18 +305,8 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     path = "$.Agent"
     fields = _section(check, top, "Agent", AGENT)
     default = AgentConfig()
-    model_url = default.model_url
-    url, raw = None, fields.get("ModelUrl")
-    if isinstance(raw, str) and len(raw) > 2048:  # said without quoting: it may hold a secret
-        message = f"the URL is {len(raw)} characters long; use at most 2048 characters"
-        check.problem(child(path, "ModelUrl"), message)
-    else:
-        url = check.string(fields, "ModelUrl", path, max_chars=2048, min_chars=1)
-    if url is not None:
-        try:
-            model_url = check_model_url(url)
-        except ValueError as exc:
-            check.problem(child(path, "ModelUrl"), str(exc))
+    serving = read_serving(check, fields, path)
+    urls = serving.model_urls or (default.model_url,)
     startup = check.integer(fields, "ModelStartupTimeoutSeconds", path, minimum=1)
     buffer_mb = check.integer(fields, "ReorderBufferMB", path, minimum=1)
     # Renewals come every TTL/6 and must fit before the holder's stop at TTL*3/4; below
@@ -339,7 +329,13 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         )
         placeholder = None
     return AgentConfig(
-        model_url=model_url,
+        model_url=urls[0],
+        model_servers=urls if isinstance(fields.get("ModelUrl"), list) else (),
+        model_replicas=serving.replicas or len(urls),
+        replica_devices=serving.devices,
+        replica_restarts=default.replica_restarts if serving.restarts is None else serving.restarts,
+        model_dir=serving.model_dir,
+        container_runtime=serving.container_runtime,
         model_command=_model_command(check, fields, path),
         model_startup_timeout_seconds=startup or default.model_startup_timeout_seconds,
         state_uri=_location(check, fields, "StateUri", path, cwd),

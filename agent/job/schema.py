@@ -325,7 +325,8 @@ PROCESSING = ("InputFilter", "OutputFilter", "JoinSource")
 AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
     "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
-    "RequireLinePerRecord", "MaxFailedRecords", "FailedRecordPlaceholder",
+    "RequireLinePerRecord", "MaxFailedRecords", "FailedRecordPlaceholder", "ModelReplicas",
+    "ReplicaDevices", "ReplicaRestarts", "ModelDir", "ContainerRuntime",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {

@@ -160,6 +160,16 @@ def check_model_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def replica_url(model_url: str, replica: int) -> str:
+    """``model_url`` with its port (80 or 443 when it names none) plus ``replica``."""
+    parts = urllib.parse.urlsplit(model_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{port + replica}"))
+
+
 # ---------------------------------------------------------------------- settings
 
 
@@ -223,6 +233,20 @@ class AgentConfig:
     max_failed_records: int | None = None
     # Written as a failed record's line of output (AssembleWith Line); None: nothing.
     failed_record_placeholder: str | None = None
+    # Servers already running, one replica each, when ModelUrl is a list; () otherwise.
+    model_servers: tuple[str, ...] = ()
+    model_replicas: int = 1  # ModelCommand (or container) processes started, port + i each
+    replica_devices: tuple[str, ...] | None = None  # replica i's CUDA_VISIBLE_DEVICES
+    replica_restarts: int = 3  # restarts a started replica may have before it stays down
+    model_dir: str | None = None  # where model artifacts are unpacked; None: the default
+    container_runtime: str | None = None  # docker or podman; None: the first on PATH
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        """Where each replica listens: the servers listed, or ModelUrl's port + i."""
+        if self.model_servers:
+            return self.model_servers
+        return tuple(replica_url(self.model_url, i) for i in range(self.model_replicas))
 
     @property
     def reorder_buffer_bytes(self) -> int:
