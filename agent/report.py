@@ -60,6 +60,7 @@ class JobSummary:
     transform_started: float | None = None  # the model answered: data began to flow
     instance: str | None = None  # this instance's identity and where it came from
     job_status: str | None = None  # the whole job's, when this instance wrote its summary
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # with several replicas
 
     def begin_transform(self) -> None:
         """The model is ready; throughput counts from here, not from start-up."""
@@ -108,6 +109,8 @@ class JobSummary:
         }
         if self.failure_reason:
             summary["FailureReason"] = self.failure_reason
+        if self.replicas:
+            summary["Replicas"] = self.replicas
         return summary
 
 

@@ -29,13 +29,12 @@ from agent.job import JobSettings, settings_hash
 from agent.jsonstream import document_pieces
 from agent.log import LogFormat
 from agent.model.client import (
-    ModelClient,
-    ModelClientSettings,
     ModelError,
     format_execution_parameters,
     resolve_execution_parameters,
 )
-from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
+from agent.model.process import ModelCommandError
+from agent.model.replicas import ReplicaSet
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
 from agent.report import JobSummary, Progress
@@ -122,11 +121,11 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     if identity.warning:
         log.warning("%s", identity.warning)
     summary.instance = str(identity)
-    if job.agent.model_command is not None:
-        try:
-            await ensure_port_free(job.agent.model_url)
-        except ModelCommandError as error:
-            return _stop(summary, error)
+    replicas = ReplicaSet(job, model_dir=job.agent.model_dir or "")
+    try:
+        await replicas.check_ports()
+    except ModelCommandError as error:
+        return _stop(summary, error)
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
         try:
             coordinator = await stack.enter_async_context(
@@ -147,14 +146,10 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
             log.error("%s", reason)
             return ExitCode.FAILED
         try:
-            died = None
-            if job.agent.model_command is not None:
-                process = await stack.enter_async_context(ModelProcess.from_settings(job))
-                died = process.died
-            client_settings = ModelClientSettings.from_job(job)
-            async with ModelClient(job.agent.model_url, client_settings, died=died) as probe:
-                await probe.wait_ready(job.agent.model_startup_timeout_seconds)
-                answer = await probe.execution_parameters()
+            await stack.enter_async_context(replicas)  # starts the model commands, if any
+            stack.callback(_replica_summary, summary, replicas)
+            await replicas.wait_ready(job.agent.model_startup_timeout_seconds)
+            answer = await replicas.execution_parameters()
             params, sources = resolve_execution_parameters(job, answer)
         except (ModelError, ModelCommandError) as error:
             return _fail_all(summary, coordinator.planned, str(error))
@@ -174,9 +169,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
         progress = Progress(len(todo), total)
         summary.begin_transform()
-        client = await stack.enter_async_context(
-            ModelClient(job.agent.model_url, ModelClientSettings.from_job(job), died=died)
-        )
+        client = await replicas.open(job)
         pipeline = Pipeline(PipelineSettings.from_job(job), job, stores, client, progress)
         try:
             await pipeline.run(coordinator.files(), summary.files)
@@ -202,6 +195,12 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         return ExitCode.FAILED
     summary.end(COMPLETED)
     return ExitCode.COMPLETED
+
+
+def _replica_summary(summary: JobSummary, replicas: ReplicaSet) -> None:
+    """What each replica did, for the summary (when there is more than one)."""
+    if len(replicas.replicas) > 1:
+        summary.replicas = replicas.summary()
 
 
 def _stop(summary: JobSummary, error: BtAgentError) -> int:

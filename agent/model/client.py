@@ -32,7 +32,7 @@ import asyncio
 import logging
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp.payload import AsyncIterablePayload, Payload
@@ -52,11 +52,13 @@ from agent.model.execparams import (
 )
 from agent.model.policy import (
     RETRYABLE_ERRORS,
+    UNREACHABLE_ERRORS,
     InvocationError,
     ModelClientSettings,
     ModelError,
     ModelExitedError,
     ModelNotReadyError,
+    ReplicaUnreachable,
     ResponseTooLargeError,
     RetryableStatusError,
     StatusError,
@@ -82,6 +84,7 @@ __all__ = [
     "BodySource",
     "ExecutionParametersError",
     "InvocationError",
+    "Invoker",
     "ModelClient",
     "ModelClientSettings",
     "ModelError",
@@ -108,6 +111,13 @@ _T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------- the client
+
+
+class Invoker(Protocol):
+    """What the pipeline sends requests through: a ``ModelClient``, or the replicas'
+    dispatcher (``agent.model.replicas.ReplicaSet``)."""
+
+    async def invoke(self, body: RequestBody, *, what: str) -> bytearray: ...
 
 
 class _Died(BtAgentError):
@@ -303,6 +313,8 @@ class ModelClient:
                     attempts=attempt,
                 ) from None
             except RETRYABLE_ERRORS as error:
+                if s.fail_fast and isinstance(error, UNREACHABLE_ERRORS):
+                    raise ReplicaUnreachable(what, error, attempt) from error
                 if attempt == attempts:
                     timeout = s.invocations_timeout_seconds
                     raise invocation_failure(what, error, attempt, timeout) from error

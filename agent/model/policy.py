@@ -58,6 +58,14 @@ class ModelExitedError(InvocationError):
         self.exit = exit
 
 
+class ReplicaUnreachable(InvocationError):
+    """One of several replicas refused or dropped the connection: the request goes to
+    another replica (``agent.model.replicas``), not counted against the retries."""
+
+    def __init__(self, what: str, error: BaseException, attempts: int) -> None:
+        super().__init__(f"{what}: {failure_reason(error, 0)}", what=what, attempts=attempts)
+
+
 class ResponseTooLargeError(InvocationError):
     """An answer was over ``Agent.MaxResponseMB``: failed at once, since a retry would get
     the same answer again. Reading stopped at the cap (or before any byte of the body when
@@ -94,6 +102,14 @@ class StatusError(BtAgentError):
 class RetryableStatusError(StatusError):
     """A 5xx or 429 answer: the model may do better a moment later."""
 
+
+# Connection failures that say the server is not there (any more): with several replicas
+# the request goes elsewhere (``ModelClientSettings.fail_fast``).
+UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+)
 
 # What is worth another attempt: the connection failed or broke, the answer was not HTTP
 # (ClientResponseError: we never raise for a status ourselves) or did not come in time,
@@ -155,6 +171,9 @@ class ModelClientSettings:
     error_body_bytes: int = 1024  # how much of a failed answer goes into the message
     read_buffer_bytes: int = 1 << 20  # aiohttp's read buffer per response
     max_response_bytes: int = 64 << 20  # cap on one /invocations answer's body
+    # One of several replicas: a refused or dropped connection raises ReplicaUnreachable
+    # at once (another replica takes the request) instead of being retried here.
+    fail_fast: bool = False
 
     @classmethod
     def from_job(cls, settings: JobSettings, **overrides: Any) -> ModelClientSettings:

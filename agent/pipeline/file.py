@@ -41,7 +41,8 @@ from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
 from agent.dataproc import RecordProcessor, make_processor
 from agent.job import JobSettings
-from agent.model.client import ModelClient, ModelExitedError
+from agent.model.client import Invoker, ModelExitedError
+from agent.model.replicas import NoReplicaLeft
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
 from agent.pipeline.failures import ErrorsFile, FailureLimit, Sinks
 from agent.pipeline.lines import RecordSpan
@@ -95,7 +96,7 @@ class Pipeline:
         settings: PipelineSettings,
         job: JobSettings,
         stores: Stores,
-        client: ModelClient,
+        client: Invoker,
         progress: Progress,
     ) -> None:
         self.settings = settings
@@ -180,6 +181,9 @@ class Pipeline:
                     result.finish(LOST, str(lost))
                 except ModelExitedError as error:  # no later file can succeed: start none
                     self.fatal = f"the model command {error.exit.explain()}"
+                    result.finish(FAILED, message(item, error))
+                except NoReplicaLeft as error:  # likewise
+                    self.fatal = str(error)
                     result.finish(FAILED, message(item, error))
                 except Exception as error:  # one file's failure leaves the others running
                     result.finish(FAILED, message(item, error))

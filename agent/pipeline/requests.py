@@ -40,7 +40,7 @@ from agent.dataproc import Batch, DataProcessingError, RecordProcessor
 from agent.errors import BtAgentError
 from agent.model.client import (
     InvocationError,
-    ModelClient,
+    Invoker,
     ModelExitedError,
     RequestBody,
     ResponseTooLargeError,
@@ -184,7 +184,7 @@ class Requester:
 
     def __init__(
         self,
-        client: ModelClient,
+        client: Invoker,
         processor: RecordProcessor | None,
         *,
         split_type: str,

@@ -41,7 +41,10 @@ class PipelineSettings:
     @classmethod
     def from_job(cls, job: JobSettings) -> PipelineSettings:
         """From a job whose execution parameters are resolved (``ResolvedParams.apply``)."""
-        inflight = job.max_concurrent_transforms or DEFAULT_MAX_CONCURRENT_TRANSFORMS
+        # MaxConcurrentTransforms applies to each replica, as SageMaker applies it to each
+        # container: the pipeline keeps that many requests alive for every replica.
+        per_replica = job.max_concurrent_transforms or DEFAULT_MAX_CONCURRENT_TRANSFORMS
+        inflight = per_replica * len(job.agent.replica_urls)
         payload_mb = DEFAULT_MAX_PAYLOAD_MB if job.max_payload_mb is None else job.max_payload_mb
         return cls(
             split_type=job.input.split_type,

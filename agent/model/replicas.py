@@ -1,0 +1,376 @@
+"""Model replicas (README "Replicas"): ``Agent.ModelReplicas`` processes (or the servers
+``Agent.ModelUrl`` lists), each request sent to the one with the fewest in flight.
+
+Replica *i* listens on ``Agent.ModelUrl``'s port + *i* (``SAGEMAKER_BIND_TO_PORT``, which
+SageMaker containers honour) and gets ``Agent.ReplicaDevices[i]`` as
+``CUDA_VISIBLE_DEVICES``; ``Agent.ModelCommand`` may name them with ``{port}``,
+``{replica}``, ``{device}`` and ``{model_dir}``. Each replica has its own ``ModelClient``,
+so ``MaxConcurrentTransforms`` bounds the requests in flight to each, as SageMaker bounds
+them per container.
+
+With more than one replica, a replica that stops answering (connection refused or reset,
+its command exited) is marked down: the request goes to another replica at once, not
+counted against ``InvocationsMaxRetries``. A replica the agent started is restarted (with
+backoff, at most ``Agent.ReplicaRestarts`` times) and rejoins once its ``/ping`` answers;
+a listed server rejoins once its ``/ping`` answers again. The run fails only when no
+replica is left. With one replica nothing changes from a plain model: a command that
+exits fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from agent.backoff import backoff_seconds
+from agent.job import JobSettings
+from agent.model.client import ModelClient, ModelClientSettings, ModelError, ModelExitedError
+from agent.model.environment import model_environment
+from agent.model.policy import ReplicaUnreachable
+from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
+from agent.model.wire import RequestBody
+
+log = logging.getLogger("agent.invoke")
+
+LATENCY_SAMPLES = 4096  # latencies kept per replica for the p99 (a uniform sample)
+RESTART_BASE_SECONDS = 1.0
+RESTART_CAP_SECONDS = 30.0
+
+
+class NoReplicaLeft(ModelError):
+    """Every replica is down for good: the run cannot go on."""
+
+
+def command_for(
+    argv: Sequence[str], *, port: int, replica: int, device: str, model_dir: str
+) -> list[str]:
+    """``Agent.ModelCommand`` with its placeholders filled in (only these four; any other
+    brace is left as it is)."""
+    values = {
+        "{port}": str(port),
+        "{replica}": str(replica),
+        "{device}": device,
+        "{model_dir}": model_dir,
+    }
+    out = []
+    for arg in argv:
+        for key, value in values.items():
+            arg = arg.replace(key, value)
+        out.append(arg)
+    return out
+
+
+@dataclass
+class ReplicaStats:
+    """What one replica did: for the summary."""
+
+    requests: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0  # summed over its answered requests
+    restarts: int = 0
+    downs: int = 0
+    seen: int = 0  # latencies offered to the sample
+    sample: array[float] = field(default_factory=lambda: array("d"))
+
+    def add(self, seconds: float, sent: int, received: int) -> None:
+        self.requests += 1
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.seconds += seconds
+        self.seen += 1
+        if len(self.sample) < LATENCY_SAMPLES:
+            self.sample.append(seconds)
+        else:  # reservoir: every latency has the same chance to be kept
+            slot = random.randrange(self.seen)
+            if slot < LATENCY_SAMPLES:
+                self.sample[slot] = seconds
+
+    def p99(self) -> float:
+        if not self.sample:
+            return 0.0
+        ordered = sorted(self.sample)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+class Replica:
+    """One model server: where it listens, its process (if the agent started it), its client."""
+
+    def __init__(self, index: int, url: str, device: str | None, argv: list[str] | None) -> None:
+        self.index = index
+        self.url = url
+        self.device = device
+        self.argv = argv  # None: a server already running (Agent.ModelUrl lists it)
+        self.process: ModelProcess | None = None
+        self.client: ModelClient | None = None
+        self.in_flight = 0
+        self.up = asyncio.Event()
+        self.gone = False  # down for good: restarts used up
+        self.restarts_left = 0
+        self.stats = ReplicaStats()
+        self.recovery: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def as_json(self) -> dict[str, object]:
+        s = self.stats
+        mean = s.seconds / s.requests if s.requests else 0.0
+        entry: dict[str, object] = {
+            "Replica": self.index,
+            "Url": self.url,
+            "Requests": s.requests,
+            "BytesSent": s.bytes_sent,
+            "BytesReceived": s.bytes_received,
+            "MeanMs": round(1000 * mean, 3),
+            "P99Ms": round(1000 * s.p99(), 3),
+            "Restarts": s.restarts,
+        }
+        if self.device is not None:
+            entry["Device"] = self.device
+        if self.gone:
+            entry["Down"] = True
+        return entry
+
+
+class ReplicaSet:
+    """The replicas of one run: ``async with`` starts the commands (if any) and stops them;
+    ``open(settings)`` makes their clients; ``invoke`` dispatches one request."""
+
+    def __init__(
+        self, job: JobSettings, *, model_dir: str = "", grace_seconds: float = 10.0
+    ) -> None:
+        agent = job.agent
+        urls = agent.replica_urls
+        devices = agent.replica_devices
+        command = agent.model_command
+        self.job = job
+        self.model_dir = model_dir
+        self.grace_seconds = grace_seconds
+        self.replicas = [
+            Replica(
+                i,
+                url,
+                None if devices is None else devices[i],
+                None
+                if command is None
+                else command_for(
+                    command,
+                    port=urlsplit(url).port or 80,
+                    replica=i,
+                    device="" if devices is None else devices[i],
+                    model_dir=model_dir,
+                ),
+            )
+            for i, url in enumerate(urls)
+        ]
+        for replica in self.replicas:
+            replica.restarts_left = agent.replica_restarts
+        self.many = len(self.replicas) > 1
+        self.settings: ModelClientSettings | None = None
+        self._turn = 0  # ties go in turn
+        self._changed = asyncio.Event()  # set (and replaced) when a replica comes or goes
+        self._stack = contextlib.AsyncExitStack()
+        self._closing = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def check_ports(self) -> None:
+        """Before starting anything: each port a command will listen on must be free."""
+        for replica in self.replicas:
+            if replica.argv is not None:
+                await ensure_port_free(replica.url)
+
+    async def __aenter__(self) -> ReplicaSet:
+        try:
+            for replica in self.replicas:
+                if replica.argv is not None:
+                    replica.process = await self._start_process(replica)
+                    log.info("replica %d listens on %s", replica.index, replica.url)
+        except BaseException:
+            await self._stop_processes()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        for replica in self.replicas:
+            if replica.recovery is not None:
+                replica.recovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await replica.recovery
+        await self._stack.aclose()
+        await self._stop_processes()
+
+    async def _start_process(self, replica: Replica) -> ModelProcess:
+        assert replica.argv is not None
+        env = model_environment(self.job)
+        env["SAGEMAKER_BIND_TO_PORT"] = str(replica.port)
+        if replica.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = replica.device
+        process = ModelProcess(replica.argv, env=env, grace_seconds=self.grace_seconds)
+        await process.start()
+        return process
+
+    async def _stop_processes(self) -> None:
+        for replica in self.replicas:
+            if replica.process is not None:
+                await replica.process.stop()
+
+    async def wait_ready(self, timeout_seconds: float) -> None:
+        """Every replica's ``/ping`` answers 200 (each waited for at once)."""
+        settings = ModelClientSettings.from_job(self.job)
+
+        async def one(replica: Replica) -> None:
+            died = None if replica.process is None else replica.process.died
+            async with ModelClient(replica.url, settings, died=died) as probe:
+                await probe.wait_ready(timeout_seconds)
+
+        await asyncio.gather(*(one(replica) for replica in self.replicas))
+
+    async def execution_parameters(self) -> dict[str, object] | None:
+        """``GET /execution-parameters`` of the first replica."""
+        first = self.replicas[0]
+        died = None if first.process is None else first.process.died
+        settings = ModelClientSettings.from_job(self.job)
+        async with ModelClient(first.url, settings, died=died) as probe:
+            return await probe.execution_parameters()
+
+    async def open(self, job: JobSettings) -> ReplicaSet:
+        """Make each replica's client for the resolved job; every replica is up."""
+        self.job = job
+        self.settings = ModelClientSettings.from_job(job, fail_fast=self.many)
+        for replica in self.replicas:
+            replica.client = await self._client(replica)
+            replica.up.set()
+        return self
+
+    async def _client(self, replica: Replica) -> ModelClient:
+        assert self.settings is not None
+        died = None if replica.process is None else replica.process.died
+        client = ModelClient(replica.url, self.settings, died=died)
+        await client.__aenter__()
+        self._stack.push_async_callback(client.__aexit__, None, None, None)
+        return client
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def invoke(self, body: RequestBody, *, what: str) -> bytearray:
+        """The answer to ``body`` from the least loaded replica that is up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            replica = await self._pick()
+            assert replica.client is not None
+            replica.in_flight += 1
+            began = loop.time()
+            try:
+                answer = await replica.client.invoke(body, what=what)
+            except (ModelExitedError, ReplicaUnreachable) as error:
+                if not self.many:
+                    raise
+                self._down(replica, error)
+                continue
+            finally:
+                replica.in_flight -= 1
+            sent = len(body) if not callable(body) else 0
+            replica.stats.add(loop.time() - began, sent, len(answer))
+            return answer
+
+    async def _pick(self) -> Replica:
+        while True:
+            up = [replica for replica in self.replicas if replica.up.is_set()]
+            if up:
+                least = min(replica.in_flight for replica in up)
+                tied = [replica for replica in up if replica.in_flight == least]
+                self._turn += 1
+                return tied[self._turn % len(tied)]
+            if all(replica.gone for replica in self.replicas):
+                raise NoReplicaLeft(self._none_left())
+            await self._changed.wait()
+
+    def _none_left(self) -> str:
+        restarts = self.job.agent.replica_restarts
+        return (
+            f"no model replica is left: each of the {len(self.replicas)} stopped answering "
+            f"and was restarted {restarts} time(s) (Agent.ReplicaRestarts) without coming "
+            "back; see the log for each replica's last exit"
+        )
+
+    def _down(self, replica: Replica, error: BaseException) -> None:
+        if not replica.up.is_set() or self._closing:
+            return
+        replica.up.clear()
+        replica.stats.downs += 1
+        log.warning("replica %d (%s) is down: %s", replica.index, replica.url, error)
+        replica.recovery = asyncio.create_task(self._recover(replica))
+
+    async def _recover(self, replica: Replica) -> None:
+        """Bring ``replica`` back: restart its command, or wait for its ``/ping``."""
+        timeout = float(self.job.agent.model_startup_timeout_seconds)
+        attempt = 0
+        while not self._closing:
+            if replica.argv is not None:
+                if replica.restarts_left <= 0:
+                    replica.gone = True
+                    log.error(
+                        "replica %d (%s) is down for good: %d restart(s) used",
+                        replica.index,
+                        replica.url,
+                        replica.stats.restarts,
+                    )
+                    self._wake()
+                    return
+                replica.restarts_left -= 1
+            attempt += 1
+            await asyncio.sleep(
+                backoff_seconds(
+                    attempt, base_seconds=RESTART_BASE_SECONDS, cap_seconds=RESTART_CAP_SECONDS
+                )
+            )
+            try:
+                if replica.argv is not None:
+                    if replica.process is not None:
+                        await replica.process.stop()
+                    replica.process = await self._start_process(replica)
+                    replica.stats.restarts += 1
+                died = None if replica.process is None else replica.process.died
+                assert self.settings is not None
+                async with ModelClient(replica.url, self.settings, died=died) as probe:
+                    await probe.wait_ready(timeout)
+                replica.client = await self._client(replica)
+            except (ModelError, ModelCommandError) as error:
+                log.warning(
+                    "replica %d (%s) did not come back: %s", replica.index, replica.url, error
+                )
+                continue
+            log.info(
+                "replica %d (%s) is back%s",
+                replica.index,
+                replica.url,
+                f" after restart {replica.stats.restarts}" if replica.argv is not None else "",
+            )
+            replica.up.set()
+            self._wake()
+            return
+
+    def _wake(self) -> None:
+        """A replica came back or went for good: requests waiting for one look again."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def summary(self) -> list[dict[str, object]]:
+        return [replica.as_json() for replica in self.replicas]
