@@ -100,9 +100,9 @@ def test_servers_listed_in_model_url_each_get_requests_within_the_limit(
 
 
 def test_a_killed_replica_is_restarted_and_the_job_completes(tmp_path: Path) -> None:
-    expected = write_inputs(tmp_path, files=8)
+    expected = write_inputs(tmp_path, files=12)  # 12 requests of a second each, 6 at a time
     port = three_ports()
-    command = model_command("--port", "{port}", "--behaviour", "lines", "--delay-ms", "150")
+    command = model_command("--port", "{port}", "--behaviour", "lines", "--delay-ms", "1000")
     job = job_for(tmp_path, f"http://{HOST}:{port}", ModelCommand=command, ModelReplicas=3)
 
     agent = start_agent(job, tmp_path)
@@ -112,7 +112,7 @@ def test_a_killed_replica_is_restarted_and_the_job_completes(tmp_path: Path) -> 
             time.sleep(0.05)
         while "files (" not in agent.log() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # requests in flight on every replica
+        time.sleep(0.3)  # requests in flight on every replica
         victim = agent.model_pids()[1]
         os.killpg(victim, signal.SIGKILL)
         run = agent.wait(120)
@@ -129,9 +129,10 @@ def test_a_killed_replica_is_restarted_and_the_job_completes(tmp_path: Path) -> 
 
 
 def test_when_every_replica_is_gone_for_good_the_run_fails_saying_so(tmp_path: Path) -> None:
-    write_inputs(tmp_path, files=4)
+    write_inputs(tmp_path, files=12)
     port = three_ports()
-    # Each replica exits when its third request arrives, and may not be restarted.
+    # Each replica exits when its third request arrives, and may not be restarted: six
+    # requests are answered, the seventh finds no replica.
     command = model_command("--port", "{port}", "--behaviour", "lines", "--exit-after", "2")
     job = job_for(
         tmp_path,
