@@ -15,6 +15,8 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   g  b with Agent.RequireLinePerRecord, AssembleWith Line          MB/s of input
   h  b with Agent.MaxFailedRecords -1: isolation on, no bad record MB/s of input
   i  h with 1 bad line in 10,000 (the model answers 400 to it)    MB/s of input
+  j  b on 3 model replicas the agent starts (one request at a time  MB/s of input
+     each, 100 ms per MiB), against the same agent on 1 replica
 
 f, g and h measure features on the data path: read each against b's rows (the same input
 with the feature off). i's agent isolates the bad lines; its ideal reads the same input
@@ -84,6 +86,9 @@ SCENARIOS = (
     Scenario("i", "i", "h with 1 bad line in 10,000 (400 from the model; the ideal reads "
              "them good)", "Line", "MultiRecord", "text/csv", "MB/s", 0.0, ("service", "instant"),
              agent_fields=(("MaxFailedRecords", -1),), bad_every=BAD_EVERY),
+    Scenario("j", "j", "b on 3 replicas (Agent.ModelReplicas) against 1 replica (the 'ideal' "
+             "column)", "Line", "MultiRecord", "text/csv", "MB/s", 2.7, ("service",),
+             replicas=3),
 )  # fmt: skip
 
 
@@ -183,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
     add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
-    add("--only", default="a,b,c,d,e,f,g,h,i", help="scenarios to run, e.g. a,b")
+    add("--only", default="a,b,c,d,e,f,g,h,i,j", help="scenarios to run, e.g. a,b")
     add("--models", default="service,instant", help="model servers to run against")
     add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
     add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")

@@ -49,6 +49,10 @@ class Scenario:
     max_records: int = 0
     bad_every: int = 0  # one line in this many is bad (the model answers 400); the ideal
     # then reads ``<name>-ideal/in/``, the same input without them
+    # Model replicas the agent starts itself (Agent.ModelCommand with {port}): bench.models,
+    # one request at a time each (a GPU's worth); the "ideal" column is then the same agent
+    # job with one replica. 0: the harness's model servers, as in every other scenario.
+    replicas: int = 0
 
 
 @dataclass
@@ -134,9 +138,14 @@ def _spawn(
     return process.returncode, time.monotonic() - started, cpu, usage.ru_stime
 
 
-def _agent_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) -> list[str]:
+REPLICA_MODEL = ["--kind", "service", "--workers", "1", "--base-ms", "2", "--ms-per-mib", "100"]
+
+
+def _agent_argv(
+    bench: Bench, sc: Scenario, model: str, store: str, tag: str, replicas: int = 0
+) -> list[str]:
     a = bench.args
-    job = {
+    job: dict[str, Any] = {
         "TransformJobName": f"bench-{sc.name}",
         "MaxConcurrentTransforms": a.concurrency,
         "MaxPayloadInMB": a.payload_mb,
@@ -156,6 +165,14 @@ def _agent_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) ->
     }
     if sc.max_records:
         job["Agent"]["MaxRecordsPerRequest"] = sc.max_records
+    if replicas:
+        port = setup.free_port_block(replicas) + 1
+        job["Agent"]["ModelUrl"] = f"http://127.0.0.1:{port}"
+        job["Agent"]["ModelCommand"] = [
+            sys.executable, "-m", "bench.models", "--host", "127.0.0.1", "--port", "{port}",
+            *REPLICA_MODEL,
+        ]  # fmt: skip
+        job["Agent"]["ModelReplicas"] = replicas
     path = bench.root / "jobs" / f"{tag}.json"
     path.write_bytes(orjson.dumps(job, option=orjson.OPT_INDENT_2))
     summary = path.with_suffix(".summary.json")
@@ -179,8 +196,12 @@ def _command(
     bench: Bench, sc: Scenario, model: str, store: str, pipeline: str, tag: str
 ) -> tuple[list[str], dict[str, str], Path]:
     """The argv, environment and working directory of one run."""
-    make = _agent_argv if pipeline == "agent" else _ideal_argv
-    argv = make(bench, sc, model, store, tag)
+    if sc.replicas:  # the agent with sc.replicas replicas against the agent with one
+        argv = _agent_argv(bench, sc, model, store, tag, sc.replicas if pipeline == "agent" else 1)
+        pipeline = "agent"
+    else:
+        make = _agent_argv if pipeline == "agent" else _ideal_argv
+        argv = make(bench, sc, model, store, tag)
     if bench.args.py_spy:
         profile = Path(bench.args.py_spy) / f"{tag}.txt"
         extra = shlex.split(bench.args.py_spy_args)
@@ -223,8 +244,10 @@ def run_once(
     if code != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{pipeline} exited {code} in {tag}: {shlex.join(argv)}\n{tail}")
-    report, files = _report(bench, pipeline, tag, stdout)
+    report, files = _report(bench, "agent" if sc.replicas else pipeline, tag, stdout)
     written = bench.outputs(tag, store)
+    if sc.replicas:  # the agent started its own models: the harness's saw nothing
+        stats["invocations"] = report["Requests"]
     if written != files or stats["invocations"] != report["Requests"]:
         raise RuntimeError(
             f"{tag}: {written} outputs for {files} files, the model saw "
@@ -233,7 +256,9 @@ def run_once(
     bench.clean(tag, store)
     return Measure(
         pipeline=pipeline,
-        seconds=float(report["Seconds"]),
+        # Replica rows compare the agent with itself: from the models' /ping on, so the
+        # start-up of one or three model servers is left out of both.
+        seconds=float(report["TransformSeconds" if sc.replicas else "Seconds"]),
         wall_seconds=wall,
         cpu_seconds=cpu,
         sys_seconds=system,

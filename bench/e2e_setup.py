@@ -22,6 +22,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 
 from bench.split import tfrecord_data  # noqa: E402
+from tests.support.processes import free_port_block  # noqa: E402
 from tests.support.servers import (  # noqa: E402  (the test harness)
     HOST,
     SeaweedFS,
@@ -30,7 +31,7 @@ from tests.support.servers import (  # noqa: E402  (the test harness)
     wait_until,
 )
 
-__all__ = ["SeaweedFS"]
+__all__ = ["SeaweedFS", "free_port_block"]
 
 MIB = 1 << 20
 PART_BYTES = 64 * MIB
