@@ -56,6 +56,8 @@ def read_serving(check: Checker, fields: dict[str, object], path: str) -> Servin
                 "start; remove $.Agent.ModelCommand, or give one URL and ModelReplicas",
             )
     count = replicas if replicas is not None else (len(urls) if urls else 1)
+    if devices is not None and replicas is None and not (urls and len(urls) > 1):
+        count = replicas = len(devices)  # one replica a device
     if devices is not None and len(devices) != count:
         check.problem(
             child(path, "ReplicaDevices"),
