@@ -12,7 +12,8 @@ With more than one replica, a replica that stops answering (connection refused o
 its command exited) is marked down: the request goes to another replica at once, not
 counted against ``InvocationsMaxRetries``. A replica the agent started is restarted (with
 backoff, at most ``Agent.ReplicaRestarts`` times) and rejoins once its ``/ping`` answers;
-a listed server rejoins once its ``/ping`` answers again. The run fails only when no
+a listed server rejoins once its ``/ping`` answers again (each wait, up to
+``ModelStartupTimeoutSeconds``, uses one of those tries too). The run fails only when no
 replica is left. With one replica nothing changes from a plain model: a command that
 exits fails the run.
 """
@@ -306,7 +307,7 @@ class ReplicaSet:
         restarts = self.job.agent.replica_restarts
         return (
             f"no model replica is left: each of the {len(self.replicas)} stopped answering "
-            f"and was restarted {restarts} time(s) (Agent.ReplicaRestarts) without coming "
+            f"and was tried {restarts} time(s) more (Agent.ReplicaRestarts) without coming "
             "back; see the log for each replica's last exit"
         )
 
@@ -319,22 +320,23 @@ class ReplicaSet:
         replica.recovery = asyncio.create_task(self._recover(replica))
 
     async def _recover(self, replica: Replica) -> None:
-        """Bring ``replica`` back: restart its command, or wait for its ``/ping``."""
+        """Bring ``replica`` back: restart its command, or wait for its ``/ping``; each try
+        (a listed server's wait included) uses one of its ``Agent.ReplicaRestarts``."""
         timeout = float(self.job.agent.model_startup_timeout_seconds)
         attempt = 0
         while not self._closing:
-            if replica.argv is not None:
-                if replica.restarts_left <= 0:
-                    replica.gone = True
-                    log.error(
-                        "replica %d (%s) is down for good: %d restart(s) used",
-                        replica.index,
-                        replica.url,
-                        replica.stats.restarts,
-                    )
-                    self._wake()
-                    return
-                replica.restarts_left -= 1
+            if replica.restarts_left <= 0:
+                replica.gone = True
+                log.error(
+                    "replica %d (%s) is down for good after %d tr%s to bring it back",
+                    replica.index,
+                    replica.url,
+                    attempt,
+                    "y" if attempt == 1 else "ies",
+                )
+                self._wake()
+                return
+            replica.restarts_left -= 1
             attempt += 1
             await asyncio.sleep(
                 backoff_seconds(
