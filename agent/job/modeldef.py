@@ -43,8 +43,8 @@ CONTAINER_IGNORED = (
 )  # fmt: skip
 # Container fields naming model data this agent cannot fetch: an error, not a silent drop.
 CONTAINER_UNSUPPORTED = {
-    "ModelPackageName": "a model package is resolved by SageMaker itself; give Image and "
-    "ModelDataUrl (DescribeModelPackage shows both) instead",
+    "ModelPackageName": "model packages are not supported (SageMaker resolves them itself); "
+    "give Image and ModelDataUrl instead (DescribeModelPackage shows both)",
     "ModelDataSource": "uncompressed model data is not supported; give ModelDataUrl naming a "
     "model.tar.gz",
     "AdditionalModelDataSources": "additional model data sources are not supported; put "
