@@ -328,7 +328,8 @@ def _check_parents(root: str, parts: list[str], member: tarfile.TarInfo, archive
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            os.makedirs(path, mode=0o700)
+            os.mkdir(path)  # a directory the archive does not list: as tar makes it
+            os.chmod(path, 0o755)
             continue
         if stat.S_ISLNK(info.st_mode):
             raise ArtifactError(

@@ -98,7 +98,7 @@ async def fetch(source: DataUri, model_dir: Path, **limits: int) -> Path:
 EXPECTED = {
     "code": "dir 755",
     "code/current": "link -> lib/deep/table.csv",
-    "code/lib": "dir 700",  # made on the way, not in the archive: private
+    "code/lib": "dir 755",  # made on the way, not in the archive
     "code/lib/deep": "dir 750",
     "code/lib/deep/table.csv": "file 600 b'a,b\\n1,2\\n'",
     "code/serve.py": "file 755 b\"print('serve')\\n\"",
