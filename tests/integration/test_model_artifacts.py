@@ -21,7 +21,7 @@ from agent.model.artifacts import (
     default_model_dir,
     fetch_artifacts,
 )
-from agent.storage import open_stores
+from agent.storage import StorageSettings, open_stores
 from tests.support.servers import SeaweedFS
 
 pytestmark = pytest.mark.integration
@@ -170,6 +170,25 @@ async def test_a_local_archive_is_unpacked_and_cached_by_its_version(
     await fetch(source, model_dir)
     assert (model_dir / "model.bin").read_bytes() == b"weights-v2-longer"
     assert not (model_dir / "sentinel").exists()
+
+
+async def test_a_large_archive_streams_through_small_chunks_and_ranges(
+    s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    # Incompressible members, read 30,001 bytes at a time in ranged GETs of 100,000: the
+    # tar reader asks for less than a chunk (its 10,240-byte records), so a chunk is
+    # served in pieces that never line up with it, and the object takes many GETs.
+    blobs = {f"shard-{i}.bin": os.urandom(150_000 + i) for i in range(8)}
+    body = archive(*(regular(name, data) for name, data in blobs.items()))
+    source = put(s3_server, bucket, "big/model.tar.gz", body)
+    settings = StorageSettings(
+        read_chunk_bytes=30_001, read_ahead_bytes=60_002, range_bytes=100_000
+    )
+    model_dir = tmp_path / "big"
+    async with open_stores(settings) as stores:
+        await fetch_artifacts(stores, source, model_dir)
+    for name, data in blobs.items():
+        assert (model_dir / name).read_bytes() == data
 
 
 HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
