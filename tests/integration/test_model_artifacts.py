@@ -4,6 +4,7 @@ refused, naming the member, with nothing written outside the model directory."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -189,6 +190,31 @@ async def test_a_large_archive_streams_through_small_chunks_and_ranges(
         await fetch_artifacts(stores, source, model_dir)
     for name, data in blobs.items():
         assert (model_dir / name).read_bytes() == data
+
+
+async def test_a_fetch_cancelled_midway_leaves_the_old_directory_and_no_temporary(
+    s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "m"
+    await fetch(put(s3_server, bucket, "v1/model.tar.gz", good_model()), model_dir)
+    before = tree(tmp_path)
+    blobs = [os.urandom(100_000) for _ in range(40)]  # 4 MB in 100,000-byte GETs
+    body = archive(*(regular(f"shard-{i}.bin", data) for i, data in enumerate(blobs)))
+    source = put(s3_server, bucket, "v2/model.tar.gz", body)
+    settings = StorageSettings(
+        read_chunk_bytes=20_000, read_ahead_bytes=20_000, range_bytes=100_000
+    )
+    async with open_stores(settings) as stores:
+        task = asyncio.create_task(fetch_artifacts(stores, source, model_dir))
+        while not list(tmp_path.glob(".m.tmp-*")) and not task.done():
+            await asyncio.sleep(0)
+        assert not task.done()  # cancelled while the archive is being unpacked
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert tree(tmp_path) == before
+    await fetch(source, model_dir)  # and the next fetch works
+    assert (model_dir / "shard-39.bin").read_bytes() == blobs[39]
 
 
 HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
