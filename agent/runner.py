@@ -25,7 +25,7 @@ from agent.coordination.identity import IdentityError, resolve_identity
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.coordination.records import SettingsMismatch
 from agent.errors import EXIT_BY_SIGNAL, BtAgentError, ExitCode
-from agent.job import JobSettings, settings_hash
+from agent.job import JobSettings, ModelDefinition, settings_hash
 from agent.jsonstream import document_pieces
 from agent.log import LogFormat
 from agent.model.client import (
@@ -54,6 +54,7 @@ class RunOptions:
     force: bool  # run although the state prefix holds results of different settings
     summary_path: str | None  # also write the job summary here
     log_format: LogFormat
+    model: ModelDefinition | None = None  # --model: the CreateModel definition, if given
 
 
 def run(options: RunOptions) -> int:

@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.cli.validate import error, load, log_notes, print_problems, validate
+from agent.cli.validate import (
+    error,
+    load,
+    load_model_file,
+    log_notes,
+    matches,
+    print_problems,
+    validate,
+)
 from agent.errors import EXIT_CODE_LABELS, ExitCode
 from agent.job import (
     BATCH_STRATEGIES,
@@ -68,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(namespace: argparse.Namespace) -> int:
     setup_logging(namespace.log_format)
     loaded = load(namespace.job)
-    if loaded is None:
+    model = None if namespace.model is None else load_model_file(namespace.model)
+    if loaded is None or (namespace.model is not None and model is None):
+        return ExitCode.USAGE
+    if model is not None and not matches(loaded, model, namespace.model):
         return ExitCode.USAGE
     try:
         settings = with_overrides(
@@ -91,7 +102,7 @@ def _run(namespace: argparse.Namespace) -> int:
     if problem is not None:
         error(f"--summary {namespace.summary}: {problem}")
         return ExitCode.USAGE
-    log_notes(loaded)
+    log_notes(loaded, model)
     from agent.runner import RunOptions  # imported here: validate and split need none of it
 
     options = RunOptions(
@@ -101,6 +112,7 @@ def _run(namespace: argparse.Namespace) -> int:
         force=namespace.force,
         summary_path=namespace.summary,
         log_format=namespace.log_format,
+        model=None if model is None else model.model,
     )
     return _start(options)
 
@@ -208,6 +220,14 @@ def exit_codes_help() -> str:
     return f"Exit codes: {codes}."
 
 
+def _model_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="the model's CreateModel request (or DescribeModel output) JSON file",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand has its own ``--help``."""
     parser = argparse.ArgumentParser(
@@ -245,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many instances share the job (overrides TransformResources.InstanceCount)",
     )
     run.add_argument("--model-url", metavar="URL", help="overrides Agent.ModelUrl")
+    _model_flag(run)
     run.add_argument("--state-uri", metavar="URI", help="overrides Agent.StateUri")
     run.add_argument(
         "--force",
@@ -261,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check a job file: exit 0 and print a summary, or exit 2 and print "
         "every problem with its JSON path. Environment values are never printed.",
     )
+    _model_flag(validate_parser)
     validate_parser.set_defaults(handler=validate)
 
     split = commands.add_parser(

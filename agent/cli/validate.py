@@ -1,5 +1,6 @@
-"""``bt-agent validate``: the job loaded and checked, its problems printed with their JSON
-paths, and a short overview of a valid job (Environment values never shown)."""
+"""``bt-agent validate``: the job (and the ``--model`` file) loaded and checked, their problems
+printed with their JSON paths, and a short overview of a valid job (Environment values never
+shown)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,31 @@ import logging
 import sys
 
 from agent.errors import ExitCode
-from agent.job import JobError, JobSettings, LoadedJob, load_job
+from agent.job import (
+    JobError,
+    JobSettings,
+    LoadedJob,
+    LoadedModel,
+    load_job,
+    load_model,
+    model_name_problem,
+)
 
 log = logging.getLogger("agent.cli")
 
 
 def validate(namespace: argparse.Namespace) -> int:
     loaded = load(namespace.job)
-    if loaded is None:
+    model = None if namespace.model is None else load_model_file(namespace.model)
+    if loaded is None or (namespace.model is not None and model is None):
+        return ExitCode.USAGE
+    if model is not None and not matches(loaded, model, namespace.model):
         return ExitCode.USAGE
     for line in overview(loaded, namespace.job):
         print(line)
+    if model is not None:
+        for line in model_overview(model, namespace.model):
+            print(line)
     return ExitCode.COMPLETED
 
 
@@ -31,12 +46,29 @@ def load(path: str) -> LoadedJob | None:
         return None
 
 
-def print_problems(source: str, exc: JobError) -> None:
+def load_model_file(path: str) -> LoadedModel | None:
+    """The validated model file, or ``None`` after printing every problem to stderr."""
+    try:
+        return load_model(path)
+    except JobError as exc:
+        print_problems(path, exc, kind="model file")
+        return None
+
+
+def matches(loaded: LoadedJob, model: LoadedModel, source: str) -> bool:
+    """Whether the job and the model file name the same model; says why not on stderr."""
+    problem = model_name_problem(loaded.settings, model.model)
+    if problem is not None:
+        error(f"{source}: {problem}")
+    return problem is None
+
+
+def print_problems(source: str, exc: JobError, *, kind: str = "job") -> None:
     if len(exc.problems) == 1 and not exc.problems[0].path:
         error(exc.problems[0].message)  # the file as a whole: unreadable, not JSON
         return
     count = len(exc.problems)
-    error(f"{source} is not a valid job ({count} problem{'s' if count != 1 else ''}):")
+    error(f"{source} is not a valid {kind} ({count} problem{'s' if count != 1 else ''}):")
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
 
@@ -45,14 +77,36 @@ def error(message: str) -> None:
     print(f"bt-agent: {message}", file=sys.stderr)
 
 
-def log_notes(loaded: LoadedJob) -> None:
+def log_notes(loaded: LoadedJob, model: LoadedModel | None = None) -> None:
     if loaded.ignored:
         log.info(
             "accepted and ignored (SageMaker fields with no effect here): %s",
             ", ".join(loaded.ignored),
         )
+    if model is not None and model.ignored:
+        log.info(
+            "model file: accepted and ignored (SageMaker fields with no effect here): %s",
+            ", ".join(model.ignored),
+        )
     for warning in loaded.warnings:
         log.warning("%s", warning)
+
+
+def model_overview(loaded: LoadedModel, source: str) -> list[str]:
+    """A short human summary of a valid model file. Environment values are never shown."""
+    model = loaded.model
+    env = sorted(model.environment)
+    rows = [
+        ("image", model.image or "(none: Agent.ModelCommand must start the model)"),
+        ("artifacts", str(model.model_data_url) if model.model_data_url else "(none)"),
+        ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
+        ("mode", model.mode),
+    ]
+    if loaded.ignored:
+        rows.append(("ignored", f"{', '.join(loaded.ignored)} (no effect here)"))
+    lines = [f"{source}: valid model {model.name or '(no ModelName)'}"]
+    lines.extend(f"  {label:<12} {text}" for label, text in rows)
+    return lines
 
 
 def overview(loaded: LoadedJob, source: str) -> list[str]:

@@ -6,15 +6,19 @@ the JSON paths of fields accepted for compatibility but ignored, and warnings. E
 problem found is raised together in one ``JobError``. Nothing here touches data, the
 network or the model; the only I/O is reading the job file.
 
+``load_model`` and ``parse_model`` do the same for the model file (``--model``: a
+CreateModel request or a DescribeModel output) and return a ``LoadedModel``;
+``model_name_problem`` says when a job and a model file do not go together.
+
 ``MaxConcurrentTransforms``, ``MaxPayloadInMB`` and ``BatchStrategy`` stay ``None`` when
 the file leaves them out: they are resolved against the model's /execution-parameters at
 start (docs/design.md §1.4). A ``MaxConcurrentTransforms`` of 0 means "absent", as in SageMaker.
 
 The work is split over modules behind this facade: ``types`` (the dataclasses and
 locations), ``parse`` (the sections of the document), ``schema`` (the problem-collecting
-readers and the limits), ``processing`` (which DataProcessing settings combine) and
-``jsonpath`` (the filter language). Import everything from here: ``make lint`` refuses an
-import of those modules from outside ``agent.job``.
+readers and the limits), ``processing`` (which DataProcessing settings combine),
+``jsonpath`` (the filter language) and ``modeldef`` (the model file). Import everything
+from here: ``make lint`` refuses an import of those modules from outside ``agent.job``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import replace
 
 from agent._compat import MIB  # re-exported: job sizes are in MiB
 from agent.job.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
+from agent.job.modeldef import LoadedModel, ModelDefinition, model_name_problem, parse_model
 from agent.job.parse import parse_job
 from agent.job.processing import Plan, check_processing, is_default
 from agent.job.schema import (
@@ -95,6 +100,11 @@ __all__ = [
     "JobError",
     "JobSettings",
     "LoadedJob",
+    "LoadedModel",
+    "ModelDefinition",
+    "load_model",
+    "model_name_problem",
+    "parse_model",
     "ModelClientConfig",
     "Problem",
     "TransformInput",
@@ -113,13 +123,24 @@ def load_job(path: str | os.PathLike[str], *, cwd: str | None = None) -> LoadedJ
     Relative local paths in the file are taken relative to ``cwd`` (default: the
     current directory), as a shell user expects.
     """
+    return parse_job(_read_json(path, "job file"), cwd=cwd)
+
+
+def load_model(path: str | os.PathLike[str], *, cwd: str | None = None) -> LoadedModel:
+    """Read, decode and validate a model file (``--model``: a CreateModel request or a
+    DescribeModel output); raise ``JobError`` listing every problem."""
+    return parse_model(_read_json(path, "model file"), cwd=cwd)
+
+
+def _read_json(path: str | os.PathLike[str], kind: str) -> object:
+    """The decoded JSON document of the file at ``path``; ``JobError`` if it is none."""
     name = os.fspath(path)
     try:
         with open(path, "rb") as stream:
             raw = stream.read()
     except OSError as exc:
         raise JobError(
-            [Problem("", f"cannot read the job file {name}: {exc.strerror or exc}")]
+            [Problem("", f"cannot read the {kind} {name}: {exc.strerror or exc}")]
         ) from None
     try:
         text = raw.decode("utf-8-sig")
@@ -127,15 +148,14 @@ def load_job(path: str | os.PathLike[str], *, cwd: str | None = None) -> LoadedJ
         message = f"{name} is not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
         raise JobError([Problem("", message)]) from None
     try:
-        document = json.loads(text, object_pairs_hook=json_object, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=json_object, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise JobError([Problem("", f"{name} is not valid JSON: {exc.msg} at {where}")]) from None
     except ValueError as exc:  # from _no_constant
         raise JobError([Problem("", f"{name} is not valid JSON: {exc}")]) from None
     except RecursionError:
-        raise JobError([Problem("", f"{name} is nested too deeply to be a job file")]) from None
-    return parse_job(document, cwd=cwd)
+        raise JobError([Problem("", f"{name} is nested too deeply to be a {kind}")]) from None
 
 
 def _no_constant(token: str) -> object:

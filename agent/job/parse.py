@@ -115,7 +115,7 @@ def parse_job(document: object, *, cwd: str | None = None) -> LoadedJob:
     payload_mb = check.integer(top, "MaxPayloadInMB", "$", minimum=0, maximum=MAX_PAYLOAD_MB)
     strategy = check.enum(top, "BatchStrategy", "$", BATCH_STRATEGIES)
     client = _model_client(check, top)
-    environment = _environment(check, top)
+    environment = read_environment(check, top, "$")
     transform_input = _transform_input(check, top, here)
     transform_output = _transform_output(check, top, here)
     instance_count = _instance_count(check, top)
@@ -174,16 +174,19 @@ def _model_client(check: Checker, top: dict[str, object]) -> ModelClientConfig:
     )
 
 
-def _environment(check: Checker, top: dict[str, object]) -> dict[str, str]:
-    """The Environment map. No message here may show a value: values may be secrets."""
-    path = "$.Environment"
-    value = top.get("Environment", {})
+def read_environment(
+    check: Checker, fields: dict[str, object], parent: str, *, max_entries: int = ENV_MAX_ENTRIES
+) -> dict[str, str]:
+    """The ``Environment`` map under ``parent`` (the job's, or a model container's, which
+    SageMaker allows more entries). No message here may show a value: values may be secrets."""
+    path = child(parent, "Environment")
+    value = fields.get("Environment", {})
     if not isinstance(value, dict):
         check.wrong_type(path, "an object mapping variable names to string values", value)
         return {}
     check.duplicates(value, path)
-    if len(value) > ENV_MAX_ENTRIES:
-        check.problem(path, f"has {len(value)} entries; at most {ENV_MAX_ENTRIES} are allowed")
+    if len(value) > max_entries:
+        check.problem(path, f"has {len(value)} entries; at most {max_entries} are allowed")
     result: dict[str, str] = {}
     for key, item in value.items():
         where = child(path, key)

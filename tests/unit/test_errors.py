@@ -90,6 +90,7 @@ def test_the_supervisor_stays_outside_the_root() -> None:
 USAGE = {
     "agent.errors.UsageError",
     "agent.job.schema.JobError",
+    "agent.model.artifacts.ArtifactError",
     "agent.job.jsonpath.PathSyntaxError",
     "agent.storage.base.InputError",
     "agent.storage.manifest.ManifestError",
