@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from agent.coordination.factory import open_coordinator
@@ -28,6 +29,7 @@ from agent.errors import EXIT_BY_SIGNAL, BtAgentError, ExitCode
 from agent.job import JobSettings, ModelDefinition, settings_hash
 from agent.jsonstream import document_pieces
 from agent.log import LogFormat
+from agent.model.artifacts import ArtifactError, default_model_dir, fetch_artifacts
 from agent.model.client import (
     ModelError,
     format_execution_parameters,
@@ -60,7 +62,8 @@ class RunOptions:
 def run(options: RunOptions) -> int:
     """Run the job on this instance; return its exit code (``agent.errors.ExitCode``)."""
     # From here on every log line, summary and state object is free of the job's secrets.
-    install(Redactor(secrets_of(options.settings.environment, os.environ)))
+    defined = options.model.environment if options.model is not None else {}
+    install(Redactor(secrets_of({**defined, **options.settings.environment}, os.environ)))
     summary = JobSummary(options.settings.transform_job_name)
     received: list[signal.Signals] = []
     code = _run_loop(_main(options, summary, received), received)
@@ -122,12 +125,25 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     if identity.warning:
         log.warning("%s", identity.warning)
     summary.instance = str(identity)
-    replicas = ReplicaSet(job, model_dir=job.agent.model_dir or "")
+    model = options.model
+    replicas = ReplicaSet(
+        job,
+        model_dir=str(default_model_dir(job, model, os.getcwd())),
+        model_environment=model.environment if model is not None else None,
+    )
     try:
         await replicas.check_ports()
     except ModelCommandError as error:
         return _stop(summary, error)
     async with open_stores() as stores, contextlib.AsyncExitStack() as stack:
+        if model is not None and model.model_data_url is not None:
+            try:  # before any state is touched: a refused archive exits 2
+                directory = await fetch_artifacts(
+                    stores, model.model_data_url, Path(replicas.model_dir)
+                )
+            except (ArtifactError, StorageError) as error:
+                return _stop(summary, error)
+            replicas.model_dir = str(directory)
         try:
             coordinator = await stack.enter_async_context(
                 await open_coordinator(

@@ -47,14 +47,18 @@ _STRATEGY_VALUES = {"MultiRecord": "MULTI_RECORD", "SingleRecord": "SINGLE_RECOR
 
 
 def model_environment(
-    settings: JobSettings, base: Mapping[str, str] | None = None
+    settings: JobSettings,
+    base: Mapping[str, str] | None = None,
+    *,
+    defined: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The model command's environment, and nothing else of the agent's.
 
     From ``base`` (default ``os.environ``), the agent's own environment: only the variables
     of ``PASSED_VARIABLES`` and those starting with one of ``PASSED_PREFIXES``, none whose
-    name says it holds a credential. Then the job's ``Environment``, ``SAGEMAKER_BATCH=true``,
-    and the execution variables the job sets.
+    name says it holds a credential. Then ``defined`` (the model file's ``Environment``,
+    with ``--model``), the job's ``Environment`` over it, ``SAGEMAKER_BATCH=true``, and the
+    execution variables the job sets.
     """
     env = {
         name: value
@@ -63,6 +67,7 @@ def model_environment(
         and name not in EXECUTION_VARIABLES
         and not is_credential_name(name)
     }
+    env.update(defined or {})
     env.update(settings.environment)
     env["SAGEMAKER_BATCH"] = "true"
     if settings.max_concurrent_transforms is not None:

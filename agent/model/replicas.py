@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -104,11 +104,13 @@ class ReplicaStats:
 class Replica:
     """One model server: where it listens, its process (if the agent started it), its client."""
 
-    def __init__(self, index: int, url: str, device: str | None, argv: list[str] | None) -> None:
+    def __init__(
+        self, index: int, url: str, device: str | None, command: Sequence[str] | None
+    ) -> None:
         self.index = index
         self.url = url
         self.device = device
-        self.argv = argv  # None: a server already running (Agent.ModelUrl lists it)
+        self.argv = command  # the command's template; None: a server already running
         self.process: ModelProcess | None = None
         self.client: ModelClient | None = None
         self.in_flight = 0
@@ -148,30 +150,22 @@ class ReplicaSet:
     ``open(settings)`` makes their clients; ``invoke`` dispatches one request."""
 
     def __init__(
-        self, job: JobSettings, *, model_dir: str = "", grace_seconds: float = 10.0
+        self,
+        job: JobSettings,
+        *,
+        model_dir: str = "",
+        model_environment: Mapping[str, str] | None = None,
+        grace_seconds: float = 10.0,
     ) -> None:
         agent = job.agent
         urls = agent.replica_urls
         devices = agent.replica_devices
-        command = agent.model_command
         self.job = job
-        self.model_dir = model_dir
+        self.model_dir = model_dir  # {model_dir}; set before entering, once artifacts are in
+        self.defined_environment = dict(model_environment or {})  # the model file's
         self.grace_seconds = grace_seconds
         self.replicas = [
-            Replica(
-                i,
-                url,
-                None if devices is None else devices[i],
-                None
-                if command is None
-                else command_for(
-                    command,
-                    port=urlsplit(url).port or 80,
-                    replica=i,
-                    device="" if devices is None else devices[i],
-                    model_dir=model_dir,
-                ),
-            )
+            Replica(i, url, None if devices is None else devices[i], agent.model_command)
             for i, url in enumerate(urls)
         ]
         for replica in self.replicas:
@@ -219,11 +213,18 @@ class ReplicaSet:
 
     async def _start_process(self, replica: Replica) -> ModelProcess:
         assert replica.argv is not None
-        env = model_environment(self.job)
+        argv = command_for(
+            replica.argv,
+            port=replica.port,
+            replica=replica.index,
+            device=replica.device or "",
+            model_dir=self.model_dir,
+        )
+        env = model_environment(self.job, defined=self.defined_environment)
         env["SAGEMAKER_BIND_TO_PORT"] = str(replica.port)
         if replica.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = replica.device
-        process = ModelProcess(replica.argv, env=env, grace_seconds=self.grace_seconds)
+        process = ModelProcess(argv, env=env, grace_seconds=self.grace_seconds)
         await process.start()
         return process
 
