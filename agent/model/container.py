@@ -220,8 +220,8 @@ async def stop_container(
 
     "No such container" is the usual answer (``--rm`` removed it when it stopped) and is
     logged at debug level only. A hung engine is killed after ``timeout`` seconds. If the
-    caller is cancelled meanwhile, the ``rm`` goes on by itself and the cancellation
-    proceeds; shield the call to wait for it.
+    caller is cancelled meanwhile, the engine is killed too (with a warning) and the
+    cancellation proceeds: shield the call where the removal must finish.
     """
     argv = stop_argv(runtime, name)
     try:
@@ -243,18 +243,24 @@ async def stop_container(
         return
     try:
         _, output = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.CancelledError) as stopped:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        await process.wait()
+        await process.wait()  # at once after SIGKILL; no engine is left behind
+        how = (
+            f"did not finish in {timeout:g} s"
+            if isinstance(stopped, TimeoutError)
+            else "was cancelled"
+        )
         log.warning(
-            "`%s` did not finish in %g s; the container may still run: check with "
-            "`%s ps --filter name=%s`",
+            "`%s` %s; the container may still run: check with `%s ps --filter name=%s`",
             " ".join(argv),
-            timeout,
+            how,
             os.path.basename(runtime),
             name,
         )
+        if isinstance(stopped, asyncio.CancelledError):
+            raise
         return
     text = output[:_STOP_OUTPUT_BYTES].decode("utf-8", "replace").strip()
     if process.returncode == 0:

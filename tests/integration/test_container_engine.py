@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +152,74 @@ async def test_removing_a_container_that_is_gone_or_an_engine_that_fails_never_r
     await stop_container(str(bin_dir / "docker"), "bt-agent-none-0-r0", timeout=30, env=env)
     missing = str(tmp_path / "missing" / "docker")
     await stop_container(missing, "bt-agent-x-r0", timeout=30, env=env)
-    assert [record.levelname for record in caplog.records] == ["DEBUG", "WARNING"]
+    hung = tmp_path / "hung" / "docker"
+    hung.parent.mkdir()
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        await stop_container(str(hung), "bt-agent-y-r0", timeout=0.2, env=env)
+    assert [record.levelname for record in caplog.records] == ["DEBUG", "WARNING", "WARNING"]
     assert "already gone" in caplog.records[0].getMessage()
     assert "could not remove the model's container bt-agent-x-r0" in caplog.text
+    assert "did not finish in 0.2 s" in caplog.records[2].getMessage()
+    assert "ps --filter name=bt-agent-y-r0" in caplog.records[2].getMessage()
+    # Cancelled while the engine hangs: the engine is killed, the cancellation goes on.
+    task = asyncio.create_task(stop_container(str(hung), "bt-agent-z-r0", timeout=600, env=env))
+    try:
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            while not _hung_engines():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert "was cancelled" in caplog.records[-1].getMessage()
+        assert not _hung_engines()
+    finally:
+        for pid in _hung_engines():  # only if the test failed: leave nothing behind
+            os.kill(pid, signal.SIGKILL)
+
+
+def _hung_engines() -> list[int]:
+    """The pids of this process's children running ``sleep 600`` (the hung engine)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"600" in command:
+                found.append(int(entry.name))
+    return found
+
+
+GOOD = ["--rm", "--name", "c1", "--network", "host"]
+
+
+@pytest.mark.parametrize(
+    ("engine", "tail", "reason"),
+    [
+        ("docker", ["-e", "A=1", "img", "serve"], "expected -v"),
+        ("docker", ["-v", "model:/opt/ml/model:ro", "-e", "P=1", "img", "serve"], "bad mount"),
+        ("docker", ["-v", "{dir}:/opt/ml/model", "img", "serve"], "bad mount"),
+        ("docker", ["-v", "{dir}:/opt/ml/model:ro", "-e", "A", "img", "serve"], "bad -e"),
+        ("docker", ["-v", "{dir}:/opt/ml/model:ro", "--device", "x", "img", "serve"], "IMAGE"),
+        ("podman", ["-v", "{dir}:/opt/ml/model:ro", "--gpus", "x", "img", "serve"], "IMAGE"),
+        ("docker", ["-v", "{dir}:/opt/ml/model:ro", "img"], "IMAGE serve"),
+        ("docker", ["-v", "{dir}:/opt/ml/model:ro", "img", "serve"], "SAGEMAKER_BIND_TO_PORT"),
+    ],
+)
+def test_the_stand_in_refuses_an_argv_a_real_engine_would_not_get(
+    tmp_path: Path, engine: str, tail: list[str], reason: str
+) -> None:
+    bin_dir = fake_engine.install(tmp_path / "bin")
+    log = tmp_path / "engine.jsonl"
+    argv = [str(bin_dir / engine), "run", *GOOD, *(p.format(dir=tmp_path) for p in tail)]
+    env = fake_engine.engine_environment(bin_dir, log)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, done.stderr
+    assert reason in done.stderr
+    [call] = fake_engine.calls(log)
+    assert reason in call["refused"]
