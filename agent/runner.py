@@ -130,6 +130,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         job,
         model_dir=str(default_model_dir(job, model, os.getcwd())),
         model_environment=model.environment if model is not None else None,
+        image=model.image if model is not None else None,
     )
     try:
         await replicas.check_ports()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from array import array
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,15 @@ from urllib.parse import urlsplit
 from agent.backoff import backoff_seconds
 from agent.job import JobSettings
 from agent.model.client import ModelClient, ModelClientSettings, ModelError, ModelExitedError
+from agent.model.container import (
+    ContainerError,
+    container_environment,
+    container_name,
+    find_runtime,
+    loggable_argv,
+    run_argv,
+    stop_container,
+)
 from agent.model.environment import model_environment
 from agent.model.policy import ReplicaUnreachable
 from agent.model.process import ModelCommandError, ModelProcess, ensure_port_free
@@ -43,6 +53,8 @@ log = logging.getLogger("agent.invoke")
 LATENCY_SAMPLES = 4096  # latencies kept per replica for the p99 (a uniform sample)
 RESTART_BASE_SECONDS = 1.0
 RESTART_CAP_SECONDS = 30.0
+CONTAINER_STOP_SECONDS = 30.0  # for the engine to remove a container by name
+CONTAINER = "<container>"  # stands for the engine's argv in a replica's command
 
 
 class NoReplicaLeft(ModelError):
@@ -110,7 +122,8 @@ class Replica:
         self.index = index
         self.url = url
         self.device = device
-        self.argv = command  # the command's template; None: a server already running
+        self.argv = command  # what starts it (a template); None: a server already running
+        self.container: str | None = None  # its container's name, when it runs in one
         self.process: ModelProcess | None = None
         self.client: ModelClient | None = None
         self.in_flight = 0
@@ -155,17 +168,25 @@ class ReplicaSet:
         *,
         model_dir: str = "",
         model_environment: Mapping[str, str] | None = None,
+        image: str | None = None,
         grace_seconds: float = 10.0,
     ) -> None:
         agent = job.agent
         urls = agent.replica_urls
         devices = agent.replica_devices
+        # The model file's image, run in a container, when no ModelCommand says otherwise
+        # and ModelUrl lists no running servers.
+        self.image = image if agent.model_command is None and not agent.model_servers else None
+        command = agent.model_command
+        if self.image is not None:
+            command = (CONTAINER,)  # a marker: _start_process builds the engine's argv
+        self.runtime: str | None = None  # the container engine, found on entering
         self.job = job
         self.model_dir = model_dir  # {model_dir}; set before entering, once artifacts are in
         self.defined_environment = dict(model_environment or {})  # the model file's
         self.grace_seconds = grace_seconds
         self.replicas = [
-            Replica(i, url, None if devices is None else devices[i], agent.model_command)
+            Replica(i, url, None if devices is None else devices[i], command)
             for i, url in enumerate(urls)
         ]
         for replica in self.replicas:
@@ -187,6 +208,11 @@ class ReplicaSet:
 
     async def __aenter__(self) -> ReplicaSet:
         try:
+            if self.image is not None:
+                try:
+                    self.runtime = find_runtime(self.job.agent.container_runtime)
+                except ContainerError as error:
+                    raise ModelCommandError(str(error)) from error
             for replica in self.replicas:
                 if replica.argv is not None:
                     replica.process = await self._start_process(replica)
@@ -213,6 +239,8 @@ class ReplicaSet:
 
     async def _start_process(self, replica: Replica) -> ModelProcess:
         assert replica.argv is not None
+        if self.image is not None:
+            return await self._start_container(replica)
         argv = command_for(
             replica.argv,
             port=replica.port,
@@ -228,10 +256,44 @@ class ReplicaSet:
         await process.start()
         return process
 
+    async def _start_container(self, replica: Replica) -> ModelProcess:
+        """``<engine> run … <image> serve`` for ``replica``; the engine's client runs with
+        the agent's own environment (its credentials for a registry included), the model
+        gets only its ``-e`` variables."""
+        assert self.runtime is not None and self.image is not None
+        # Mounted as /opt/ml/model: empty when the model file names no artifacts.
+        os.makedirs(self.model_dir, exist_ok=True)
+        replica.container = container_name(self.job.transform_job_name, replica.index)
+        environment = container_environment(self.job, self.defined_environment, port=replica.port)
+        try:
+            argv = run_argv(
+                self.runtime,
+                replica.container,
+                self.image,
+                self.model_dir,
+                environment,
+                device=replica.device,
+            )
+        except ContainerError as error:
+            raise ModelCommandError(str(error)) from error
+        log.info("replica %d runs %s", replica.index, loggable_argv(argv))
+        process = ModelProcess(argv, grace_seconds=self.grace_seconds)
+        await process.start()
+        return process
+
+    async def _stop_replica(self, replica: Replica) -> None:
+        """Stop a started replica: its container by name first (an engine's client that
+        ends leaves the container running), then the process."""
+        if replica.container is not None and self.runtime is not None:
+            await asyncio.shield(
+                stop_container(self.runtime, replica.container, CONTAINER_STOP_SECONDS)
+            )
+        if replica.process is not None:
+            await replica.process.stop()
+
     async def _stop_processes(self) -> None:
         for replica in self.replicas:
-            if replica.process is not None:
-                await replica.process.stop()
+            await self._stop_replica(replica)
 
     async def wait_ready(self, timeout_seconds: float) -> None:
         """Every replica's ``/ping`` answers 200 (each waited for at once)."""
@@ -346,8 +408,7 @@ class ReplicaSet:
             )
             try:
                 if replica.argv is not None:
-                    if replica.process is not None:
-                        await replica.process.stop()
+                    await self._stop_replica(replica)
                     replica.process = await self._start_process(replica)
                     replica.stats.restarts += 1
                 died = None if replica.process is None else replica.process.died
