@@ -123,6 +123,7 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
     lease = job.agent.coordination == "Lease"
     rows = [
         ("model", f"{job.model_name or '(no ModelName)'} at {job.agent.model_url}{started}"),
+        ("replicas", _replicas(job)),
         (
             "input",
             f"{job.input.uri} ({job.input.data_type}), SplitType {job.input.split_type}, "
@@ -199,4 +200,21 @@ def _isolation(job: JobSettings) -> str:
     return (
         f"isolated to <name>.errors.jsonl, {allowed} (MaxFailedRecords {limit}); "
         f"{stands} in their place in the output"
+    )
+
+
+def _replicas(job: JobSettings) -> str:
+    """The validate line for the model's replicas (README "Replicas")."""
+    agent = job.agent
+    urls = agent.replica_urls
+    if len(urls) == 1:
+        return "1 (Agent.ModelReplicas to start more, or list servers in Agent.ModelUrl)"
+    where = ", ".join(urls)
+    devices = (
+        "" if agent.replica_devices is None else f"; devices {', '.join(agent.replica_devices)}"
+    )
+    kind = "servers already running" if agent.model_servers else "started"
+    return (
+        f"{len(urls)} {kind} at {where}{devices}; up to {agent.replica_restarts} restart(s) "
+        "each; MaxConcurrentTransforms applies to each"
     )

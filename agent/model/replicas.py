@@ -321,6 +321,8 @@ class ReplicaSet:
         for replica in self.replicas:
             replica.client = await self._client(replica)
             replica.up.set()
+            if replica.argv is None and self.many:
+                log.info("replica %d is the server at %s", replica.index, replica.url)
         return self
 
     async def _client(self, replica: Replica) -> ModelClient:
