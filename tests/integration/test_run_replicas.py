@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.support.processes import HOST, free_port_block
@@ -56,6 +58,16 @@ def job_for(tmp_path: Path, url: str | list[str], **agent: Any) -> dict[str, Any
     )
 
 
+def model_log(port: int) -> dict[str, Any] | None:
+    """The example server's ``/_log`` on ``port``, or ``None`` when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/_log", timeout=2) as answer:
+            log: dict[str, Any] = orjson.loads(answer.read())
+    except OSError:
+        return None
+    return log
+
+
 def three_ports() -> int:
     return free_port_block(3) + 1
 
@@ -63,10 +75,21 @@ def three_ports() -> int:
 def test_three_replicas_started_with_port_placeholders_share_the_work(tmp_path: Path) -> None:
     expected = write_inputs(tmp_path)
     port = three_ports()
-    command = model_command("--port", "{port}", "--behaviour", "lines", "--delay-ms", "20")
+    command = model_command("--port", "{port}", "--behaviour", "lines", "--delay-ms", "100")
     job = job_for(tmp_path, f"http://{HOST}:{port}", ModelCommand=command, ModelReplicas=3)
 
-    run = run_agent(job, tmp_path, timeout=120)
+    agent = start_agent(job, tmp_path)
+    most = [0, 0, 0]  # the most requests each replica had in progress, read from its /_log
+    try:
+        while agent.process.popen is not None and agent.process.popen.poll() is None:
+            for i in range(3):
+                seen = model_log(port + i)
+                if seen is not None:
+                    most[i] = max(most[i], seen["max_in_flight"])
+            time.sleep(0.05)
+        run = agent.wait(120)
+    finally:
+        agent.kill()
 
     assert (run.returncode, run.status) == (0, "Completed"), run.explain()
     assert outputs(tmp_path) == expected
@@ -78,6 +101,7 @@ def test_three_replicas_started_with_port_placeholders_share_the_work(tmp_path: 
     for i in range(3):
         assert f"replica {i} listens on http://{HOST}:{port + i}" in run.log
     assert len(run.model_pids) == 3 and run.leftovers == []
+    assert all(0 < n <= CONCURRENCY for n in most), most
 
 
 def test_servers_listed_in_model_url_each_get_requests_within_the_limit(
