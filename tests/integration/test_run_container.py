@@ -8,7 +8,9 @@ two GPUs, the artifacts in the mount, and the stop by name."""
 from __future__ import annotations
 
 import io
+import signal
 import tarfile
+import time
 from pathlib import Path
 
 import orjson
@@ -16,7 +18,7 @@ import pytest
 
 from tests.support import fake_engine
 from tests.support.processes import HOST, free_port_block
-from tests.support.runjob import run_agent, transform_job
+from tests.support.runjob import run_agent, start_agent, transform_job
 from tests.support.servers import process_alive
 
 pytestmark = pytest.mark.integration
@@ -97,3 +99,50 @@ def test_two_replicas_run_in_containers_on_two_gpus(tmp_path: Path) -> None:
     assert sorted(removed) == sorted(call["run"] for call in started)
     assert not any(process_alive(call["pid"]) for call in started)
     assert "-e SAGEMAKER_PROGRAM" in run.log and "inference.py" not in run.log
+
+
+def test_a_stopped_run_removes_its_containers_by_name(tmp_path: Path) -> None:
+    engine = fake_engine.install(tmp_path / "engine")
+    engine_log = tmp_path / "engine.jsonl"
+    source = tmp_path / "in"
+    source.mkdir()
+    # One request a record: long enough to be stopped in the middle.
+    (source / "a.csv").write_bytes(b"".join(b"%d,abc\n" % i for i in range(50_000)))
+    (tmp_path / "model.json").write_bytes(
+        orjson.dumps({"ModelName": "echo", "PrimaryContainer": {"Image": IMAGE}})
+    )
+    port = free_port_block(2) + 1
+    job = transform_job(
+        "containers-stop",
+        f"{source}/",
+        str(tmp_path / "out"),
+        model_url=f"http://{HOST}:{port}",
+        split_type="Line",
+        batch_strategy="SingleRecord",
+        agent={"ModelReplicas": 2, "ModelDir": str(tmp_path / "model-dir")},
+    )
+    agent = start_agent(
+        job,
+        tmp_path,
+        env=fake_engine.engine_environment(engine, engine_log),
+        args=["--model", str(tmp_path / "model.json")],
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while "files (" not in agent.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        agent.signal(signal.SIGTERM)
+        run = agent.wait(60)
+    finally:
+        agent.kill()
+
+    assert run.returncode == 143, run.explain()
+    calls = fake_engine.calls(engine_log)
+    started = [call for call in calls if "run" in call]
+    assert len(started) == 2
+    assert sorted(call["rm"] for call in calls if "rm" in call) == sorted(
+        call["run"] for call in started
+    )
+    assert not any(process_alive(call["pid"]) for call in started)
+    assert not (tmp_path / "out" / "a.csv.out").exists()

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.processes import HOST, free_port_block
 from tests.support.runjob import put_objects, run_agent, transform_job
-from tests.support.servers import SeaweedFS
+from tests.support.servers import REPO_ROOT, SeaweedFS
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.integration
 SERVES_FROM_MODEL_DIR = textwrap.dedent(
     """
     import os, runpy, sys
-    model_dir, port = sys.argv[1], sys.argv[2]
+    model_dir, port, repository = sys.argv[1], sys.argv[2], sys.argv[3]
+    sys.path.insert(0, repository)  # where examples/ is
     with open(os.path.join(model_dir, "weights.bin"), "rb") as f:
         assert f.read() == b"w1", "wrong weights"
     assert os.environ["FROM_MODEL"] == "model" and os.environ["BOTH"] == "job"
@@ -75,7 +76,7 @@ def test_the_model_file_brings_its_artifacts_and_environment(
         split_type="Line",
         assemble_with="Line",
         agent={
-            "ModelCommand": [sys.executable, str(script), "{model_dir}", "{port}"],
+            "ModelCommand": [sys.executable, str(script), "{model_dir}", "{port}", str(REPO_ROOT)],
             "ModelDir": str(tmp_path / "models" / "m1"),
         },
     )

@@ -173,3 +173,25 @@ def test_when_every_replica_is_gone_for_good_the_run_fails_saying_so(tmp_path: P
     assert "no model replica is left" in run.summary["FailureReason"]
     assert "Agent.ReplicaRestarts" in run.summary["FailureReason"]
     assert run.leftovers == []
+
+
+def test_execution_parameters_come_from_the_first_replica(
+    tmp_path: Path, model_server_factory: Callable[..., ModelServer]
+) -> None:
+    expected = write_inputs(tmp_path, files=2)
+    first = model_server_factory(
+        "--behaviour", "lines", "--execution-parameters", '{"MaxConcurrentTransforms": 3}'
+    )
+    others = [model_server_factory("--behaviour", "lines") for _ in range(2)]
+    job = job_for(tmp_path, [first.url, *(server.url for server in others)])
+    del job["MaxConcurrentTransforms"]
+
+    run = run_agent(job, tmp_path, timeout=120)
+
+    assert run.returncode == 0, run.explain()
+    assert outputs(tmp_path) == expected
+    assert run.summary is not None
+    assert run.summary["ExecutionParameters"]["MaxConcurrentTransforms"] == 3
+    for server in others:
+        paths = {entry["path"] for entry in server.requests("/execution-parameters")}
+        assert paths == set(), paths
