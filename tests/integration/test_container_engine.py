@@ -164,6 +164,9 @@ async def test_removing_a_container_that_is_gone_or_an_engine_that_fails_never_r
     assert "did not finish in 0.2 s" in caplog.records[2].getMessage()
     assert "ps --filter name=bt-agent-y-r0" in caplog.records[2].getMessage()
     # Cancelled while the engine hangs: the engine is killed, the cancellation goes on.
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        while _hung_engines():  # the engine timed out above is killed but perhaps not gone
+            await asyncio.sleep(0.01)
     task = asyncio.create_task(stop_container(str(hung), "bt-agent-z-r0", timeout=600, env=env))
     try:
         async with asyncio.timeout(HANG_GUARD_SECONDS):
