@@ -37,6 +37,9 @@ class FileResult:
     failed_records: int = 0  # records that failed alone (Agent.MaxFailedRecords)
     errors_etag: str | None = None  # the errors file committed with the output, if any
     extra_requests: int = 0  # requests for bodies cut after a 413 or to isolate records
+    # A shard's proof (README "Shards"): where its first record began and its last ended.
+    first_record_at: int | None = None
+    last_record_end: int | None = None
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 

@@ -20,7 +20,9 @@ import orjson
 
 from agent.coordination.lease import read_leases
 from agent.coordination.listing import JOIN, Listing, read_listing, snapshot_verdict
+from agent.coordination.factory import with_output_names
 from agent.coordination.plan import format_plan, static_plan
+from agent.coordination.shards import Sharding, shard_files
 from agent.coordination.records import FileRecord, RecordCache
 from agent.coordination.state import StateLayout, read_summary, read_summary_head
 from agent.coordination.summary import build_summary
@@ -55,12 +57,13 @@ async def plan_lines(stores: Stores, job: JobSettings, count: int) -> list[str]:
     listing, stored = await current_listing(stores, job)
     if listing is None:
         return [f"no objects found under {job.input.uri}"]
-    records = await RecordCache(
-        await stores.get(job.state_uri), StateLayout(job.state_uri)
-    ).refresh()
+    layout = StateLayout(job.state_uri)
+    records = await RecordCache(await stores.get(job.state_uri), layout).refresh()
+    with_output_names(listing, job.output.uri)
+    sharding = shard_files(listing.files, job, layout)
     done = frozenset(
-        str(item.uri)
-        for item in listing.files
+        str(item.uri) if item.shard is None else item.id
+        for item in [*listing.files, *sharding.units]
         if (record := records.get(item.id)) is not None
         and record.Status == COMPLETED
         and record.final_for(item, None, listing.run_id)
@@ -72,7 +75,7 @@ async def plan_lines(stores: Stores, job: JobSettings, count: int) -> list[str]:
             "Agent.Coordination is Lease: files are claimed at run time, largest first; "
             "the static plan below is for comparison"
         )
-    return lines + format_plan(static_plan(listing.files, count), done=done)
+    return lines + format_plan(static_plan(sharding.units, count), done=done)
 
 
 async def status_report(stores: Stores, job: JobSettings) -> tuple[str, int]:
@@ -93,7 +96,37 @@ async def status_report(stores: Stores, job: JobSettings) -> tuple[str, int]:
     leases = await read_leases(state, layout)
     lease_mode = job.agent.coordination == "Lease"
     lines = progress_lines(job.transform_job_name, listing, records, leases, lease_mode=lease_mode)
+    with_output_names(listing, job.output.uri)
+    lines += shard_lines(shard_files(listing.files, job, layout), records, leases, listing.run_id)
     return "\n".join(lines), ExitCode.COMPLETED
+
+
+def shard_lines(
+    sharding: Sharding, records: dict[str, FileRecord], leases: list[dict[str, Any]], run: str
+) -> list[str]:
+    """The shards of the run's big files (README "Shards"): file, range, instance, state."""
+    if not sharding.shards:
+        return []
+    held = {str(lease.get("Input")): str(lease.get("Instance", "?")) for lease in leases}
+    lines = [f"  shards of {len(sharding.shards)} file(s):"]
+    for fid, shards in sharding.shards.items():
+        whole = records.get(fid)
+        lines.append(f"    {sharding.files[fid].uri}: {len(shards)} shards")
+        for unit in shards:
+            assert unit.shard is not None
+            shard = unit.shard
+            record = records.get(unit.id)
+            label = f"{unit.uri} [{shard.start}, {shard.end})"
+            if whole is not None and whole.Status == COMPLETED:
+                state = "assembled"
+            elif record is not None and record.RunId == run:
+                state = f"{record.Status} by {record.Instance}"
+            elif label in held:
+                state = f"in progress on {held[label]}"
+            else:
+                state = "to do"
+            lines.append(f"      {shard.index + 1}/{shard.count} [{shard.start}, {shard.end}): {state}")
+    return lines
 
 
 def progress_lines(

@@ -52,11 +52,12 @@ from agent.coordination.identity import Identity
 from agent.coordination.lease import HeldLease, Holder
 from agent.coordination.listing import Listing
 from agent.coordination.records import FileRecord, RecordCache, completed
+from agent.coordination.shards import Sharding
 from agent.coordination.state import StateLayout, now_iso, write_summary
 from agent.coordination.summary import summary_head, summary_pieces
 from agent.job import DataUri, JobSettings
 from agent.results import COMPLETED, FileResult
-from agent.storage import InputFile, Store, Stores, errors_uri
+from agent.storage import InputFile, Shard, StorageError, Store, Stores, errors_uri
 
 log = logging.getLogger("agent.coordinate")
 
@@ -74,6 +75,7 @@ class Coordinator(ABC):
         *,
         force: bool,
         label: str = "",
+        sharding: Sharding | None = None,
     ) -> None:
         self.stores = stores
         self.job = job
@@ -89,6 +91,9 @@ class Coordinator(ABC):
         self.todo: list[InputFile] = []  # this instance's files, in order, after ``begin``
         self.held: dict[str, Claim] = {}  # claims yielded and not yet closed
         self._last_finished = ""
+        # The units of work: whole files and the shards of big ones (README "Shards").
+        self.sharding = sharding if sharding is not None else Sharding(tuple(listing.files))
+        self.assembling: set[str] = set()  # sharded files this instance is assembling
 
     @property
     @abstractmethod
@@ -103,7 +108,7 @@ class Coordinator(ABC):
         """
         self.settings_hash = settings_hash
         records = await self.records.refresh()
-        files = self.listing.files
+        files = [*self.sharding.units, *self.sharding.files.values()]
         done = completed(records, files, settings_hash, force=self.force)
         self.final = done | {
             fid
@@ -111,7 +116,14 @@ class Coordinator(ABC):
             if (record := records.get(fid := item.id)) is not None
             and record.final_for(item, settings_hash, self.listing.run_id)
         }
+        self._settle_shards()
         await self._settle()
+
+    def _settle_shards(self) -> None:
+        """The shards of a final file are final too (their records go once it is)."""
+        for fid, shards in self.sharding.shards.items():
+            if fid in self.final:
+                self.final.update(unit.id for unit in shards)
 
     @abstractmethod
     async def _settle(self) -> None:
@@ -147,22 +159,38 @@ class Coordinator(ABC):
             )
             head = None
             store = await self.stores.get(output)
-            if self._must_head(output):
+            # A shard's output lies under the state prefix, which the Static listing of
+            # the output path may not cover: always looked up.
+            sharded = item.shard is not None
+            if sharded or self._must_head(output):
                 head = await head_output(store, output.key)
-            if isolating and self._must_head(where := errors_uri(output)):
+            where = errors_uri(output)
+            if isolating and (sharded or self._must_head(where)):
                 errors_head = await head_output(store, where.key)
             found = commit_rule(head, metadata)
+            if found is None and item.shard is not None:
+                # A shard committed but never recorded: its proof (where its records
+                # began and ended) is in the record alone, so it is done again.
+                assert head is not None
+                found = CommitRule(if_match=head.etag)
             if found is None:
                 # Committed, but its record never written (the instance died in between).
                 assert head is not None
                 log.info("%s: its output is already committed; recording it", item.uri)
                 result = FileResult(str(item.uri), str(output), item.info.size, COMPLETED)
                 result.output_etag, result.output_bytes = head.etag, head.size
+                assembled = item.id in self.sharding.shards
+                if assembled:
+                    records = await self.shard_records(item.id)
+                    result.records = sum(r.Records for r in records if r is not None)
+                    result.requests = sum(r.Requests for r in records if r is not None)
                 if errors_head is not None and matches(errors_head, metadata):
                     # Committed before the output, with the same input and settings.
                     result.errors_etag = errors_head.etag
                     result.failed_records = await _count_lines(store, errors_uri(output).key)
                 await self.record(item, result)
+                if assembled:
+                    await self.shards_assembled(item.id)
                 return None
             rule = found
         recorder = UploadRecorder(
@@ -181,6 +209,7 @@ class Coordinator(ABC):
                 None if errors_head is None else errors_head.etag,
             )
         claim = Claim(item, output, metadata, rule, lease, recorder, self, errors)
+        claim.shards = self.sharding.shards.get(item.id) if item.shard is None else None
         self.held[item.id] = claim
         return claim
 
@@ -210,9 +239,85 @@ class Coordinator(ABC):
             FailedRecords=result.failed_records,
             ErrorsETag=result.errors_etag,
             FinishedAt=self._finished_at(),
+            Shard=None if item.shard is None else item.shard.name,
+            FirstRecordAt=result.first_record_at,
+            LastRecordEnd=result.last_record_end,
+            Shards=len(self.sharding.shards.get(item.id, ())) if item.shard is None else 0,
         )
         await self._keep(item, record)
         return record
+
+    # ------------------------------------------------------------------ shards
+
+    async def shard_records(self, fid: str) -> list[FileRecord | None]:
+        """The final records of the shards of the file ``fid``, fresh, in file order
+        (``None`` for a shard without one)."""
+        assert self.settings_hash is not None
+        records = await self.records.refresh()
+        found: list[FileRecord | None] = []
+        for unit in self.sharding.shards.get(fid, ()):
+            record = records.get(unit.id)
+            final = record is not None and record.final_for(
+                unit, self.settings_hash, self.listing.run_id
+            )
+            found.append(record if final else None)
+        return found
+
+    async def after_shard(self, unit: InputFile) -> Claim | None:
+        """After a shard's record: the claim to assemble its file when every shard of it is
+        now final and its ``.out`` is not (the instance that settles the last shard
+        assembles; two that settle the last two at once both may, and the conditional
+        commit keeps one ``.out``). ``None`` otherwise."""
+        fid = unit.file
+        item = self.sharding.files.get(fid)
+        if item is None or fid in self.assembling or fid in self.held:
+            return None
+        if any(record is None for record in await self.shard_records(fid)):
+            return None
+        assert self.settings_hash is not None
+        mine = self.records.records.get(fid)
+        if mine is not None and mine.final_for(item, self.settings_hash, self.listing.run_id):
+            return None
+        return await self.assembly_claim(item, None)
+
+    async def assembly_claim(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
+        """The claim of a sharded file's assembly (``None`` if its ``.out`` was committed
+        already: then recorded here)."""
+        self.assembling.add(item.id)
+        try:
+            return await self._claim(item, lease)
+        finally:
+            self.assembling.discard(item.id)
+
+    async def redo_claim(self, unit: InputFile, begin: int) -> Claim:
+        """A claim to do ``unit`` (a shard) again from ``begin``, where the shard before it
+        was proven to end, inside its file's assembly (README "Shards")."""
+        assert unit.shard is not None
+        shard = unit.shard
+        again = InputFile(
+            unit.uri,
+            unit.relative_key,
+            unit.info,
+            unit.manifest_index,
+            shard=Shard(shard.index, shard.count, shard.start, shard.end, begin),
+        )
+        object.__setattr__(again, "output", unit.output)
+        claim = await self._claim(again, None)
+        assert claim is not None  # a shard's output is never recorded without its proof
+        return claim
+
+    async def shards_assembled(self, fid: str) -> None:
+        """After a sharded file's record: delete its shard objects and shard records
+        (best effort: they are never read again once the file is final)."""
+        prefix = self.layout.shards_prefix(fid)
+        try:
+            store = await self.stores.get(prefix)
+            for info in await store.list_objects(prefix.key):
+                await store.delete(info.key)
+            for unit in self.sharding.shards.get(fid, ()):
+                await self.state.delete(self.layout.done(unit.id).key)
+        except StorageError as error:
+            log.warning("the shard objects under %s were not all deleted: %s", prefix, error)
 
     @abstractmethod
     async def _keep(self, item: InputFile, record: FileRecord) -> None:

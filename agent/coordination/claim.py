@@ -60,6 +60,22 @@ class RecordWriter(Protocol):
         """The claim of the file ``fid`` is closed: it is no longer held."""
         ...
 
+    async def after_shard(self, unit: InputFile) -> Claim | None:
+        """The claim to assemble ``unit``'s file, when its last shard just settled."""
+        ...
+
+    async def shard_records(self, fid: str) -> list[FileRecord | None]:
+        """The final records of the file's shards, in file order (``None``: not final)."""
+        ...
+
+    async def redo_claim(self, unit: InputFile, begin: int) -> Claim:
+        """A claim to do the shard ``unit`` again from ``begin``."""
+        ...
+
+    async def shards_assembled(self, fid: str) -> None:
+        """The file's ``.out`` is committed and recorded: its shard objects may go."""
+        ...
+
 
 class OutputTaken(BtAgentError):
     """A conditional commit refused without a lease: the file fails (no other instance owns it)."""
@@ -96,6 +112,9 @@ class Claim:
         self.errors_output = errors.output if errors is not None else None
         self.on_errors_upload_id = errors.recorder.record if errors is not None else None
         self.errors_etag: str | None = None  # the errors file committed with the output
+        # A sharded file's assembly (README "Shards"): its shards in file order; else None.
+        self.shards: tuple[InputFile, ...] | None = None
+        self.coordinator = records  # for a shard's follow-ups (assembly, redo)
 
     def check(self) -> None:
         """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
@@ -122,6 +141,13 @@ class Claim:
             self.committed = True
             raise
         except PreconditionFailed as error:
+            if self.lease is None and self.shards is not None:
+                # Two instances settled a file's last shards at once and both assembled
+                # it (README "Shards"): the other's .out is the same; it records it.
+                self.lost.set()
+                raise ClaimLost(
+                    f"{self.item.uri}: its .out was assembled by another instance first"
+                ) from error
             if self.lease is None:
                 # Static mode: no other instance writes this file's output, so someone
                 # else wrote it meanwhile: a failure of this file, never "Lost".

@@ -16,6 +16,7 @@ from agent.coordination.lease import LeaseSettings, check_conditional_writes
 from agent.coordination.leased import LeaseCoordinator
 from agent.coordination.listing import Listing, open_listing
 from agent.coordination.plan import static_plan
+from agent.coordination.shards import shard_files
 from agent.coordination.state import StateLayout
 from agent.coordination.static import StaticCoordinator
 from agent.job import DataUri, JobSettings
@@ -65,13 +66,23 @@ async def open_coordinator(
         how = "took" if created else "joined"
         log.info("%s the run %s: %d files", how, listing.run_id, len(listing.files))
     with_output_names(listing, output)
+    sharding = shard_files(listing.files, job, layout)
     if lease_mode:
         settings = lease_settings or LeaseSettings()
         return LeaseCoordinator(
-            stores, job, identity, state, listing, lease_settings=settings, force=force
+            stores,
+            job,
+            identity,
+            state,
+            listing,
+            lease_settings=settings,
+            force=force,
+            sharding=sharding,
         )
-    plan = static_plan(listing.files, identity.count)
-    return StaticCoordinator(stores, job, identity, state, listing, plan, force=force)
+    plan = static_plan(sharding.units, identity.count)
+    return StaticCoordinator(
+        stores, job, identity, state, listing, plan, force=force, sharding=sharding
+    )
 
 
 def with_output_names(listing: Listing, output: DataUri) -> None:

@@ -21,6 +21,7 @@ from agent.coordination.lease import HeldLease, LeaseBook, LeaseSettings
 from agent.coordination.listing import Listing
 from agent.coordination.plan import largest_first
 from agent.coordination.records import FileRecord, write_record
+from agent.coordination.shards import Sharding
 from agent.job import JobSettings
 from agent.storage import InputFile, Store, Stores
 
@@ -40,8 +41,9 @@ class LeaseCoordinator(Coordinator):
         *,
         lease_settings: LeaseSettings,
         force: bool,
+        sharding: Sharding | None = None,
     ) -> None:
-        super().__init__(stores, job, identity, state, listing, force=force)
+        super().__init__(stores, job, identity, state, listing, force=force, sharding=sharding)
         self.lease_settings = lease_settings
         # Uploads of this instance's outputs open when it began, aborted as each file is
         # claimed.
@@ -49,12 +51,15 @@ class LeaseCoordinator(Coordinator):
 
     @property
     def planned(self) -> Sequence[InputFile]:
-        return self.listing.files
+        return self.sharding.units
 
     async def _settle(self) -> None:
-        files = self.listing.files
-        self.todo = [f for f in largest_first(files) if f.id not in self.final]
-        log.info("%d of %d files to do, claimed by lease", len(self.todo), len(files))
+        files = self.sharding.units
+        # Units largest first, then the sharded files: each one's assembly may be claimed
+        # once all its shards are final (README "Shards").
+        units = [*largest_first(files), *self.sharding.files.values()]
+        self.todo = [f for f in units if f.id not in self.final]
+        log.info("%d of %d units to do, claimed by lease", len(self.todo), len(units))
         outputs = (item.output for item in self.todo if item.output is not None)
         self.leftovers = await LeftoverUploads.find(self.stores, self.job.output.uri, outputs)
 
@@ -80,7 +85,9 @@ class LeaseCoordinator(Coordinator):
                 now = time.monotonic()
                 if fid in self.final or fid in self.held or next_look.get(fid, 0.0) > now:
                     continue
-                lease = await book.try_acquire(fid, str(item.uri))
+                if not self._ready(item):
+                    continue
+                lease = await book.try_acquire(fid, _label(item))
                 if lease is None:
                     due = book.takeover_due(fid)
                     next_look[fid] = now + poll if due is None else min(now + poll, due)
@@ -102,6 +109,12 @@ class LeaseCoordinator(Coordinator):
             wake = min(looks, default=time.monotonic() + poll)
             await asyncio.sleep(min(poll, max(0.05, wake - time.monotonic())))
 
+    def _ready(self, item: InputFile) -> bool:
+        """Whether ``item`` may be claimed now: a sharded file's assembly only once every
+        shard of it is final."""
+        shards = self.sharding.shards.get(item.id) if item.shard is None else None
+        return not shards or all(unit.id in self.final for unit in shards)
+
     async def _refresh_final(self) -> None:
         records = await self.records.refresh()
         for item in self.todo:
@@ -110,6 +123,10 @@ class LeaseCoordinator(Coordinator):
                 item, self.settings_hash, self.listing.run_id
             ):
                 self.final.add(fid)
+        self._settle_shards()
+
+    async def after_shard(self, unit: InputFile) -> Claim | None:
+        return None  # the claim loop takes the assembly, under the file's lease
 
     async def _prepare(self, item: InputFile, lease: HeldLease) -> Claim | None:
         """A claim for ``item`` under ``lease``, or ``None`` when it turns out to be settled
@@ -141,6 +158,8 @@ class LeaseCoordinator(Coordinator):
         if self.leftovers is not None and item.output is not None:
             if taken := await self.leftovers.abort([item.output]):
                 log.info("%s: aborted %d upload(s) open since an earlier run", item.uri, taken)
+        if item.id in self.sharding.files:
+            return await self.assembly_claim(item, lease)
         return await self._claim(item, lease)
 
     async def _keep(self, item: InputFile, record: FileRecord) -> None:
@@ -156,3 +175,9 @@ class LeaseCoordinator(Coordinator):
 
     async def _alone(self) -> bool:
         return not await self.state.list_objects(self.layout.leases_prefix.key)
+
+
+def _label(item: InputFile) -> str:
+    """What a lease says it is for: the input, and a shard's range (``bt-agent status``)."""
+    shard = item.shard
+    return str(item.uri) if shard is None else f"{item.uri} [{shard.start}, {shard.end})"

@@ -55,13 +55,19 @@ class StaticPlan:
 
 
 def file_size(item: InputFile) -> int:
-    """The bytes a file weighs in the plan (a missing manifest entry weighs nothing)."""
-    return item.info.size if item.info is not None else 0
+    """The bytes a file (or a shard: its range) weighs in the plan; a missing manifest
+    entry weighs nothing."""
+    return item.weight
 
 
 def largest_first(files: Sequence[InputFile]) -> list[InputFile]:
-    """Files by size, largest first, ties broken by URI: the order LPT needs."""
-    return sorted(files, key=lambda item: (-file_size(item), str(item.uri)))
+    """Files (and shards) by size, largest first, ties broken by URI, then by a shard's
+    place in its file: the order LPT needs."""
+    return sorted(files, key=lambda item: (-item.weight, str(item.uri), _place(item)))
+
+
+def _place(item: InputFile) -> int:
+    return 0 if item.shard is None else item.shard.index
 
 
 def static_plan(files: Sequence[InputFile], count: int) -> StaticPlan:
@@ -107,6 +113,9 @@ def format_plan(plan: StaticPlan, *, done: frozenset[str] = frozenset()) -> list
         lines.append(f"instance {share.index}: {len(share.files)} files, {share.bytes} bytes{note}")
         for item in share.files:
             mark = " (completed)" if str(item.uri) in done else ""
+            if (shard := item.shard) is not None:
+                mark = f" shard {shard.index + 1}/{shard.count} [{shard.start}, {shard.end})"
+                mark += " (completed)" if item.id in done else ""
             lines.append(f"  {file_size(item):>14}  {item.uri}{mark}")
     idle = plan.count - len(plan.shares)
     if idle == 1:

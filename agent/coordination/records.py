@@ -61,6 +61,18 @@ class FileRecord:
     FinishedAt: str = ""
     FailedRecords: int = 0  # records that failed alone, listed in the errors file
     ErrorsETag: str | None = None  # that errors file, committed with the output
+    # A shard's record (README "Shards"): its nominal range "<start>-<end>", where its
+    # first record began and where its last ended (the boundary proof).
+    Shard: str | None = None
+    FirstRecordAt: int | None = None
+    LastRecordEnd: int | None = None
+    Shards: int = 0  # a sharded file's record: how many shards it was cut into
+
+    @property
+    def id(self) -> str:
+        """The unit this record is of: its file, or one shard of it."""
+        fid = file_id(self.Input)
+        return fid if self.Shard is None else f"{fid}.{self.Shard}"
 
     # The facts the runner's summary reads (``agent.results.FileOutcome``): the runner keeps
     # the record in place of the file's ``FileResult`` once it is written.
@@ -168,7 +180,7 @@ _BATCH_COMMON = ("SettingsHash", "RunId", "Instance")  # once per batch when all
 
 async def write_record(store: Store, layout: StateLayout, record: FileRecord) -> None:
     """Write (or replace) a file's record; call only after its ``.out`` is committed."""
-    await store.put_bytes(layout.done(file_id(record.Input)).key, record.to_json())
+    await store.put_bytes(layout.done(record.id).key, record.to_json())
 
 
 async def write_records(
@@ -207,7 +219,7 @@ def _parse(key: str, data: bytes, where: DataUri) -> _Entries:
         records = [FileRecord(**common, **entry) for entry in document["Batch"]]
     except (KeyError, TypeError) as error:
         raise StateError(f"{where} is not a batch of completion records ({error})") from None
-    return [(file_id(record.Input), record) for record in records]
+    return [(record.id, record) for record in records]
 
 
 class RecordCache:

@@ -10,6 +10,8 @@ Layout under ``Agent.StateUri`` (default ``<S3OutputPath>/_bt-agent/<TransformJo
     leases/<file-id>.json    Lease coordination: who holds which file (agent.coordination.lease)
     uploads/<file-id>/<h>.json  one per open multipart upload, so orphans can be aborted
     probe/<token>.json       the start-up check of conditional writes (deleted at once)
+    shards/<file-id>/<start>-<end>.out   a shard's output (and .errors.jsonl), until its
+                             file's .out is assembled (agent.coordination.shards)
     summary.json             the job summary, DescribeTransformJob-like, with RunId (built by
                              agent.coordination.summary, stored and read here)
 
@@ -95,6 +97,13 @@ class StateLayout:
 
     def probe(self, token: str) -> DataUri:
         return self._at("probe", f"{token}.json")
+
+    def shards_prefix(self, fid: str) -> DataUri:
+        """Where a sharded file's shard outputs wait for the assembly (README "Shards")."""
+        return self._at("shards", fid, directory=True)
+
+    def shard_output(self, fid: str, name: str) -> DataUri:
+        return self._at("shards", fid, f"{name}.out")
 
 
 def dumps(document: Mapping[str, Any], *, compact: bool = False) -> bytes:

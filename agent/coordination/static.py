@@ -20,7 +20,8 @@ from agent.coordination.commit import LeftoverUploads, abort_orphans
 from agent.coordination.identity import Identity
 from agent.coordination.listing import Listing
 from agent.coordination.plan import StaticPlan
-from agent.coordination.records import FileRecord, write_records
+from agent.coordination.records import FileRecord, write_record, write_records
+from agent.coordination.shards import Sharding
 from agent.job import DataUri, JobSettings
 from agent.storage import InputFile, StorageError, Store, Stores
 
@@ -43,9 +44,12 @@ class StaticCoordinator(Coordinator):
         plan: StaticPlan,
         *,
         force: bool,
+        sharding: Sharding | None = None,
     ) -> None:
         label = f" (instance {identity.index} of {identity.count})"
-        super().__init__(stores, job, identity, state, listing, force=force, label=label)
+        super().__init__(
+            stores, job, identity, state, listing, force=force, label=label, sharding=sharding
+        )
         self.plan = plan
         # The output keys that existed when this instance began, from one listing, so a
         # fresh output costs no HEAD request (``None``: HEAD every output).
@@ -62,11 +66,17 @@ class StaticCoordinator(Coordinator):
         return self.plan.share(self.identity.index).files
 
     async def _settle(self) -> None:
-        files = self.listing.files
+        files = self.sharding.units
         share = self.plan.share(self.identity.index)
         mine = {f.id for f in share.files}
         # Listing order (key order, or manifest order): outputs appear as a user expects.
         self.todo = [f for f in files if (fid := f.id) in mine and fid not in self.final]
+        # A sharded file whose shards are all final but whose .out is not (its assembler
+        # stopped): assembled by the instance that has its first shard.
+        for fid, shards in self.sharding.shards.items():
+            if fid not in self.final and shards[0].id in mine:
+                if all(unit.id in self.final for unit in shards):
+                    self.todo.append(self.sharding.files[fid])
         log.info(
             "%s: %d files, %d bytes planned (imbalance %.3f); %d already done",
             self.identity,
@@ -101,11 +111,18 @@ class StaticCoordinator(Coordinator):
 
     async def _claims(self) -> AsyncIterator[Claim]:
         for item in self.todo:
-            claim = await self._claim(item, None)
+            if item.id in self.sharding.files:
+                claim = await self.assembly_claim(item, None)
+            else:
+                claim = await self._claim(item, None)
             if claim is not None:
                 yield claim
 
     async def _keep(self, item: InputFile, record: FileRecord) -> None:
+        if item.shard is not None or item.id in self.sharding.files:
+            # Another instance looks for a shard's record to know when to assemble: at once.
+            await write_record(self.state, self.layout, record)
+            return
         # (No set of every file: Static mode never asks for one record again.)
         self._pending.append((item.id, record))
         # One flush at a time, and no file waits for one under way (it writes what comes

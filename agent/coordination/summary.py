@@ -63,6 +63,7 @@ def summary_head(
     """``build_summary`` without the per-file entries: ``"Files"`` stands where they go,
     as ``None``. One pass over the listing; nothing per file is kept."""
     count = failed = records_sent = requests = in_bytes = out_bytes = failed_records = 0
+    shards = 0
     first_failure: FileRecord | None = None
     instances: set[str] = set()
     run_id = listing.run_id
@@ -80,6 +81,7 @@ def summary_head(
         requests += record.Requests
         in_bytes += record.InputBytes
         out_bytes += record.OutputBytes
+        shards += record.Shards
         if record.RunId == run_id:
             instances.add(record.Instance)
     final = count == len(listing.files)
@@ -109,6 +111,8 @@ def summary_head(
         "Instances": sorted(instances),
         "Files": None,
     }
+    if shards:  # files cut into shards (README "Shards"): how many shards they made
+        summary["Shards"] = shards
     if reason:
         summary["FailureReason"] = reason
     return summary, final

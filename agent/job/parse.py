@@ -30,6 +30,7 @@ from agent.job.schema import (
     MAX_INSTANCE_COUNT,
     MAX_PAYLOAD_MB,
     MAX_RESPONSE_MB,
+    MAX_SHARD_MB,
     MISSING_HINTS,
     MODEL_NAME,
     NAME_RULE,
@@ -321,6 +322,8 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     max_records = check.integer(fields, "MaxRecordsPerRequest", path, minimum=1)
     # Failed records an instance may meet before the run fails; -1: no limit.
     max_failed = check.integer(fields, "MaxFailedRecords", path, minimum=-1)
+    # MiB per shard of one big file; 0 (the default) turns sharding off.
+    shard_mb = check.integer(fields, "ShardSizeMB", path, minimum=0, maximum=MAX_SHARD_MB)
     placeholder = check.string(
         fields, "FailedRecordPlaceholder", path, max_chars=PLACEHOLDER_MAX_CHARS
     )
@@ -350,6 +353,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         require_line_per_record=bool(check.boolean(fields, "RequireLinePerRecord", path)),
         max_failed_records=max_failed,
         failed_record_placeholder=placeholder,
+        shard_size_mb=shard_mb or 0,
     )
 
 

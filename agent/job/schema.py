@@ -326,7 +326,7 @@ AGENT = (
     "ModelUrl", "ModelCommand", "ModelStartupTimeoutSeconds", "StateUri", "Coordination",
     "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
     "RequireLinePerRecord", "MaxFailedRecords", "FailedRecordPlaceholder", "ModelReplicas",
-    "ReplicaDevices", "ReplicaRestarts", "ModelDir", "ContainerRuntime",
+    "ReplicaDevices", "ReplicaRestarts", "ModelDir", "ContainerRuntime", "ShardSizeMB",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {
@@ -371,6 +371,7 @@ FILTER_MAX_CHARS = 63
 # Agent.FailedRecordPlaceholder: one line of output per failed record.
 PLACEHOLDER_MAX_CHARS = 4096
 MAX_RESPONSE_MB = 16_384  # Agent.MaxResponseMB: 1 MiB to 16 GiB per answer
+MAX_SHARD_MB = 1_048_576  # Agent.ShardSizeMB: at most 1 TiB a shard
 MAX_PAYLOAD_MB = 100  # MaxPayloadInMB: 0 (no bound) to 100 MiB per request body
 
 

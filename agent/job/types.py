@@ -240,6 +240,9 @@ class AgentConfig:
     replica_restarts: int = 3  # restarts a started replica may have before it stays down
     model_dir: str | None = None  # where model artifacts are unpacked; None: the default
     container_runtime: str | None = None  # docker or podman; None: the first on PATH
+    # Files over this many MiB (Line, RecordIO, TFRecord; not gzip) are cut into shards of
+    # about that size, each a unit of the plan and of leases (README "Shards"); 0: off.
+    shard_size_mb: int = 0
 
     @property
     def replica_urls(self) -> tuple[str, ...]:
@@ -251,6 +254,10 @@ class AgentConfig:
     @property
     def reorder_buffer_bytes(self) -> int:
         return self.reorder_buffer_mb * MIB
+
+    @property
+    def shard_bytes(self) -> int:
+        return self.shard_size_mb * MIB
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from agent.codec.gzip import gunzip
-from agent.dataproc import RecordBatcher, RecordProcessor
-from agent.split import BodyLike, make_splitter
+from agent.dataproc import Batch, RecordBatcher, RecordProcessor
+from agent.split import Body, BodyLike, RecordWalk, make_splitter
 from agent.storage import ObjectInfo, Store
 
 
@@ -50,9 +50,21 @@ class BodyReader:
         self.processor = processor
 
     async def chunks(
-        self, info: ObjectInfo, source: Store, start: int
+        self, info: ObjectInfo, source: Store, start: int, walk: RecordWalk | None = None
     ) -> AsyncGenerator[bytes, None]:
-        """The input's (uncompressed) bytes from offset ``start``."""
+        """The input's (uncompressed) bytes from offset ``start``; with ``walk`` (a shard,
+        README "Shards") only up to the record boundary where the walk stops."""
+        if walk is not None:
+            async with source.read(info, start) as reader:
+                async for chunk in reader:
+                    cut = walk.feed(chunk)
+                    if cut is None:
+                        yield chunk
+                        continue
+                    if cut:
+                        yield chunk[:cut]
+                    return
+            return
         if not self.gzip:
             async with source.read(info, start) as reader:
                 async for chunk in reader:
@@ -68,9 +80,10 @@ class BodyReader:
                 skip = 0
 
     async def bodies(
-        self, info: ObjectInfo, source: Store, start: int
+        self, info: ObjectInfo, source: Store, start: int, walk: RecordWalk | None = None
     ) -> AsyncGenerator[BodyLike, None]:
-        """The bodies of the input from offset ``start`` (a body's first byte)."""
+        """The bodies of the input from offset ``start`` (a body's first byte), their
+        offsets in the whole input; with ``walk``, those of one shard (``chunks``)."""
         splitter: _Cutter
         if self.processor is not None:
             splitter = RecordBatcher(
@@ -88,21 +101,45 @@ class BodyReader:
                 self.max_records,
                 bounds=self.bounds,
             )
-        async with contextlib.aclosing(self.chunks(info, source, start)) as chunks:
+        async with contextlib.aclosing(self.chunks(info, source, start, walk)) as chunks:
             async for chunk in chunks:
                 for body in splitter.feed(chunk):
-                    yield body
+                    yield _shifted(body, start)
         for body in splitter.finish():
-            yield body
+            yield _shifted(body, start)
 
-    async def reread(self, info: ObjectInfo, source: Store, start: int) -> AsyncIterator[bytes]:
-        """An unbounded body again, for a retry: its bytes re-read from the source."""
-        async with contextlib.aclosing(self.bodies(info, source, start)) as parts:
+    async def reread(
+        self, info: ObjectInfo, source: Store, start: int, stop: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """An unbounded body again, for a retry: its bytes re-read from the source (in a
+        shard, only up to the record boundary at or after ``stop``)."""
+        walk = None if stop is None else RecordWalk(self.split_type, start, stop)
+        async with contextlib.aclosing(self.bodies(info, source, start, walk)) as parts:
             async for part in parts:
                 if part.data:
                     yield bytes(part.data)
                 if part.last:
                     return
+
+
+def _shifted(body: BodyLike, by: int) -> BodyLike:
+    """``body`` with its offsets moved ``by`` bytes on: the splitter counts from where it
+    began reading, the pipeline from the start of the input."""
+    if not by:
+        return body
+    if isinstance(body, Batch):
+        return Batch(
+            body.data,
+            body.inputs,
+            body.start + by,
+            body.end + by,
+            body.records,
+            body.bounds,
+            body.input_bounds,
+        )
+    return Body(
+        body.data, body.start + by, body.end + by, body.records, body.first, body.last, body.bounds
+    )
 
 
 class UnboundedBody:

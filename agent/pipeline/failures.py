@@ -45,6 +45,10 @@ class ErrorsFile:
         self._stack = contextlib.AsyncExitStack()
 
     async def add(self, failed: FailedRecord) -> None:
+        await self.add_line(failed.entry())
+
+    async def add_line(self, line: bytes) -> None:
+        """One line of the errors file, ``\n`` included (a failed record's entry)."""
         if self.where is None:  # isolation is off: no record fails alone
             raise RuntimeError("a failed record without an errors file")
         if self.upload is None:
@@ -57,7 +61,7 @@ class ErrorsFile:
                     on_upload_id=self.on_upload_id,
                 )
             )
-        await self.upload.write(failed.entry())
+        await self.upload.write(line)
         self.count += 1
 
     async def __aenter__(self) -> ErrorsFile:

@@ -50,9 +50,10 @@ from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
 from agent.pipeline.outcomes import FileFailed, first_cause, message, settled
 from agent.pipeline.requests import Answered, FailedRecord, Held, Requester
 from agent.pipeline.settings import PipelineSettings
+from agent.pipeline.shards import ShardAssembly, find_start
 from agent.report import Progress
 from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
-from agent.split import BodyLike, RecordTooLargeError
+from agent.split import BodyLike, RecordTooLargeError, RecordWalk
 from agent.storage import InputFile, ObjectInfo, OutputKeyError, Store, Stores
 
 if TYPE_CHECKING:
@@ -132,6 +133,8 @@ class Pipeline:
         )
         self.failures = FailureLimit(settings.max_failed_records)
         self.limit_passed = asyncio.Event()  # more records failed than MaxFailedRecords allows
+        # Starts a claim that follows another (a sharded file's assembly); set by ``run``.
+        self._follow: Callable[[Claim], None] | None = None
 
     async def run(self, claims: AsyncIterable[Claim], results: list[FileOutcome]) -> None:
         """Transform each file ``claims`` hands out (in its order); one entry each in
@@ -141,6 +144,18 @@ class Pipeline:
         long before its file can be worked on.
         """
         async with asyncio.TaskGroup() as group:
+
+            async def when_room(claim: Claim, result: FileResult, index: int) -> None:
+                await self._room()
+                await self._file(claim, result, results, index)
+
+            def follow(claim: Claim) -> None:
+                item = claim.item
+                result = FileResult(str(item.uri), str(claim.output or item.uri))
+                results.append(result)
+                group.create_task(when_room(claim, result, len(results) - 1))
+
+            self._follow = follow
             await self._room()
             try:
                 async for claim in claims:
@@ -192,6 +207,7 @@ class Pipeline:
                 reading.release()
                 open_.release()
                 recorded = await claim.record(result)
+            await self._after(claim, result, recorded)
         except asyncio.CancelledError:
             if claim.committed and result.status != COMPLETED:  # the stop met the commit
                 result.output_etag = claim.output_etag
@@ -213,6 +229,21 @@ class Pipeline:
                     result.failed_records,
                     result.extra_requests,
                 )
+
+    async def _after(
+        self, claim: Claim, result: FileResult, recorded: FileRecord | None
+    ) -> None:
+        """What follows a settled unit: a sharded file's shard objects go once its ``.out``
+        is recorded; a shard's file is assembled here when its last shard settled."""
+        if recorded is None:
+            return
+        item = claim.item
+        if claim.shards is not None and result.status == COMPLETED:
+            await claim.coordinator.shards_assembled(item.id)
+        elif item.shard is not None and self.fatal is None:
+            assembly = await claim.coordinator.after_shard(item)
+            if assembly is not None and self._follow is not None:
+                self._follow(assembly)
 
     async def _unless_limit(self, work: Awaitable[None], claim: Claim) -> None:
         """Await ``work``; once MaxFailedRecords is passed, stop it: its file fails, unless
@@ -252,6 +283,10 @@ class Pipeline:
                 item.info.size,
                 bound,
             )
+        if claim.shards is not None:  # a sharded file: its .out is joined from its shards
+            assembly = ShardAssembly(claim, result, self.stores, self._redo, s.kms_key_id)
+            await assembly.run()
+            return
         source = await self.stores.get(item.uri)
         sink = await self.stores.get(out)
         upload = sink.open_upload(
@@ -282,6 +317,19 @@ class Pipeline:
                     result.output_bytes = sinks.assembler.bytes_written
                     result.errors_etag = claim.errors_etag
 
+    async def _redo(self, claim: Claim) -> FileResult:
+        """A shard done again inside its file's assembly (``ShardAssembly.proven``)."""
+        item = claim.item
+        result = FileResult(str(item.uri), str(claim.output or item.uri))
+        async with claim:
+            try:
+                await self._transform_file(claim, result, _Place(asyncio.Semaphore(1)))
+                result.finish(COMPLETED)
+            except Exception as error:
+                result.finish(FAILED, message(item, error))
+            await claim.record(result)
+        return result
+
     async def _transform(
         self,
         item: InputFile,
@@ -291,7 +339,38 @@ class Pipeline:
         result: FileResult,
         reading: _Place,
     ) -> None:
-        async with contextlib.aclosing(self.reader.bodies(info, source, 0)) as bodies:
+        shard = item.shard
+        if shard is None:
+            await self._transform_from(item, info, source, sinks, result, reading, 0, None)
+            return
+        # A shard: the records that start in [first boundary at or after start, end).
+        begin = shard.begin
+        if begin is None:
+            begin = 0
+            if shard.index:
+                s = self.settings
+                begin = await find_start(
+                    s.split_type, info, source, shard.start, s.max_payload_bytes
+                )
+        result.first_record_at = result.input_bytes = begin
+        walk = RecordWalk(self.settings.split_type, begin, shard.end)
+        await self._transform_from(item, info, source, sinks, result, reading, begin, walk)
+        result.last_record_end = walk.finish()
+        result.input_bytes = result.last_record_end - begin
+
+    async def _transform_from(
+        self,
+        item: InputFile,
+        info: ObjectInfo,
+        source: Store,
+        sinks: Sinks,
+        result: FileResult,
+        reading: _Place,
+        begin: int,
+        walk: RecordWalk | None,
+    ) -> None:
+        bodies_from = self.reader.bodies(info, source, begin, walk)
+        async with contextlib.aclosing(bodies_from) as bodies:
             ahead: list[BodyLike] = []
             body = await anext(bodies, None)
             if body is not None and self._whole_file(body, info):
@@ -361,7 +440,10 @@ class Pipeline:
                             held = Held(uri, body, result.records)
                             work = functools.partial(self._answer, held, result)
                         else:
-                            reopen = functools.partial(self.reader.reread, info, source, body.start)
+                            stop = None if item.shard is None else item.shard.end
+                            reopen = functools.partial(
+                                self.reader.reread, info, source, body.start, stop
+                            )
                             streamed = UnboundedBody(reopen)
                             if s.require_line_per_record:
                                 span = RecordSpan(uri, result.records, body.start)

@@ -42,6 +42,7 @@ from agent.storage.base import (
 )
 from agent.storage.inputs import (
     InputFile,
+    Shard,
     ListingSource,
     OutputKeyError,
     errors_uri,
@@ -64,6 +65,7 @@ __all__ = [
     "ChunkReader",
     "InputError",
     "InputFile",
+    "Shard",
     "ListingSource",
     "LocalStore",
     "ManifestError",

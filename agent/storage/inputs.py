@@ -52,6 +52,31 @@ def file_id(uri: DataUri | str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """A byte range of one big input, a unit of work of its own (README "Shards").
+
+    ``start``/``end`` are nominal: the shard takes the records that *start* in
+    ``[first boundary at or after start, end)``. ``begin`` is set only when the shard is
+    redone from where its predecessor's last record ended (the start is then known).
+    """
+
+    index: int  # 0-based, in file order
+    count: int  # shards of the file
+    start: int
+    end: int
+    begin: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The range as it names the shard's state objects: ``<start>-<end>``."""
+        return f"{self.start}-{self.end}"
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
 class InputFile:
     """One input object and the name of its output.
 
@@ -68,12 +93,26 @@ class InputFile:
     manifest_index: int | None = None  # the entry's index in the manifest's JSON array
     # Why this file fails without being read (its output name is another input's), or None.
     problem: str | None = None
+    shard: Shard | None = None  # a byte range of the object (a unit of its own), or None
     id: str = field(init=False, repr=False, compare=False)  # file_id(uri), computed once
     output: DataUri | None = field(init=False, default=None, repr=False, compare=False)
     output_error: str | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "id", file_id(self.uri))
+        fid = file_id(self.uri)
+        object.__setattr__(self, "id", fid if self.shard is None else f"{fid}.{self.shard.name}")
+
+    @property
+    def file(self) -> str:
+        """The id of the whole file (a shard's file, or this file)."""
+        return self.id if self.shard is None else self.id.split(".", 1)[0]
+
+    @property
+    def weight(self) -> int:
+        """The bytes this unit weighs in the plan (a missing manifest entry weighs nothing)."""
+        if self.shard is not None:
+            return self.shard.size
+        return self.info.size if self.info is not None else 0
 
     def where(self) -> str:
         """``" (manifest element N)"`` for a manifest entry, else nothing."""

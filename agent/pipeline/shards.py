@@ -1,0 +1,180 @@
+"""Shards of one big file (README "Shards", docs/design.md §4.10): where a shard's records
+begin, and the assembly of the file's ``.out`` from its shards' outputs.
+
+A shard ``[s, e)`` takes the records that start in ``[b, e)``, where ``b`` is the first
+record boundary at or after ``s`` (``find_start``; 0 for the first shard), and reads past
+``e`` to finish the last of them (``agent.split.RecordWalk``). Its completion record keeps
+``b`` (``FirstRecordAt``) and where its last record ended (``LastRecordEnd``). Only the
+first shard's start is certain, so the assembly proves the chain before it joins
+anything: each shard must begin where the one before it ended; one that does not is done
+again from there, in the assembly, and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from agent.coordination.claim import Claim
+from agent.coordination.records import FileRecord
+from agent.pipeline.failures import ErrorsFile
+from agent.pipeline.outcomes import FileFailed
+from agent.results import COMPLETED, FileResult
+from agent.split import StartFinder
+from agent.storage import InputFile, ObjectInfo, Store, Stores
+
+log = logging.getLogger("agent.run")
+
+# How long a record may be where the start of a TFRecord shard is looked for, when
+# MaxPayloadInMB sets no bound (a longer one is missed there and found by the proof).
+UNBOUNDED_RECORD_BYTES = 64 << 20
+
+
+async def find_start(
+    split_type: str, info: ObjectInfo, source: Store, at: int, max_record: int
+) -> int:
+    """The first record boundary at or after ``at`` (the object's size when none)."""
+    finder = StartFinder(split_type, at, info.size, max_record or UNBOUNDED_RECORD_BYTES)
+    async with source.read(info, finder.read_from) as reader:
+        async for chunk in reader:
+            found = finder.feed(chunk)
+            if found is not None:
+                return found
+    return finder.finish()
+
+
+Redo = Callable[[Claim], Awaitable[FileResult]]
+
+
+class ShardAssembly:
+    """One sharded file's ``.out`` (and errors file), from its shards' outputs in order."""
+
+    def __init__(
+        self, claim: Claim, result: FileResult, stores: Stores, redo: Redo, kms: str | None
+    ) -> None:
+        assert claim.shards is not None and claim.output is not None
+        self.claim = claim
+        self.item = claim.item
+        self.shards = claim.shards
+        self.output = claim.output
+        self.result = result
+        self.stores = stores
+        self.redo = redo
+        self.kms = kms
+
+    def _which(self, unit: InputFile) -> str:
+        shard = unit.shard
+        assert shard is not None
+        return f"shard {shard.index + 1} of {shard.count} [{shard.start}, {shard.end})"
+
+    async def proven(self) -> list[FileRecord]:
+        """The shards' records, each shard beginning where the one before it ended: one
+        that does not is done again from there first. Raises ``FileFailed`` naming the
+        first shard that failed from a proven start."""
+        coordinator = self.claim.coordinator
+        records = await coordinator.shard_records(self.item.id)
+        chain: list[FileRecord] = []
+        end = 0
+        for unit, found in zip(self.shards, records, strict=True):
+            record = found
+            if record is None:
+                raise FileFailed(f"{self.item.uri}: {self._which(unit)} is not done")
+            if record.FirstRecordAt != end:
+                log.warning(
+                    "%s: %s began at byte %s, but the shard before it ended at byte %d: "
+                    "done again from byte %d",
+                    self.item.uri,
+                    self._which(unit),
+                    record.FirstRecordAt,
+                    end,
+                    end,
+                )
+                again = await coordinator.redo_claim(unit, end)
+                done = await self.redo(again)
+                if done.status != COMPLETED or done.last_record_end is None:
+                    raise FileFailed(f"{self.item.uri}: {self._which(unit)}: {done.error}")
+                self.result.extra_requests += done.requests
+                refreshed = await coordinator.shard_records(self.item.id)
+                record = refreshed[unit.shard.index if unit.shard else 0]
+                if record is None or record.FirstRecordAt != end:
+                    raise FileFailed(f"{self.item.uri}: {self._which(unit)} was not recorded")
+            if record.Status != COMPLETED:
+                raise FileFailed(
+                    f"{self.item.uri}: {self._which(unit)} failed: {record.FailureReason}"
+                )
+            assert record.LastRecordEnd is not None
+            chain.append(record)
+            end = record.LastRecordEnd
+        size = self.item.info.size if self.item.info is not None else 0
+        if end != size:
+            raise FileFailed(
+                f"{self.item.uri}: its last shard ended at byte {end}, not at the end of the "
+                f"object ({size} bytes); run the job again"
+            )
+        return chain
+
+    async def run(self) -> None:
+        """Prove the chain, join the shards' outputs into the ``.out`` (server-side where
+        the store can) and commit it under the claim's conditions."""
+        chain = await self.proven()
+        claim, result = self.claim, self.result
+        sink = await self.stores.get(self.output)
+        upload = sink.open_upload(
+            self.output.key,
+            kms_key_id=self.kms,
+            metadata=claim.metadata or None,
+            on_upload_id=claim.on_upload_id,
+        )
+        errors = ErrorsFile(
+            sink,
+            claim.errors_output,
+            kms_key_id=self.kms,
+            metadata=claim.metadata or None,
+            on_upload_id=claim.on_errors_upload_id,
+        )
+        async with upload, errors:
+            base = 0
+            for unit, record in zip(self.shards, chain, strict=True):
+                assert unit.output is not None
+                source = await self.stores.get(unit.output)
+                info = await source.head(unit.output.key)
+                if info is None or info.etag != record.OutputETag:
+                    raise FileFailed(
+                        f"{self.item.uri}: the output of {self._which(unit)} ({unit.output}) "
+                        "is gone or was replaced; run the job again to redo that shard"
+                    )
+                await upload.append(source, info)
+                if record.FailedRecords:
+                    await self._errors(unit, base, errors)
+                base += record.Records
+                result.requests += record.Requests
+                result.failed_records += record.FailedRecords
+            result.records = base
+            result.input_bytes = self.item.info.size if self.item.info is not None else 0
+            try:
+                result.output_etag = await claim.commit(upload, errors.upload)
+            finally:
+                if claim.committed:
+                    result.output_etag = claim.output_etag
+                    result.output_bytes = upload.bytes_written
+                    result.errors_etag = claim.errors_etag
+
+    async def _errors(self, unit: InputFile, base: int, errors: ErrorsFile) -> None:
+        """A shard's failed records, their indexes made file-wide (offsets already are)."""
+        assert unit.output is not None
+        where = unit.output.key.removesuffix(".out") + ".errors.jsonl"
+        source = await self.stores.get(unit.output)
+        info = await source.head(where)
+        if info is None:
+            raise FileFailed(f"{self.item.uri}: the errors file of {self._which(unit)} is gone")
+        pending = b""
+        async with source.read(info) as reader:
+            async for chunk in reader:
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    entry = orjson.loads(line)
+                    entry["record"] += base
+                    await errors.add_line(orjson.dumps(entry) + b"\n")
