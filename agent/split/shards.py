@@ -4,7 +4,7 @@ A shard is a byte range ``[s, e)`` of one uncompressed Line, RecordIO or TFRecor
 Two pieces, both fed the object's bytes in chunks of any size, cut anywhere:
 
 * :class:`StartFinder` guesses the first record boundary at or after ``s`` by looking at the
-  bytes there only (the rule of README "Sharding"). For Line the guess is always right; for
+  bytes there only (the rule of docs/design.md §2.8). For Line the guess is always right; for
   RecordIO and TFRecord a payload may hold bytes that pass for a frame, so the guess can be
   wrong.
 * :class:`RecordWalk` follows the record chain from a boundary the caller trusts and cuts
