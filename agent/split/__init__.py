@@ -58,6 +58,11 @@ under the same bound (and cap): ``Packer(batch_strategy, max_payload_bytes, max_
 bounds=False)``; ``add(record, start, end)`` returns a completed :class:`Body` or ``None``;
 ``finish()`` the last one. With ``bounds`` a whole MultiRecord body's ``bounds`` are the
 ends of its records in ``data`` (the records joined; their input ranges may have gaps).
+
+**Shards** (docs/design.md §2.8, ``agent/split/shards.py``): :class:`StartFinder` finds the
+first record boundary at or after a byte offset, :class:`RecordWalk` cuts a stream read
+from a boundary at the first boundary at or after a shard's end; the cut stream goes to a
+splitter as any input does. ``SHARDABLE_SPLIT_TYPES`` are the split types they handle.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ from agent.split._errors import (
     SplitterStateError,
 )
 from agent.split._protocols import BodyLike, PackerLike, SplitterLike
+from agent.split.shards import SHARDABLE_SPLIT_TYPES, RecordWalk, StartFinder
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from agent.split._splitters_py import Body, Packer, implementation, make_splitter
@@ -89,9 +95,12 @@ __all__ = [
     "Packer",
     "PackerLike",
     "RecordTooLargeError",
+    "RecordWalk",
+    "SHARDABLE_SPLIT_TYPES",
     "SplitError",
     "SplitterLike",
     "SplitterStateError",
+    "StartFinder",
     "implementation",
     "make_splitter",
     "max_payload_bytes",
