@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from agent.storage.base import (
     MAX_PARTS,
+    MIN_PART_BYTES,
     ChunkReader,
     InputError,
     ObjectChangedError,
@@ -38,6 +39,7 @@ from agent.storage.base import (
     Store,
     Upload,
     UploadIdCallback,
+    min_part_size,
     part_size,
 )
 from agent.storage.inputs import (
@@ -62,6 +64,7 @@ from agent.storage.stores import Stores, open_stores
 __all__ = [
     "name_outputs",
     "MAX_PARTS",
+    "MIN_PART_BYTES",
     "ChunkReader",
     "InputError",
     "InputFile",
@@ -91,6 +94,7 @@ __all__ = [
     "output_uri",
     "errors_uri",
     "parse_manifest",
+    "min_part_size",
     "part_size",
     "relative_key",
 ]

@@ -20,7 +20,8 @@ from agent.errors import BtAgentError, UsageError
 
 GIB = 1 << 30
 MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
-MAX_PART_BYTES = 5 * GIB  # S3's limit on one part
+MAX_PART_BYTES = 5 * GIB  # S3's limit on one part (a copied part included)
+MIN_PART_BYTES = 5 * MIB  # S3's minimum size of every part but the last
 PARTS_PER_SIZE_STEP = 1_000  # the part size doubles after this many parts
 TEMP_MARKER = ".bt-agent-tmp-"  # in local temporary names (see local/upload.py, TEMP_NAME_PATTERN)
 
@@ -37,6 +38,9 @@ class StorageSettings:
     read_ahead_bytes: int = 16 * MIB  # bytes read ahead of the consumer, per open read
     range_bytes: int = 64 * MIB  # one ranged GET covers at most this; the next one re-checks ETag
     part_size_bytes: int = 8 * MIB  # first multipart part size; S3 needs >= 5 MiB
+    # An object appended server-side (``Upload.append``, UploadPartCopy) is copied in parts
+    # of at most this many bytes: S3's limit on a copied part. Smaller only in tests.
+    copy_part_bytes: int = MAX_PART_BYTES
     max_parts_in_flight: int = 2  # part uploads running at once, per upload
     retry_seconds: float = 30.0  # how long transient errors are retried without progress
     retry_backoff_max_seconds: float = 2.0  # longest sleep between two attempts
@@ -52,8 +56,10 @@ class StorageSettings:
     max_small_object_bytes: int = 256 * MIB  # get_bytes refuses (and manifests) above this
 
     def __post_init__(self) -> None:
-        if self.part_size_bytes < 5 * MIB:
+        if self.part_size_bytes < MIN_PART_BYTES:
             raise ValueError("part_size_bytes must be at least 5 MiB (S3's minimum part size)")
+        if not MIN_PART_BYTES <= self.copy_part_bytes <= MAX_PART_BYTES:
+            raise ValueError("copy_part_bytes must be from 5 MiB to 5 GiB (S3's part limits)")
         if min(self.read_chunk_bytes, self.read_ahead_bytes, self.range_bytes) < 1:
             raise ValueError("read_chunk_bytes, read_ahead_bytes and range_bytes must be positive")
         if self.max_parts_in_flight < 1 or self.head_in_flight < 1:
@@ -70,6 +76,19 @@ def part_size(settings: StorageSettings, part_number: int) -> int:
     """
     step = (part_number - 1) // PARTS_PER_SIZE_STEP
     return min(settings.part_size_bytes << step, MAX_PART_BYTES)
+
+
+def min_part_size(part_number: int) -> int:
+    """The least size part ``part_number`` may have unless it is the last one.
+
+    S3 asks 5 MiB of every part but the last. Parts of any other origin than the streamed
+    ones (a short buffer shipped before an object copied server-side, the copied parts
+    themselves) keep to 5 MiB doubled every 1,000 parts, the steps of :func:`part_size`:
+    10,000 such parts still hold ~4.9 TiB (S3's object limit is 5 TiB), so joining many
+    objects does not run out of part numbers long before the size limit.
+    """
+    step = (part_number - 1) // PARTS_PER_SIZE_STEP
+    return min(MIN_PART_BYTES << step, MAX_PART_BYTES)
 
 
 # ----------------------------------------------------------------------------- records
@@ -124,6 +143,12 @@ class InputError(UsageError, ValueError):
 
 
 # ----------------------------------------------------------------------------- messages
+
+
+def appending_error(error: StorageError, source: str, target: str) -> StorageError:
+    """``error`` of reading ``source`` for an append, as the same kind of error that also
+    names the upload it was for."""
+    return type(error)(f"{error} (while appending it to {target}, which was not written)")
 
 
 def exception_summary(error: BaseException) -> str:
@@ -265,10 +290,42 @@ class Upload(ABC):
         self.committed = False
         self.aborted = False
 
+    @property
+    def uri(self) -> str:
+        """Where the upload goes, for messages (``s3://bucket/key``, ``file:///path``)."""
+        return self.key
+
     @abstractmethod
     async def write(self, data: BytesLike) -> None:
         """Append ``data``; may wait while earlier parts upload (that is the back-pressure)."""
         raise NotImplementedError
+
+    async def append(self, source: Store, info: ObjectInfo) -> None:
+        """Append the whole object ``info`` of ``source`` (read at its ETag) to this upload.
+
+        Here the object streams through ``source.read(info)`` into :meth:`write` (memory:
+        the read's chunks and read-ahead plus this upload's buffers); a backend may do
+        better (S3: a server-side copy, :class:`~agent.storage.s3.upload.S3Upload`). An
+        object that changed or vanished since ``info`` was read raises
+        :class:`ObjectChangedError` naming it and this upload, before or at ``commit``.
+        """
+        await self._stream(source, info, 0, info.size)
+
+    async def _stream(self, source: Store, info: ObjectInfo, start: int, end: int) -> None:
+        """Write bytes ``start`` to ``end`` of ``info`` from ``source``; an error of the read
+        (not of the writes) is raised again naming this upload too."""
+        self._check_open()
+        if start >= end:
+            return
+        async with source.read(info, start, end) as chunks:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except StorageError as error:
+                    raise appending_error(error, source.uri(info.key), self.uri) from error
+                await self.write(chunk)
 
     @abstractmethod
     async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:

@@ -9,22 +9,37 @@ CreateMultipartUpload waits for its answer, so the upload it made is aborted too
 
 The upload sends its requests through :class:`~agent.storage.s3.call.BucketCalls` (the
 client, the bucket and the retried call); it knows nothing of the store that opened it.
+
+``append`` adds a stored object: server-side (UploadPartCopy, ``CopySourceIfMatch`` on its
+ETag) when the object is in a bucket of the same client and is large enough to be a part of
+its own, streamed through the upload's buffer otherwise (:func:`plan_append` decides;
+docs/design.md §1.9).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from agent._compat import BytesLike
 from agent.storage.base import (
     MAX_PARTS,
+    ObjectChangedError,
+    ObjectInfo,
+    ObjectNotFoundError,
+    PreconditionFailed,
     StorageError,
+    StorageSettings,
+    Store,
     Upload,
     UploadIdCallback,
+    min_part_size,
     part_size,
 )
 from agent.storage.s3.call import BucketCalls
@@ -57,13 +72,68 @@ async def abort_upload(calls: BucketCalls, key: str, upload_id: str) -> None:
             raise
 
 
+@dataclass(frozen=True, slots=True)
+class AppendPlan:
+    """How an object joins an upload: its first ``stream`` bytes through the buffer, then
+    each of ``copies`` (``(start, end)``, end exclusive) as a part copied server-side."""
+
+    stream: int
+    copies: tuple[tuple[int, int], ...] = ()
+
+
+def plan_append(size: int, pending: int, next_part: int, settings: StorageSettings) -> AppendPlan:
+    """How to append an object of ``size`` bytes to an upload that holds ``pending`` bytes
+    not yet shipped, which will go out as part ``next_part``.
+
+    Every part but the last must keep S3's minimum (:func:`~agent.storage.min_part_size`),
+    and it is not known which part is the last, so a part is copied only when it is that
+    large, and the buffer is shipped before it only when it is that large too:
+
+    - nothing pending, or at least the minimum: the object is copied whole, in parts of at
+      most ``copy_part_bytes`` (balanced: all within a byte of each other);
+    - less than the minimum pending: the object's first bytes fill the buffer up to the
+      minimum (read, at most 5 MiB), the rest is copied, when the rest is large enough;
+    - otherwise (a small object, a small rest) the object is streamed: small neighbours are
+      joined before upload.
+    """
+    if pending and pending < min_part_size(next_part):
+        head = min(size, min_part_size(next_part) - pending)
+    else:
+        head = 0
+    first = next_part + 1 if pending or head else next_part
+    rest = size - head
+    count = -(-rest // settings.copy_part_bytes)  # ceiling
+    last = first + count - 1
+    if rest <= 0 or last > MAX_PARTS or rest // count < min_part_size(last):
+        return AppendPlan(stream=size)
+    piece, extra = divmod(rest, count)
+    copies: list[tuple[int, int]] = []
+    start = head
+    for index in range(count):
+        end = start + piece + (index < extra)
+        copies.append((start, end))
+        start = end
+    return AppendPlan(stream=head, copies=tuple(copies))
+
+
+def source_calls(source: Store, calls: BucketCalls) -> BucketCalls | None:
+    """The source store's bucket, when S3 can copy from it into ``calls``'s bucket: an S3
+    store (its :class:`BucketCalls`) on the same client, so the same endpoint and
+    credentials, in any bucket."""
+    theirs = getattr(source, "calls", None)
+    if isinstance(theirs, BucketCalls) and theirs.client is calls.client:
+        return theirs
+    return None
+
+
 class S3Upload(Upload):
     """A streamed output: one PutObject if it fits in the first part, else multipart.
 
     ``write`` copies into the current part buffer (one copy, whatever the caller holds);
     a full buffer becomes a part upload once more data arrives, so an output of exactly
     one part size is still one PutObject. Memory: at most ``max_parts_in_flight`` parts
-    uploading plus the one filling.
+    uploading plus the one filling. Copied parts (:meth:`append`) hold no bytes here but
+    take a slot like any part.
     """
 
     def __init__(
@@ -108,20 +178,56 @@ class S3Upload(Upload):
             self._buffer.write(view[:room])
             view = view[room:]
 
-    async def _ship(self) -> None:
-        """Start uploading the buffer as the next part (waiting for a free slot)."""
+    async def append(self, source: Store, info: ObjectInfo) -> None:
+        """Append the object ``info`` of ``source``: copied server-side where
+        :func:`plan_append` allows and ``source`` is a bucket of this client, else streamed.
+
+        A copy is a part upload like any other (it takes a slot, its failure is raised by the
+        next call); a copy refused because the object changed or vanished since ``info``
+        was read raises :class:`ObjectChangedError` naming the object and this upload.
+        """
+        self._check_open()
+        self._raise_failure()
+        origin = source_calls(source, self.calls)
+        if origin is None:
+            await self._stream(source, info, 0, info.size)
+            return
+        plan = plan_append(info.size, self._buffer.tell(), self._next_part, self.calls.settings)
+        await self._stream(source, info, 0, plan.stream)
+        if not plan.copies:
+            return
+        if self._buffer.tell():
+            await self._ship()
+        whole = plan.copies == ((0, info.size),)
+        for start, end in plan.copies:
+            number = await self._number()
+            self.bytes_written += end - start
+            span = None if whole else (start, end)
+            await self._start(functools.partial(self._copy_part, number, origin, info, span))
+
+    async def _number(self) -> int:
+        """The next part's number, the multipart upload begun first if it was not."""
         if self.upload_id is None:
             await self._create()
         number = self._next_part
         if number > MAX_PARTS:
             raise StorageError(f"{self.uri} needs more than {MAX_PARTS} parts; it is too large")
-        body, self._buffer = self._buffer, io.BytesIO()
         self._next_part += 1
+        return number
+
+    async def _start(self, part: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``part()`` as a part upload once a slot is free."""
         await self._slots.acquire()
         self._raise_failure()
-        task = asyncio.get_running_loop().create_task(self._upload_part(number, body))
+        task = asyncio.get_running_loop().create_task(part())
         self._tasks.add(task)
         task.add_done_callback(self._part_done)
+
+    async def _ship(self) -> None:
+        """Start uploading the buffer as the next part (waiting for a free slot)."""
+        number = await self._number()
+        body, self._buffer = self._buffer, io.BytesIO()
+        await self._start(lambda: self._upload_part(number, body))
 
     async def _create(self) -> None:
         """CreateMultipartUpload, its intent recorded first and its UploadId learnt even
@@ -167,6 +273,38 @@ class S3Upload(Upload):
             Body=body,
         )
         self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    async def _copy_part(
+        self, number: int, origin: BucketCalls, info: ObjectInfo, span: tuple[int, int] | None
+    ) -> None:
+        """UploadPartCopy of ``info`` (bytes ``span``, else whole) as part ``number``, only
+        from the version with ``info``'s ETag."""
+        source = origin.uri(info.key)
+        params: dict[str, Any] = {}
+        what = f"copying {source} into part {number} of {self.uri}"
+        if span is not None:
+            first, last = span[0], span[1] - 1
+            params["CopySourceRange"] = f"bytes={first}-{last}"
+            what = f"copying bytes {first}-{last} of {source} into part {number} of {self.uri}"
+        try:
+            response = await self.calls.call(
+                what,
+                self.calls.client.upload_part_copy,
+                Bucket=self.calls.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": origin.bucket, "Key": info.key},
+                CopySourceIfMatch=info.etag,
+                **params,
+            )
+        except (PreconditionFailed, ObjectNotFoundError) as error:
+            how = "changed" if isinstance(error, PreconditionFailed) else "was deleted"
+            raise ObjectChangedError(
+                f"{source} {how} after it was listed (listed ETag {info.etag}, {info.size} "
+                f"bytes), so it was not appended to {self.uri}, which was not written"
+            ) from error
+        self._parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
 
     async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         self._check_open()
