@@ -183,7 +183,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         except SettingsMismatch as error:
             return _stop(summary, error)  # it says to rerun with --force
         todo = coordinator.todo
-        total = sum(item.info.size for item in todo if item.info is not None)
+        total = sum(item.weight for item in todo)
         log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
         progress = Progress(len(todo), total)
         summary.begin_transform()

@@ -18,12 +18,12 @@ from typing import Any, TextIO
 
 import orjson
 
+from agent.coordination.factory import with_output_names
 from agent.coordination.lease import read_leases
 from agent.coordination.listing import JOIN, Listing, read_listing, snapshot_verdict
-from agent.coordination.factory import with_output_names
 from agent.coordination.plan import format_plan, static_plan
-from agent.coordination.shards import Sharding, shard_files
 from agent.coordination.records import FileRecord, RecordCache
+from agent.coordination.shards import Sharding, shard_files
 from agent.coordination.state import StateLayout, read_summary, read_summary_head
 from agent.coordination.summary import build_summary
 from agent.errors import ExitCode
@@ -125,7 +125,9 @@ def shard_lines(
                 state = f"in progress on {held[label]}"
             else:
                 state = "to do"
-            lines.append(f"      {shard.index + 1}/{shard.count} [{shard.start}, {shard.end}): {state}")
+            lines.append(
+                f"      {shard.index + 1}/{shard.count} [{shard.start}, {shard.end}): {state}"
+            )
     return lines
 
 

@@ -94,6 +94,7 @@ class Coordinator(ABC):
         # The units of work: whole files and the shards of big ones (README "Shards").
         self.sharding = sharding if sharding is not None else Sharding(tuple(listing.files))
         self.assembling: set[str] = set()  # sharded files this instance is assembling
+        self._looking = asyncio.Lock()  # after_shard: one look at the shards at a time
 
     @property
     @abstractmethod
@@ -216,6 +217,7 @@ class Coordinator(ABC):
     def released(self, fid: str) -> None:
         """A claim closed (``RecordWriter``): the file is no longer held."""
         self.held.pop(fid, None)
+        self.assembling.discard(fid)
 
     async def record(self, item: InputFile, result: FileResult) -> FileRecord:
         """Write ``item``'s completion record from ``result`` (after its commit); return it."""
@@ -267,27 +269,37 @@ class Coordinator(ABC):
         """After a shard's record: the claim to assemble its file when every shard of it is
         now final and its ``.out`` is not (the instance that settles the last shard
         assembles; two that settle the last two at once both may, and the conditional
-        commit keeps one ``.out``). ``None`` otherwise."""
+        commit keeps one ``.out``). ``None`` otherwise.
+
+        One look at a time: two shards of this instance settling together must not both
+        look before either's record is written, nor skip because the other is looking.
+        """
         fid = unit.file
         item = self.sharding.files.get(fid)
-        if item is None or fid in self.assembling or fid in self.held:
+        if item is None:
             return None
-        if any(record is None for record in await self.shard_records(fid)):
-            return None
-        assert self.settings_hash is not None
-        mine = self.records.records.get(fid)
-        if mine is not None and mine.final_for(item, self.settings_hash, self.listing.run_id):
-            return None
-        return await self.assembly_claim(item, None)
+        async with self._looking:
+            if fid in self.assembling or fid in self.held:
+                return None
+            if any(record is None for record in await self.shard_records(fid)):
+                return None
+            assert self.settings_hash is not None
+            mine = self.records.records.get(fid)
+            if mine is not None and mine.final_for(item, self.settings_hash, self.listing.run_id):
+                return None
+            return await self.assembly_claim(item, None)
 
     async def assembly_claim(self, item: InputFile, lease: HeldLease | None) -> Claim | None:
         """The claim of a sharded file's assembly (``None`` if its ``.out`` was committed
         already: then recorded here)."""
         self.assembling.add(item.id)
+        claim = None
         try:
-            return await self._claim(item, lease)
+            claim = await self._claim(item, lease)
+            return claim
         finally:
-            self.assembling.discard(item.id)
+            if claim is None:
+                self.assembling.discard(item.id)
 
     async def redo_claim(self, unit: InputFile, begin: int) -> Claim:
         """A claim to do ``unit`` (a shard) again from ``begin``, where the shard before it
@@ -304,6 +316,7 @@ class Coordinator(ABC):
         object.__setattr__(again, "output", unit.output)
         claim = await self._claim(again, None)
         assert claim is not None  # a shard's output is never recorded without its proof
+        claim.in_assembly = True
         return claim
 
     async def shards_assembled(self, fid: str) -> None:

@@ -115,6 +115,7 @@ class Claim:
         # A sharded file's assembly (README "Shards"): its shards in file order; else None.
         self.shards: tuple[InputFile, ...] | None = None
         self.coordinator = records  # for a shard's follow-ups (assembly, redo)
+        self.in_assembly = False  # a shard done again inside its file's assembly
 
     def check(self) -> None:
         """Raise ``ClaimLost`` unless this instance still owns the file (before committing)."""
@@ -141,12 +142,13 @@ class Claim:
             self.committed = True
             raise
         except PreconditionFailed as error:
-            if self.lease is None and self.shards is not None:
-                # Two instances settled a file's last shards at once and both assembled
-                # it (README "Shards"): the other's .out is the same; it records it.
+            if self.lease is None and (self.shards is not None or self.in_assembly):
+                # Two instances settled a file's last shards at once and both assemble it
+                # (README "Shards"): the other's .out (or redone shard) is the same; it
+                # records it.
                 self.lost.set()
                 raise ClaimLost(
-                    f"{self.item.uri}: its .out was assembled by another instance first"
+                    f"{self.item.uri}: another instance assembling it committed {self.output} first"
                 ) from error
             if self.lease is None:
                 # Static mode: no other instance writes this file's output, so someone

@@ -53,7 +53,7 @@ from agent.pipeline.settings import PipelineSettings
 from agent.pipeline.shards import ShardAssembly, find_start
 from agent.report import Progress
 from agent.results import COMPLETED, FAILED, LOST, STOPPED, FileOutcome, FileResult
-from agent.split import BodyLike, RecordTooLargeError, RecordWalk
+from agent.split import BodyLike, RecordTooLargeError, RecordWalk, SplitError
 from agent.storage import InputFile, ObjectInfo, OutputKeyError, Store, Stores
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ class Pipeline:
         reading = _Place(self.files_reading)
         open_ = _Place(self.files_open)
         recorded: FileRecord | None = None
+        unproven = False  # a shard whose start may be false failed on its input
         try:
             async with claim:
                 try:
@@ -202,12 +203,20 @@ class Pipeline:
                     result.finish(FAILED, message(item, error))
                 except Exception as error:  # one file's failure leaves the others running
                     result.finish(FAILED, message(item, error))
+                    unproven = isinstance(error, SplitError) and _unproven(item)
                 # The output is settled and its buffers are gone: the completion record (a
                 # small PUT) need not keep another file from starting.
                 reading.release()
                 open_.release()
                 recorded = await claim.record(result)
             await self._after(claim, result, recorded)
+            if unproven and recorded is not None:
+                # Perhaps a false record boundary: the record stands (the file's assembly
+                # proves the start, and redoes the shard if it was false), but this
+                # instance did not fail: reported as lost to the proof, not as failed.
+                result.status = LOST
+                result.error = f"{result.error} (its start is proven or redone by the assembly)"
+                recorded = None
         except asyncio.CancelledError:
             if claim.committed and result.status != COMPLETED:  # the stop met the commit
                 result.output_etag = claim.output_etag
@@ -230,9 +239,7 @@ class Pipeline:
                     result.extra_requests,
                 )
 
-    async def _after(
-        self, claim: Claim, result: FileResult, recorded: FileRecord | None
-    ) -> None:
+    async def _after(self, claim: Claim, result: FileResult, recorded: FileRecord | None) -> None:
         """What follows a settled unit: a sharded file's shard objects go once its ``.out``
         is recorded; a shard's file is assembled here when its last shard settled."""
         if recorded is None:
@@ -325,6 +332,8 @@ class Pipeline:
             try:
                 await self._transform_file(claim, result, _Place(asyncio.Semaphore(1)))
                 result.finish(COMPLETED)
+            except ClaimLost:
+                raise  # another instance assembles the file too and was first: it goes on
             except Exception as error:
                 result.finish(FAILED, message(item, error))
             await claim.record(result)
@@ -529,3 +538,8 @@ class Pipeline:
             if task is not None and task.done() and not task.cancelled():
                 if task.exception() is None:
                     await self._settle(task.result())
+
+
+def _unproven(item: InputFile) -> bool:
+    """Whether ``item`` is a shard whose first record boundary was found, not known."""
+    return item.shard is not None and item.shard.index > 0 and item.shard.begin is None

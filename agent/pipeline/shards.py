@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from agent.coordination.claim import Claim
+from agent.coordination.lease import ClaimLost
 from agent.coordination.records import FileRecord
 from agent.pipeline.failures import ErrorsFile
 from agent.pipeline.outcomes import FileFailed
 from agent.results import COMPLETED, FileResult
 from agent.split import StartFinder
-from agent.storage import InputFile, ObjectInfo, Store, Stores
+from agent.storage import InputFile, ObjectChangedError, ObjectInfo, Store, Stores
 
 log = logging.getLogger("agent.run")
 
@@ -95,7 +96,7 @@ class ShardAssembly:
                 done = await self.redo(again)
                 if done.status != COMPLETED or done.last_record_end is None:
                     raise FileFailed(f"{self.item.uri}: {self._which(unit)}: {done.error}")
-                self.result.extra_requests += done.requests
+                self.result.requests += done.requests
                 refreshed = await coordinator.shard_records(self.item.id)
                 record = refreshed[unit.shard.index if unit.shard else 0]
                 if record is None or record.FirstRecordAt != end:
@@ -141,11 +142,11 @@ class ShardAssembly:
                 source = await self.stores.get(unit.output)
                 info = await source.head(unit.output.key)
                 if info is None or info.etag != record.OutputETag:
-                    raise FileFailed(
-                        f"{self.item.uri}: the output of {self._which(unit)} ({unit.output}) "
-                        "is gone or was replaced; run the job again to redo that shard"
-                    )
-                await upload.append(source, info)
+                    raise self._overtaken(unit)
+                try:
+                    await upload.append(source, info)
+                except ObjectChangedError as error:
+                    raise self._overtaken(unit) from error
                 if record.FailedRecords:
                     await self._errors(unit, base, errors)
                 base += record.Records
@@ -160,6 +161,15 @@ class ShardAssembly:
                     result.output_etag = claim.output_etag
                     result.output_bytes = upload.bytes_written
                     result.errors_etag = claim.errors_etag
+
+    def _overtaken(self, unit: InputFile) -> ClaimLost:
+        """A shard object that is not the one its record names: only an instance that
+        assembles the same file redoes a shard, so this assembly gives way to it (nothing
+        is recorded; should nobody finish, the next run does)."""
+        return ClaimLost(
+            f"{self.item.uri}: the output of {self._which(unit)} ({unit.output}) was "
+            "replaced meanwhile by another instance assembling the file"
+        )
 
     async def _errors(self, unit: InputFile, base: int, errors: ErrorsFile) -> None:
         """A shard's failed records, their indexes made file-wide (offsets already are)."""

@@ -44,9 +44,9 @@ from agent.storage.base import (
 )
 from agent.storage.inputs import (
     InputFile,
-    Shard,
     ListingSource,
     OutputKeyError,
+    Shard,
     errors_uri,
     exclusions,
     file_id,

@@ -35,9 +35,7 @@ def job(**agent: Any) -> JobSettings:
 
 def files(*sizes: int) -> list[InputFile]:
     found = [
-        InputFile(
-            DataUri("s3", "b", f"in/f{n}"), f"f{n}", ObjectInfo(f"in/f{n}", size, f'"e{n}"')
-        )
+        InputFile(DataUri("s3", "b", f"in/f{n}"), f"f{n}", ObjectInfo(f"in/f{n}", size, f'"e{n}"'))
         for n, size in enumerate(sizes)
     ]
     name_outputs(found, DataUri("s3", "b", "out"))
