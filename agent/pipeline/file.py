@@ -218,6 +218,8 @@ class Pipeline:
                 result.error = f"{result.error} (its start is proven or redone by the assembly)"
                 recorded = None
         except asyncio.CancelledError:
+            if recorded is not None:  # stopped after its record (looking for its assembly)
+                raise
             if claim.committed and result.status != COMPLETED:  # the stop met the commit
                 result.output_etag = claim.output_etag
                 result.errors_etag = claim.errors_etag

@@ -30,14 +30,19 @@ from tests.support.multirun import (
     state_prefix,
     wait_for,
 )
+from tests.support.record_model import RecordModel, token
 from tests.support.runjob import (
     MIB,
     AgentRun,
+    file_bytes,
     get_objects,
     open_uploads,
     put_objects,
+    recordio,
     run_agent,
+    run_in_process,
     start_agent,
+    tfrecord,
     transform_job,
 )
 from tests.support.servers import ModelServer, SeaweedFS
@@ -190,7 +195,9 @@ def test_sigterm_then_resume_redoes_only_the_unfinished_shards(
     finished = {
         e["Output"].rsplit("/", 1)[-1] for e in shard_entries(first) if e["Status"] == "Completed"
     }
-    assert 3 <= len(finished) < 12, finished
+    assert 3 <= len(finished) < 12, [
+        (e["Output"][-25:], e["Status"], e.get("FailureReason")) for e in shard_entries(first)
+    ]
     before = sent(model)
     model.reset()
 
@@ -198,7 +205,9 @@ def test_sigterm_then_resume_redoes_only_the_unfinished_shards(
     assert (second.returncode, second.status) == (0, "Completed"), second.explain()
     redone = {e["Output"].rsplit("/", 1)[-1] for e in shard_entries(second)}
     assert not redone & finished  # only the unfinished shards were done again
-    assert len(redone | finished) == 12
+    assert len(redone | finished) == 12, [
+        (e["Output"][-25:], e["Status"], e.get("FailureReason")) for e in shard_entries(first)
+    ]
     # The model's request log shows it: the second run sent exactly the bodies of the
     # shards the first did not finish.
     expected: Counter[str] = Counter()
@@ -260,3 +269,71 @@ def test_a_lease_instance_killed_mid_shard_costs_only_its_shard(
     assert output_versions(client, bucket)["out/big.rec.out"] == 1  # committed once
     assert not open_uploads(client, bucket)
     assert not [k for k in list_keys(client, bucket, state) if "/shards/" in k]
+
+
+# ------------------------------------------------------------- semantics over the matrix
+
+MATRIX = [
+    (split_type, strategy, assemble_with)
+    for split_type in ("Line", "RecordIO", "TFRecord")
+    for strategy in ("MultiRecord", "SingleRecord")
+    for assemble_with in ("Line", "None")
+]
+
+
+def numbered(split_type: str, count: int, pad: int) -> bytes:
+    """``count`` records carrying their numbers (``RecordModel`` answers one line each)."""
+    if split_type == "Line":
+        return b"".join(token(n) + b"," + b"v" * (n % pad) + b"\n" for n in range(count))
+    frame = recordio if split_type == "RecordIO" else tfrecord
+    return file_bytes([frame(token(n) + b"p" * (n % pad)) for n in range(count)])
+
+
+@pytest.mark.parametrize(("split_type", "strategy", "assemble_with"), MATRIX)
+def test_a_sharded_out_and_errors_file_equal_the_unsharded_ones(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    tmp_path: Path,
+    split_type: str,
+    strategy: str,
+    assemble_with: str,
+) -> None:
+    """Every SplitType × BatchStrategy × AssembleWith with a model that answers each record
+    alone: the ``.out`` and the errors file (failed records, their indexes and offsets
+    file-wide) of three 1 MiB shards are byte for byte the unsharded run's."""
+    single = strategy == "SingleRecord"
+    count = 2_500 if single else 40_000
+    data = numbered(split_type, count, 2_000 if single else 100)
+    assert len(data) > 2 * MIB
+    bad = (0, 999, 1_000, count // 2, count - 1)
+    record_model.set_bad(bad)
+    client = s3_server.sync_client()
+    put_objects(client, bucket, {"in/big": data})
+    agent: dict[str, Any] = {"MaxFailedRecords": -1}
+    if assemble_with == "Line":
+        agent["FailedRecordPlaceholder"] = "FAILED"
+
+    def run(out: str, **more: Any) -> dict[str, bytes]:
+        job = transform_job(
+            f"matrix-{out}",
+            f"s3://{bucket}/in/",
+            f"s3://{bucket}/{out}",
+            model_url=record_model.url,
+            split_type=split_type,
+            batch_strategy=strategy,
+            assemble_with=assemble_with,
+            max_payload_mb=1,
+            max_concurrent=8,
+            agent={**agent, **more},
+        )
+        done = run_in_process(job, tmp_path)
+        assert (done.returncode, done.status) == (0, "Completed"), done.explain()
+        return get_objects(client, bucket, [f"{out}/big.out", f"{out}/big.errors.jsonl"])
+
+    whole = run("whole")
+    sharded = run("sharded", ShardSizeMB=1)
+    assert sharded["sharded/big.out"] == whole["whole/big.out"]
+    assert sharded["sharded/big.errors.jsonl"] == whole["whole/big.errors.jsonl"]
+    assert len(whole["whole/big.errors.jsonl"].splitlines()) == len(bad)
