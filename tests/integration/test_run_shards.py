@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from agent.split import make_splitter
@@ -143,8 +144,16 @@ def test_three_static_instances_share_one_big_files_shards_and_write_the_one_ins
         assert "done again" not in log  # a newline always ends a line: never fooled
     else:
         assert "done again from byte" in log  # a hidden frame fooled a shard's start
-    # Nothing of the shards is left: no shard object, no open upload.
+    # The job summary counts the shards; the file's entry says how many it had.
     state = state_prefix(job)
+    summary = orjson.loads(
+        get_objects(client, bucket, [state + "summary.json"])[state + "summary.json"]
+    )
+    count = -(-len(data) // (SHARD_MB * MIB))  # 12, or 13 when the builder went over
+    assert summary["TransformJobStatus"] == "Completed" and summary["Shards"] == count
+    entry = next(e for e in summary["Files"] if e["Input"].endswith(key))
+    assert entry["Shards"] == count and entry["Status"] == "Completed"
+    # Nothing of the shards is left: no shard object, no open upload.
     assert not [k for k in list_keys(client, bucket, state) if "/shards/" in k]
     assert not open_uploads(client, bucket)
 

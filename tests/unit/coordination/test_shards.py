@@ -3,16 +3,22 @@ records (README "Shards of one big file", docs/design.md §4.10)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.cli.app import main
+from agent.cli.status import shard_lines
 from agent.coordination.plan import format_plan, static_plan
 from agent.coordination.records import FileRecord, _parse
 from agent.coordination.shards import shard_files
 from agent.coordination.state import StateLayout
 from agent.job import DataUri, JobError, JobSettings, parse_job
+from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo, file_id, name_outputs
 
 MIB = 1 << 20
@@ -113,3 +119,66 @@ def test_a_shards_record_is_its_own_and_says_where_its_records_began_and_ended()
     assert record.id == f"{file_id('s3://b/in/f0')}.5-9"
     where = STATE.join("done", f"{record.id}.json")
     assert _parse(where.key, record.to_json(), where) == [(record.id, record)]
+
+
+@pytest.fixture
+def _reset_logging() -> Iterator[None]:
+    """``main`` points the ``agent`` logger at this test's stderr; undo that afterwards."""
+    yield
+    setup_logging()
+    logging.getLogger("agent").handlers.clear()
+
+
+@pytest.mark.usefixtures("_reset_logging")
+def test_bt_agent_plan_lists_each_instances_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "big.csv").write_bytes(b"row\n" * (3 * MIB // 4))
+    (tmp_path / "in" / "small.csv").write_bytes(b"row\n")
+    document = {
+        "TransformJobName": "local",
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "in/"}},
+            "SplitType": "Line",
+        },
+        "TransformOutput": {"S3OutputPath": "out/"},
+        "Agent": {"ShardSizeMB": 1},
+    }
+    (tmp_path / "job.json").write_text(json.dumps(document))
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "--job", "job.json", "--instance-count", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("4 files, 3145732 bytes over 2 instance(s)")
+    big = f"file://{tmp_path}/in/big.csv"
+    shards = [line.split(maxsplit=1)[1] for line in lines if "shard" in line]
+    assert sorted(shards) == [
+        f"{big} shard 1/3 [0, 1048576)",
+        f"{big} shard 2/3 [1048576, 2097152)",
+        f"{big} shard 3/3 [2097152, 3145728)",
+    ]
+
+
+def test_bt_agent_status_shows_each_shards_file_range_instance_and_state() -> None:
+    listed = files(3 * MIB)
+    sharding = shard_files(listed, job(ShardSizeMB=1), StateLayout(STATE))
+    first, second, _ = sharding.shards[listed[0].id]
+    record = FileRecord(
+        Input=str(first.uri),
+        InputETag='"e0"',
+        SettingsHash="h",
+        Status="Completed",
+        RunId="r",
+        Instance="host:1 (instance 0 of 2)",
+        Output=str(first.output),
+        Shard=first.shard.name if first.shard else None,
+    )
+    lease = {"Input": f"{second.uri} [1048576, 2097152)", "Instance": "host:2"}
+    lines = shard_lines(sharding, {record.id: record}, [lease], "r")
+    assert lines == [
+        "  shards of 1 file(s):",
+        "    s3://b/in/f0: 3 shards",
+        "      1/3 [0, 1048576): Completed by host:1 (instance 0 of 2)",
+        "      2/3 [1048576, 2097152): in progress on host:2",
+        "      3/3 [2097152, 3145728): to do",
+    ]
