@@ -346,7 +346,9 @@ class ReplicaSet:
             try:
                 answer = await replica.client.invoke(body, what=what)
             except (ModelExitedError, ReplicaUnreachable) as error:
-                if not self.many:
+                if not self.many or self._closing:
+                    # Closing: ``_down`` does nothing then, so the replica would stay up
+                    # and be picked again; the request fails with the replica's error.
                     raise
                 self._down(replica, error)
                 continue
