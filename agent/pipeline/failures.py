@@ -12,6 +12,7 @@ import contextlib
 from types import TracebackType
 
 from agent._compat import BytesLike
+from agent.coordination.claim import Claim
 from agent.job import DataUri
 from agent.pipeline.ordering import Assembler
 from agent.pipeline.requests import Answered, FailedRecord
@@ -122,3 +123,23 @@ class Sinks:
         for failed in answer.failed:
             await self.errors.add(failed)
             self.result.failed_records += 1
+
+
+def open_outputs(sink: Store, claim: Claim, kms_key_id: str | None) -> tuple[Upload, ErrorsFile]:
+    """A claim's ``.out`` upload and its errors file (opened at its first line), with the
+    claim's metadata and upload records: what every file's work writes into."""
+    assert claim.output is not None
+    upload = sink.open_upload(
+        claim.output.key,
+        kms_key_id=kms_key_id,
+        metadata=claim.metadata or None,
+        on_upload_id=claim.on_upload_id,
+    )
+    errors = ErrorsFile(
+        sink,
+        claim.errors_output,
+        kms_key_id=kms_key_id,
+        metadata=claim.metadata or None,
+        on_upload_id=claim.on_errors_upload_id,
+    )
+    return upload, errors

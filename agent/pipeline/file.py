@@ -44,7 +44,7 @@ from agent.job import JobSettings
 from agent.model.client import Invoker, ModelExitedError
 from agent.model.replicas import NoReplicaLeft
 from agent.pipeline.bodies import BodyReader, UnboundedBody, chain
-from agent.pipeline.failures import ErrorsFile, FailureLimit, Sinks
+from agent.pipeline.failures import FailureLimit, Sinks, open_outputs
 from agent.pipeline.lines import RecordSpan
 from agent.pipeline.ordering import Assembler, ReorderBudget, RequestOrder
 from agent.pipeline.outcomes import FileFailed, first_cause, message, settled
@@ -298,19 +298,7 @@ class Pipeline:
             return
         source = await self.stores.get(item.uri)
         sink = await self.stores.get(out)
-        upload = sink.open_upload(
-            out.key,
-            kms_key_id=s.kms_key_id,
-            metadata=claim.metadata or None,
-            on_upload_id=claim.on_upload_id,
-        )
-        errors = ErrorsFile(
-            sink,
-            claim.errors_output,
-            kms_key_id=s.kms_key_id,
-            metadata=claim.metadata or None,
-            on_upload_id=claim.on_errors_upload_id,
-        )
+        upload, errors = open_outputs(sink, claim, s.kms_key_id)
         async with upload, errors:
             sinks = Sinks(Assembler(upload.write, s.assemble_with), errors, result)
             await self._transform(item, item.info, source, sinks, result, reading)

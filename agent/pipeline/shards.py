@@ -20,7 +20,7 @@ import orjson
 from agent.coordination.claim import Claim
 from agent.coordination.lease import ClaimLost
 from agent.coordination.records import FileRecord
-from agent.pipeline.failures import ErrorsFile
+from agent.pipeline.failures import ErrorsFile, open_outputs
 from agent.pipeline.outcomes import FileFailed
 from agent.results import COMPLETED, FileResult
 from agent.split import StartFinder
@@ -122,19 +122,7 @@ class ShardAssembly:
         chain = await self.proven()
         claim, result = self.claim, self.result
         sink = await self.stores.get(self.output)
-        upload = sink.open_upload(
-            self.output.key,
-            kms_key_id=self.kms,
-            metadata=claim.metadata or None,
-            on_upload_id=claim.on_upload_id,
-        )
-        errors = ErrorsFile(
-            sink,
-            claim.errors_output,
-            kms_key_id=self.kms,
-            metadata=claim.metadata or None,
-            on_upload_id=claim.on_errors_upload_id,
-        )
+        upload, errors = open_outputs(sink, claim, self.kms)
         async with upload, errors:
             base = 0
             for unit, record in zip(self.shards, chain, strict=True):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ from agent.cli.app import main
 from agent.coordination.identity import IdentityError, resolve_identity
 from agent.coordination.plan import format_plan, largest_first, static_plan
 from agent.job.types import DataUri
-from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo
 
 
@@ -220,14 +217,6 @@ def test_format_plan_marks_completed_files() -> None:
 
 
 # ---------------------------------------------------------------------- bt-agent plan
-
-
-@pytest.fixture
-def _reset_logging() -> Iterator[None]:
-    """``main`` points the ``agent`` logger at this test's stderr; undo that afterwards."""
-    yield
-    setup_logging()
-    logging.getLogger("agent").handlers.clear()
 
 
 @pytest.mark.usefixtures("_reset_logging")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from agent.coordination.records import FileRecord, _parse
 from agent.coordination.shards import shard_files
 from agent.coordination.state import StateLayout
 from agent.job import DataUri, JobError, JobSettings, parse_job
-from agent.log import setup_logging
 from agent.storage import InputFile, ObjectInfo, file_id, name_outputs
 
 MIB = 1 << 20
@@ -119,14 +117,6 @@ def test_a_shards_record_is_its_own_and_says_where_its_records_began_and_ended()
     assert record.id == f"{file_id('s3://b/in/f0')}.5-9"
     where = STATE.join("done", f"{record.id}.json")
     assert _parse(where.key, record.to_json(), where) == [(record.id, record)]
-
-
-@pytest.fixture
-def _reset_logging() -> Iterator[None]:
-    """``main`` points the ``agent`` logger at this test's stderr; undo that afterwards."""
-    yield
-    setup_logging()
-    logging.getLogger("agent").handlers.clear()
 
 
 @pytest.mark.usefixtures("_reset_logging")
