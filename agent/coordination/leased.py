@@ -59,7 +59,7 @@ class LeaseCoordinator(Coordinator):
         # once all its shards are final (README "Shards").
         units = [*largest_first(files), *self.sharding.files.values()]
         self.todo = [f for f in units if f.id not in self.final]
-        log.info("%d of %d units to do, claimed by lease", len(self.todo), len(units))
+        log.info("%d of %d files to do, claimed by lease", len(self.todo), len(units))
         outputs = (item.output for item in self.todo if item.output is not None)
         self.leftovers = await LeftoverUploads.find(self.stores, self.job.output.uri, outputs)
 

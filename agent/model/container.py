@@ -241,6 +241,10 @@ async def stop_container(
             " ".join(argv),
         )
         return
+    except asyncio.CancelledError:
+        # Cancelled while the engine was being started: asyncio kills what it started.
+        _warn_stopped(argv, "was cancelled", runtime, name)
+        raise
     try:
         _, output = await asyncio.wait_for(process.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError) as stopped:
@@ -252,13 +256,7 @@ async def stop_container(
             if isinstance(stopped, TimeoutError)
             else "was cancelled"
         )
-        log.warning(
-            "`%s` %s; the container may still run: check with `%s ps --filter name=%s`",
-            " ".join(argv),
-            how,
-            os.path.basename(runtime),
-            name,
-        )
+        _warn_stopped(argv, how, runtime, name)
         if isinstance(stopped, asyncio.CancelledError):
             raise
         return
@@ -277,3 +275,13 @@ async def stop_container(
             os.path.basename(runtime),
             name,
         )
+
+
+def _warn_stopped(argv: list[str], how: str, runtime: str, name: str) -> None:
+    log.warning(
+        "`%s` %s; the container may still run: check with `%s ps --filter name=%s`",
+        " ".join(argv),
+        how,
+        os.path.basename(runtime),
+        name,
+    )
