@@ -8,6 +8,7 @@ import argparse
 import logging
 import sys
 
+from agent.coordination.shards import why_not_sharded
 from agent.errors import ExitCode
 from agent.job import (
     JobError,
@@ -160,6 +161,7 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
             else "not checked (RequireLinePerRecord false)",
         ),
         ("failed records", _isolation(job)),
+        ("shards", _shards(job)),
         ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
         (
             "processing",
@@ -201,6 +203,17 @@ def _isolation(job: JobSettings) -> str:
         f"isolated to <name>.errors.jsonl, {allowed} (MaxFailedRecords {limit}); "
         f"{stands} in their place in the output"
     )
+
+
+def _shards(job: JobSettings) -> str:
+    """The validate line for Agent.ShardSizeMB (README "Shards of one big file")."""
+    size = job.agent.shard_size_mb
+    if not size:
+        return "off: each file is one unit of work (ShardSizeMB 0)"
+    reason = why_not_sharded(job)
+    if reason is not None:
+        return f"none: {reason}"
+    return f"files over {size} MiB are cut into shards of about {size} MiB (ShardSizeMB)"
 
 
 def _replicas(job: JobSettings) -> str:
