@@ -346,3 +346,40 @@ def test_a_sharded_out_and_errors_file_equal_the_unsharded_ones(
     assert sharded["sharded/big.out"] == whole["whole/big.out"]
     assert sharded["sharded/big.errors.jsonl"] == whole["whole/big.errors.jsonl"]
     assert len(whole["whole/big.errors.jsonl"].splitlines()) == len(bad)
+
+
+def test_dataprocessing_works_per_shard_and_the_out_is_the_unsharded_one(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    tmp_path: Path,
+) -> None:
+    """InputFilter and JoinSource on CSV records, per shard: the joined ``.out`` of three
+    shards equals the unsharded one."""
+    data = numbered("Line", 40_000, 100)
+    client = s3_server.sync_client()
+    put_objects(client, bucket, {"in/big.csv": data})
+
+    def run(out: str, **agent: Any) -> bytes:
+        job = transform_job(
+            f"dataproc-{out}",
+            f"s3://{bucket}/in/",
+            f"s3://{bucket}/{out}",
+            model_url=record_model.url,
+            split_type="Line",
+            batch_strategy="MultiRecord",
+            assemble_with="Line",
+            max_payload_mb=1,
+            content_type="text/csv",
+            accept="text/csv",
+            agent=agent,
+        )
+        job["DataProcessing"] = {"InputFilter": "$[0]", "JoinSource": "Input"}
+        done = run_in_process(job, tmp_path)
+        assert (done.returncode, done.status) == (0, "Completed"), done.explain()
+        return get_objects(client, bucket, [f"{out}/big.csv.out"])[f"{out}/big.csv.out"]
+
+    whole = run("whole")
+    assert whole.splitlines()[7] == b"<r:000007>,vvvvvvv,000007"
+    assert run("sharded", ShardSizeMB=1) == whole
