@@ -158,6 +158,12 @@ def test_three_static_instances_share_one_big_files_shards_and_write_the_one_ins
     assert not open_uploads(client, bucket)
 
 
+def _range_of(label: str) -> str:
+    """``s3://b/k [s, e)`` -> ``s-e``: a shard's range as it names its output."""
+    start, end = label.rsplit("[", 1)[1].rstrip(")").split(", ")
+    return f"{start}-{end}"
+
+
 def shard_bodies(data: bytes, bounds: list[int], start: int, end: int) -> Counter[str]:
     """The request bodies (their SHA-256) of the shard ``[start, end)`` of ``data``."""
     first = next(b for b in bounds if b >= start)
@@ -236,33 +242,37 @@ def test_a_lease_instance_killed_mid_shard_costs_only_its_shard(
     model: ModelServer,
     tmp_path: Path,
 ) -> None:
-    data, _ = build("RecordIO", 24 * MIB, 5)
+    # Shards of 10 MiB: each shard's output is a multipart upload (parts of 8 MiB), and the
+    # assembly copies them server-side (UploadPartCopy, at least 5 MiB each).
+    data, _ = build("RecordIO", 40 * MIB, 5)
     client = s3_server.sync_client()
     enable_versioning(client, bucket)
     put_objects(client, bucket, {"in/big.rec": data})
     job = job_for(
-        "RecordIO", bucket, model, "out", ShardSizeMB=2, Coordination="Lease", LeaseTTLSeconds=4
+        "RecordIO", bucket, model, "out", ShardSizeMB=10, Coordination="Lease", LeaseTTLSeconds=4
     )
     job["MaxConcurrentTransforms"] = 2
-    model.control(delay_ms=700)  # a shard's two bodies take 0.7 s: a kill lands mid-shard
+    model.control(delay_ms=300)  # a shard's ten bodies take 1.5 s: a kill lands mid-shard
     state = state_prefix(job)
     agents = [
         start_agent(job, tmp_path, args=["--instance-index", str(i), "--instance-count", "3"])
         for i in range(INSTANCES)
     ]
     try:
-        # Kill one instance while it holds a shard's lease (its requests in flight).
+        # Kill one instance while it holds a shard's lease and that shard's upload is open.
         victim = agents[0]
-        held = wait_for(
-            lambda: [
+
+        def victims_open_shard() -> list[str]:
+            uploads = open_uploads(client, bucket)
+            return [
                 lease["Input"]
                 for lease in leases(client, bucket, job)
-                if holder_pid(lease) == victim.pid and "[" in lease["Input"]
-            ],
-            60,
-            "the first instance holding a shard's lease",
-            *agents,
-        )
+                if holder_pid(lease) == victim.pid
+                and "[" in lease["Input"]
+                and any(_range_of(lease["Input"]) in key for key in uploads)
+            ]
+
+        held = wait_for(victims_open_shard, 60, "the first instance's shard upload open", *agents)
         victim.process.stop(grace_seconds=0)  # SIGKILL
         runs = [agent.wait(240) for agent in agents[1:]]
     finally:
