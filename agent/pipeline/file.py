@@ -208,7 +208,14 @@ class Pipeline:
                 # small PUT) need not keep another file from starting.
                 reading.release()
                 open_.release()
-                recorded = await claim.record(result)
+                recording = asyncio.ensure_future(claim.record(result))
+                try:
+                    recorded = await asyncio.shield(recording)
+                except asyncio.CancelledError:
+                    # A stop while the record is being written: it may land, so finish it
+                    # and report what it says (not "stopped" beside a Completed record).
+                    recorded = await recording
+                    raise
             await self._after(claim, result, recorded)
             if unproven and recorded is not None:
                 # Perhaps a false record boundary: the record stands (the file's assembly

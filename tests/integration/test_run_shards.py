@@ -242,17 +242,17 @@ def test_a_lease_instance_killed_mid_shard_costs_only_its_shard(
     model: ModelServer,
     tmp_path: Path,
 ) -> None:
-    # Shards of 10 MiB: each shard's output is a multipart upload (parts of 8 MiB), and the
-    # assembly copies them server-side (UploadPartCopy, at least 5 MiB each).
-    data, _ = build("RecordIO", 40 * MIB, 5)
+    # Three shards of 20 MiB, one an instance: each shard's output is a multipart upload
+    # (parts of 8 MiB), and the assembly copies them server-side (UploadPartCopy).
+    data, _ = build("RecordIO", 60 * MIB, 5)
     client = s3_server.sync_client()
     enable_versioning(client, bucket)
     put_objects(client, bucket, {"in/big.rec": data})
     job = job_for(
-        "RecordIO", bucket, model, "out", ShardSizeMB=10, Coordination="Lease", LeaseTTLSeconds=4
+        "RecordIO", bucket, model, "out", ShardSizeMB=20, Coordination="Lease", LeaseTTLSeconds=4
     )
     job["MaxConcurrentTransforms"] = 2
-    model.control(delay_ms=300)  # a shard's ten bodies take 1.5 s: a kill lands mid-shard
+    model.control(delay_ms=300)  # a shard's 20 bodies take 3 s: its upload is open from 1.2 s
     state = state_prefix(job)
     agents = [
         start_agent(job, tmp_path, args=["--instance-index", str(i), "--instance-count", "3"])
