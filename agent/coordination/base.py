@@ -23,7 +23,10 @@ there is room for it (a claim's lease is renewed from the moment it is won).
 
 This base holds what both strategies share: the completion records read at ``begin``,
 the claims held, a claim's commit rule and metadata, the record of a finished file, the
-job summary at ``finish``, and the release of what the runner left open.
+job summary at ``finish``, and the release of what the runner left open; and, for the
+shards of big files, when a file's assembly is due and the claims for it and for a redo
+(docs/design.md §4.10). That is why it is a little over 400 lines: each of those needs
+the claim rule right above it.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ A file's failure stops that file only: its requests are cancelled and its upload
 so no partial ``.out`` is ever visible; the other files go on. Passing
 ``Agent.MaxFailedRecords`` stops every file in progress (docs/design.md §2.7).
 
-The module is a little over 400 lines because the slot, budget and place protocol above
-is kept in one class, where each acquire can be read beside its release.
+The module is over 500 lines because the slot, budget and place protocol above is kept in
+one class, where each acquire can be read beside its release; a shard (README "Shards of
+one big file") runs through the same class, since its assembly and its redo take the same
+places and slots (the proof and the joining themselves are in ``agent.pipeline.shards``).
 """
 
 from __future__ import annotations
