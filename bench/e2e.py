@@ -17,11 +17,18 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   i  h with 1 bad line in 10,000 (the model answers 400 to it)    MB/s of input
   j  b on 3 model replicas the agent starts (one request at a time  MB/s of input
      each, 100 ms per MiB), against the same agent on 1 replica
+  k  b cut into about 8 shards (Agent.ShardSizeMB), one instance   MB/s of input
+  l  one 2 GiB CSV file (``--l-gib``) on 4 instances, shards of 64  wall seconds, speed-up,
+     MiB (``--l-shard-mb``), each instance starting its own model   the assembly's seconds
+     as in j, against the same job on 1 instance without shards
 
 f, g and h measure features on the data path: read each against b's rows (the same input
 with the feature off). i's agent isolates the bad lines; its ideal reads the same input
 without them (it cannot survive a 400), and the extra requests the agent sent are printed
-against the bound 2·k·log2(n) for k bad records among bodies of n.
+against the bound 2·k·log2(n) for k bad records among bodies of n. k sends at most one
+request more per inner shard edge than the ideal (bodies end at shard edges; the output
+bytes are the same). l (``bench/e2e_shards.py``) prints each run's shards per instance and
+the assembly's seconds, and checks the four instances' ``.out`` against the one's.
 
 Against the ``service`` model (2 ms + 20 ms per MiB, sleeping) the question is whether the
 agent keeps the model busy: throughput ratio agent/ideal ≥ 0.95 (a-c), ≥ 0.9 (d).
@@ -248,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--e-runs", type=int, default=1, help="runs of scenario e (memory, not speed)")
     add("--l-gib", type=float, default=2.0, help="GiB of scenario l's one file")
     add("--l-shard-mb", type=int, default=64, help="ShardSizeMB of scenario l (>= 16 shards)")
+    add("--l-runs", type=int, default=1, help="runs of scenario l (about 5 minutes each)")
     add("--model-args", default="", help="extra flags for both model servers")
     add("--timeout", type=float, default=3600.0, help="seconds one run may take")
     add("--json", metavar="FILE", help="write every measurement to FILE")

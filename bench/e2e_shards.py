@@ -62,9 +62,11 @@ DONE_LINE = re.compile(
 
 
 def shard_mb(bench: Bench) -> int:
-    """ShardSizeMB of scenario l: ``--l-shard-mb``, lowered so the file has >= 16 shards."""
+    """ShardSizeMB of scenario l: ``--l-shard-mb``, lowered so the file has about 16 shards
+    at least (rounded: a 512 MiB file of 100-byte lines is a few bytes short of 512 MiB,
+    and 16 shards of 32 MiB split evenly over 4 instances where 17 of 31 MiB do not)."""
     size_mib = bench.input_bytes["l"] / MIB
-    return max(1, min(int(bench.args.l_shard_mb), int(size_mib // MIN_SHARDS)))
+    return max(1, min(int(bench.args.l_shard_mb), round(size_mib / MIN_SHARDS)))
 
 
 @dataclass
@@ -282,7 +284,7 @@ def run_l(bench: Bench, sc: Scenario) -> ShardRow:
     size = bench.input_bytes[sc.name]
     shards = -(-size // (mb * MIB))
     row = ShardRow(sc.name, mb, size)
-    for run in range(bench.args.runs):
+    for run in range(bench.args.l_runs):
         order = SETUPS if run % 2 == 0 else SETUPS[::-1]
         for which in order:
             row.runs[which].append(run_setup(bench, sc, which, run, mb))
