@@ -278,6 +278,10 @@ def _check(sc: Scenario, run: int, four: ShardMeasure, one: ShardMeasure, shards
         raise RuntimeError(f"{sc.name} run {run}: " + "; ".join(problems))
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
 def run_l(bench: Bench, sc: Scenario) -> ShardRow:
     """Every run of scenario l, checked; prints each run's instances as it ends."""
     mb = shard_mb(bench)
@@ -298,9 +302,9 @@ def run_l(bench: Bench, sc: Scenario) -> ShardRow:
         )
         print(
             f"  {sc.name} run {run}: {shards} shards of {mb} MiB; shards per instance: {shares}; "
-            f"the .out {four.assembly_seconds:.2f} s after the last shard's line (its own line "
-            f"{four.assembly_own_seconds:.2f} s); requests {four.requests} against {one.requests} "
-            f"({four.requests - one.requests:+d}); {four.redone} redone; .out equal "
+            f"the .out {_seconds(four.assembly_seconds)} after the last shard's line (its own "
+            f"line {_seconds(four.assembly_own_seconds)}); requests {four.requests} against "
+            f"{one.requests} ({four.requests - one.requests:+d}); {four.redone} redone; .out equal "
             f"({four.output_bytes} bytes)",
             flush=True,
         )
