@@ -17,11 +17,18 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   i  h with 1 bad line in 10,000 (the model answers 400 to it)    MB/s of input
   j  b on 3 model replicas the agent starts (one request at a time  MB/s of input
      each, 100 ms per MiB), against the same agent on 1 replica
+  k  b cut into about 8 shards (Agent.ShardSizeMB), one instance   MB/s of input
+  l  one 2 GiB CSV file (``--l-gib``) on 4 instances, shards of 64  wall seconds, speed-up,
+     MiB (``--l-shard-mb``), each instance starting its own model   the assembly's seconds
+     as in j, against the same job on 1 instance without shards
 
 f, g and h measure features on the data path: read each against b's rows (the same input
 with the feature off). i's agent isolates the bad lines; its ideal reads the same input
 without them (it cannot survive a 400), and the extra requests the agent sent are printed
-against the bound 2·k·log2(n) for k bad records among bodies of n.
+against the bound 2·k·log2(n) for k bad records among bodies of n. k sends at most one
+request more per inner shard edge than the ideal (bodies end at shard edges; the output
+bytes are the same). l (``bench/e2e_shards.py``) prints each run's shards per instance and
+the assembly's seconds, and checks the four instances' ``.out`` against the one's.
 
 Against the ``service`` model (2 ms + 20 ms per MiB, sleeping) the question is whether the
 agent keeps the model busy: throughput ratio agent/ideal ≥ 0.95 (a-c), ≥ 0.9 (d).
@@ -55,7 +62,17 @@ import orjson
 
 from bench import e2e_setup as setup
 from bench.e2e_report import print_table
-from bench.e2e_run import BUCKET, PIPELINES, Bench, Measure, Row, Scenario, run_once
+from bench.e2e_run import (
+    BUCKET,
+    PIPELINES,
+    Bench,
+    Measure,
+    Row,
+    Scenario,
+    run_once,
+    shard_size_mb,
+)
+from bench.e2e_shards import ShardRow, print_l_table, run_l
 
 MIB, GIB = 1 << 20, 1 << 30
 BAD_EVERY = 10_000  # scenario i: one bad line in this many
@@ -89,6 +106,12 @@ SCENARIOS = (
     Scenario("j", "j", "b on 3 replicas (Agent.ModelReplicas) against 1 replica (the 'ideal' "
              "column)", "Line", "MultiRecord", "text/csv", "MB/s", 2.7, ("service",),
              replicas=3),
+    Scenario("k", "k", "b cut into about 8 shards (Agent.ShardSizeMB) on one instance",
+             "Line", "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"),
+             shard_parts=8),
+    Scenario("l", "l", "one big file on 4 instances with shards, each with its own model, "
+             "against 1 instance without (the 'ideal' column)", "Line", "MultiRecord",
+             "text/csv", "wall s", 3.0, ("service",)),
 )  # fmt: skip
 
 
@@ -109,6 +132,8 @@ def prepare(bench: Bench, scenario: Scenario, stores: set[str]) -> None:
         data = setup.line_records(max(100, round(a.a_records * scale)), 200)
     elif scenario.name == "c":
         data = setup.tfrecord(int(a.mib * MIB * scale))
+    elif scenario.name == "l":
+        data = setup.csv_data(int(a.l_gib * GIB * scale))
     elif scenario.name in ("e1", "e2"):
         data = setup.csv_data(int(a.e_gib * GIB * scale * (1 if scenario.name == "e1" else 2)))
     else:
@@ -117,6 +142,7 @@ def prepare(bench: Bench, scenario: Scenario, stores: set[str]) -> None:
         data.upload(bench.s3, BUCKET, f"{scenario.name}-ideal/in/input.bin")
         data = setup.csv_data(int(a.mib * MIB * scale), bad_every=scenario.bad_every)
     data.upload(bench.s3, BUCKET, f"{scenario.name}/in/input.bin")
+    bench.input_bytes[scenario.name] = data.size
     if "local" in stores:
         data.write(local / "input.bin")
 
@@ -152,6 +178,8 @@ def run_row(bench: Bench, sc: Scenario, model: str, store: str) -> Row:
         agent, ideal = row.runs["agent"][-1], row.runs["ideal"][-1]
         if sc.bad_every:
             _isolation_cost(bench, sc, agent, ideal)
+        elif sc.shard_parts:
+            _shard_requests(bench, sc, model, store, run, agent, ideal)
         elif (agent.output_bytes, agent.requests) != (ideal.output_bytes, ideal.requests):
             raise RuntimeError(
                 f"{sc.name} {model} {store} run {run}: the agent wrote {agent.output_bytes} "
@@ -159,6 +187,32 @@ def run_row(bench: Bench, sc: Scenario, model: str, store: str) -> Row:
                 f"in {ideal.requests}: they did not do the same work"
             )
     return row
+
+
+def _shard_requests(
+    bench: Bench, sc: Scenario, model: str, store: str, run: int, agent: Measure, ideal: Measure
+) -> None:
+    """Check a sharded run against the ideal's and print the requests shard edges cost.
+
+    Bodies end at shard edges (README "Shards of one big file"), so each shard but the last
+    may add one request; the output bytes must be the same.
+    """
+    size = bench.input_bytes[sc.name]
+    shard_bytes = shard_size_mb(size, sc.shard_parts) * MIB
+    shards = -(-size // shard_bytes)
+    extra = agent.requests - ideal.requests
+    if agent.output_bytes != ideal.output_bytes or not 0 <= extra < shards:
+        raise RuntimeError(
+            f"{sc.name} {model} {store} run {run}: the agent wrote {agent.output_bytes} bytes "
+            f"in {agent.requests} requests over {shards} shards, the ideal pipeline "
+            f"{ideal.output_bytes} in {ideal.requests}: they did not do the same work"
+        )
+    print(
+        f"  {sc.name} {model} {store} run {run}: {shards} shards of {shard_bytes // MIB} MiB; "
+        f"the agent sent {agent.requests} requests, the ideal {ideal.requests}: {extra:+d} "
+        f"(at most {shards - 1}, one per inner shard edge)",
+        flush=True,
+    )
 
 
 def _isolation_cost(bench: Bench, sc: Scenario, agent: Measure, ideal: Measure) -> None:
@@ -188,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
     add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
-    add("--only", default="a,b,c,d,e,f,g,h,i,j", help="scenarios to run, e.g. a,b")
+    add("--only", default="a,b,c,d,e,f,g,h,i,j,k,l", help="scenarios to run, e.g. a,b")
     add("--models", default="service,instant", help="model servers to run against")
     add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
     add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")
@@ -199,6 +253,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--d-file-bytes", type=int, default=10 * 1024, help="bytes per file of scenario d")
     add("--e-gib", type=float, default=1.0, help="GiB of the smaller input of scenario e")
     add("--e-runs", type=int, default=1, help="runs of scenario e (memory, not speed)")
+    add("--l-gib", type=float, default=2.0, help="GiB of scenario l's one file")
+    add("--l-shard-mb", type=int, default=64, help="ShardSizeMB of scenario l (>= 16 shards)")
+    add("--l-runs", type=int, default=1, help="runs of scenario l (about 5 minutes each)")
     add("--model-args", default="", help="extra flags for both model servers")
     add("--timeout", type=float, default=3600.0, help="seconds one run may take")
     add("--json", metavar="FILE", help="write every measurement to FILE")
@@ -249,8 +306,15 @@ def main() -> int:
             flush=True,
         )
         rows: list[Row] = []
+        shard_rows: list[ShardRow] = []
         for group in sorted({sc.group for sc in scenarios}):
             members = [sc for sc in scenarios if sc.group == group]
+            if group == "l":  # four instances against one: a table of its own
+                prepare(bench, members[0], {"s3"})
+                shard_rows.append(run_l(bench, members[0]))
+                print_l_table(members[0], shard_rows[-1])
+                setup.delete_prefix(s3, BUCKET, "l/in/")
+                continue
             group_rows: list[Row] = []
             for sc in members:
                 stores = ["s3", "local"] if sc.group in local else ["s3"]
@@ -269,6 +333,7 @@ def main() -> int:
                 "args": vars(args),
                 "startup_cpu_seconds": bench.startup_cpu,
                 "rows": [asdict(row) for row in rows],
+                "shard_rows": [asdict(row) for row in shard_rows],
             }
             Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         print(f"bench.e2e done in {time.monotonic() - began:.0f} s")

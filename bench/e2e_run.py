@@ -26,6 +26,7 @@ import orjson
 from bench import e2e_setup as setup
 
 BUCKET = "bt-bench-e2e"
+MIB = 1 << 20
 PIPELINES = ("agent", "ideal")
 
 
@@ -53,6 +54,9 @@ class Scenario:
     # one request at a time each (a GPU's worth); the "ideal" column is then the same agent
     # job with one replica. 0: the harness's model servers, as in every other scenario.
     replicas: int = 0
+    # Sharding (Agent.ShardSizeMB): the agent's job cuts the input into about this many
+    # shards, ShardSizeMB = max(1, input MiB // shard_parts), at any --scale. 0: off.
+    shard_parts: int = 0
 
 
 @dataclass
@@ -96,6 +100,7 @@ class Bench:
     s3_pid: int
     models: dict[str, setup.BenchModel]
     startup_cpu: dict[str, float] = field(default_factory=dict)
+    input_bytes: dict[str, int] = field(default_factory=dict)  # per scenario, once written
 
     def input_uri(self, name: str, store: str) -> str:
         if store == "s3":
@@ -138,12 +143,16 @@ def _spawn(
     return process.returncode, time.monotonic() - started, cpu, usage.ru_stime
 
 
+def shard_size_mb(input_bytes: int, parts: int) -> int:
+    """The ShardSizeMB that cuts ``input_bytes`` into about ``parts`` shards."""
+    return max(1, round(input_bytes / MIB / parts))
+
+
 REPLICA_MODEL = ["--kind", "service", "--workers", "1", "--base-ms", "2", "--ms-per-mib", "100"]
 
 
-def _agent_argv(
-    bench: Bench, sc: Scenario, model: str, store: str, tag: str, replicas: int = 0
-) -> list[str]:
+def agent_job(bench: Bench, sc: Scenario, model: str, store: str, tag: str) -> dict[str, Any]:
+    """The agent's job file of one run, as a dict."""
     a = bench.args
     job: dict[str, Any] = {
         "TransformJobName": f"bench-{sc.name}",
@@ -165,18 +174,37 @@ def _agent_argv(
     }
     if sc.max_records:
         job["Agent"]["MaxRecordsPerRequest"] = sc.max_records
-    if replicas:
-        port = setup.free_port_block(replicas) + 1
-        job["Agent"]["ModelUrl"] = f"http://127.0.0.1:{port}"
-        job["Agent"]["ModelCommand"] = [
-            sys.executable, "-m", "bench.models", "--host", "127.0.0.1", "--port", "{port}",
-            *REPLICA_MODEL,
-        ]  # fmt: skip
-        job["Agent"]["ModelReplicas"] = replicas
+    if sc.shard_parts:
+        job["Agent"]["ShardSizeMB"] = shard_size_mb(bench.input_bytes[sc.name], sc.shard_parts)
+    return job
+
+
+def replica_models(job: dict[str, Any], port: int, replicas: int) -> None:
+    """Let the agent start ``replicas`` one-at-a-time models (REPLICA_MODEL) from ``port``."""
+    job["Agent"]["ModelUrl"] = f"http://127.0.0.1:{port}"
+    job["Agent"]["ModelCommand"] = [
+        sys.executable, "-m", "bench.models", "--host", "127.0.0.1", "--port", "{port}",
+        *REPLICA_MODEL,
+    ]  # fmt: skip
+    job["Agent"]["ModelReplicas"] = replicas
+
+
+def write_job(bench: Bench, tag: str, job: dict[str, Any]) -> list[str]:
+    """Write ``jobs/<tag>.json``; the agent's argv, its summary going to
+    ``jobs/<tag>.summary.json``."""
     path = bench.root / "jobs" / f"{tag}.json"
     path.write_bytes(orjson.dumps(job, option=orjson.OPT_INDENT_2))
     summary = path.with_suffix(".summary.json")
     return [sys.executable, "-m", "agent", "--job", str(path), "--summary", str(summary)]
+
+
+def _agent_argv(
+    bench: Bench, sc: Scenario, model: str, store: str, tag: str, replicas: int = 0
+) -> list[str]:
+    job = agent_job(bench, sc, model, store, tag)
+    if replicas:
+        replica_models(job, setup.free_port_block(replicas) + 1, replicas)
+    return write_job(bench, tag, job)
 
 
 def _ideal_argv(bench: Bench, sc: Scenario, model: str, store: str, tag: str) -> list[str]:
@@ -208,19 +236,49 @@ def _command(
         rate = [] if {"-r", "--rate"} & set(extra) else ["-r", "200"]  # a rate given wins
         spy = ["py-spy", "record", *rate, "-f", "raw", "-o", str(profile)]
         argv = [*spy, *extra, "--", *argv]
-    env = {**os.environ, **bench.s3_env}
-    cwd = setup.ROOT
     if pipeline == "agent":
-        env.update(item.split("=", 1) for item in bench.args.agent_env)
-        if bench.args.agent_root:  # ``python -m agent`` imports from its working directory
-            cwd = Path(bench.args.agent_root)
+        env, cwd = agent_env_cwd(bench)
+    else:
+        env, cwd = {**os.environ, **bench.s3_env}, setup.ROOT
     return argv, env, cwd
+
+
+def agent_env_cwd(bench: Bench) -> tuple[dict[str, str], Path]:
+    """The agent's environment (``--agent-env``) and working directory (``--agent-root``)."""
+    env = {**os.environ, **bench.s3_env}
+    env.update(item.split("=", 1) for item in bench.args.agent_env)
+    # ``python -m agent`` imports from its working directory
+    cwd = Path(bench.args.agent_root) if bench.args.agent_root else setup.ROOT
+    return env, cwd
+
+
+def is_shard(entry: dict[str, Any]) -> bool:
+    """Whether a summary entry is a shard's (its output under the state prefix's shards/)."""
+    return "/shards/" in str(entry.get("Output", ""))
+
+
+def file_totals(summary: dict[str, Any]) -> dict[str, int]:
+    """The totals of a summary's completed files, shard entries left out.
+
+    With Agent.ShardSizeMB the summary lists each shard this instance did and, for a file
+    it assembled, the file with its shards' totals summed; the head's totals add both.
+    """
+    files = [e for e in summary["Files"] if e["Status"] == "Completed" and not is_shard(e)]
+    return {
+        "FilesCompleted": len(files),
+        **{key: sum(int(e.get(key, 0)) for e in files) for key in TOTALS},
+    }
+
+
+TOTALS = ("Records", "Requests", "InputBytes", "OutputBytes")
 
 
 def _report(bench: Bench, pipeline: str, tag: str, stdout: Path) -> tuple[dict[str, Any], int]:
     """What the program said it did, and how many files it completed."""
     if pipeline == "agent":
         report = orjson.loads((bench.root / "jobs" / f"{tag}.summary.json").read_bytes())
+        if any(is_shard(entry) for entry in report["Files"]):
+            report.update(file_totals(report))
         return report, int(report["FilesCompleted"])
     lines = stdout.read_bytes().splitlines()  # py-spy, when used, writes here too
     report = orjson.loads(next(line for line in reversed(lines) if line.startswith(b"{")))
