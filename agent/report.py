@@ -83,8 +83,13 @@ class JobSummary:
         now = time.monotonic()
         seconds = now - self.started
         flowing = now - self.transform_started if self.transform_started is not None else 0.0
-        done = [f for f in self.files if f.status == COMPLETED]
-        in_bytes = sum(f.input_bytes for f in self.files)
+        # Shards of big files are units of work, not files: the files are the whole ones
+        # and the sharded ones (their .out), and the work this instance did is its whole
+        # files and its shards (an assembled file's counts are its shards', summed).
+        files = [f for f in self.files if f.shard is None]
+        work = [f for f in self.files if not f.shards]
+        done = [f for f in files if f.status == COMPLETED]
+        in_bytes = sum(f.input_bytes for f in work)
         summary: dict[str, Any] = {
             "TransformJobName": self.name,
             "TransformJobStatus": self.status,
@@ -93,20 +98,23 @@ class JobSummary:
             "TransformStartTime": self.started_at,
             "TransformEndTime": self.ended_at,
             "ExecutionParameters": self.execution_parameters,
-            "FilesTotal": len(self.files),
+            "FilesTotal": len(files),
             "FilesCompleted": len(done),
-            "FilesFailed": sum(f.status == FAILED for f in self.files),
-            "Records": sum(f.records for f in self.files),
-            "FailedRecords": sum(f.failed_records for f in self.files),
-            "Requests": sum(f.requests for f in self.files),
+            "FilesFailed": sum(f.status == FAILED for f in files),
+            "Records": sum(f.records for f in work),
+            "FailedRecords": sum(f.failed_records for f in work),
+            "Requests": sum(f.requests for f in work),
             "InputBytes": in_bytes,
-            "OutputBytes": sum(f.output_bytes for f in self.files),
+            "OutputBytes": sum(f.output_bytes for f in work),
             "Seconds": round(seconds, 3),
             "TransformSeconds": round(flowing, 3),
             "InputMBPerSecond": round(in_bytes / 1e6 / flowing, 2) if flowing > 0 else 0.0,
             "PeakRSSBytes": peak_rss_bytes(),
             "Files": None,
         }
+        if shards := [f for f in self.files if f.shard is not None]:
+            summary["Shards"] = len(shards)
+            summary["ShardsCompleted"] = sum(f.status == COMPLETED for f in shards)
         if self.failure_reason:
             summary["FailureReason"] = self.failure_reason
         if self.replicas:

@@ -40,6 +40,8 @@ class FileResult:
     # A shard's proof (README "Shards"): where its first record began and its last ended.
     first_record_at: int | None = None
     last_record_end: int | None = None
+    shard: str | None = None  # a shard's range "<start>-<end>", or None for a whole file
+    shards: int = 0  # a sharded file's assembly: how many shards its .out joins
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -61,6 +63,8 @@ class FileResult:
             self.output_etag,
             self.error,
             self.failed_records,
+            shard=self.shard,
+            shards=self.shards,
         )
 
 
@@ -76,6 +80,9 @@ def file_entry(
     output_etag: str | None,
     error: str | None,
     failed_records: int = 0,
+    *,
+    shard: str | None = None,
+    shards: int = 0,
 ) -> dict[str, Any]:
     """A file's entry in the runner's summary (from a ``FileResult`` or a completion record)."""
     entry: dict[str, Any] = {
@@ -94,6 +101,10 @@ def file_entry(
         entry["FailedRecords"] = failed_records
     if error:
         entry["FailureReason"] = error
+    if shard is not None:
+        entry["Shard"] = shard
+    if shards:
+        entry["Shards"] = shards
     return entry
 
 
@@ -116,4 +127,8 @@ class FileOutcome(Protocol):
     def error(self) -> str | None: ...
     @property
     def failed_records(self) -> int: ...
+    @property
+    def shard(self) -> str | None: ...
+    @property
+    def shards(self) -> int: ...
     def as_json(self) -> dict[str, Any]: ...

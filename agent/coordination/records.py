@@ -118,7 +118,17 @@ class FileRecord:
             self.OutputETag,
             self.FailureReason,
             self.FailedRecords,
+            shard=self.Shard,
+            shards=self.Shards,
         )
+
+    @property
+    def shard(self) -> str | None:
+        return self.Shard
+
+    @property
+    def shards(self) -> int:
+        return self.Shards
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a flat dict (every field is a plain value: no deep copy needed)."""

@@ -153,7 +153,7 @@ class Pipeline:
 
             def follow(claim: Claim) -> None:
                 item = claim.item
-                result = FileResult(str(item.uri), str(claim.output or item.uri))
+                result = _result_for(claim)
                 results.append(result)
                 group.create_task(when_room(claim, result, len(results) - 1))
 
@@ -162,7 +162,7 @@ class Pipeline:
             try:
                 async for claim in claims:
                     item = claim.item
-                    result = FileResult(str(item.uri), str(claim.output or item.uri))
+                    result = _result_for(claim)
                     index = len(results)
                     results.append(result)
                     if self.fatal is not None:
@@ -326,7 +326,7 @@ class Pipeline:
     async def _redo(self, claim: Claim) -> FileResult:
         """A shard done again inside its file's assembly (``ShardAssembly.proven``)."""
         item = claim.item
-        result = FileResult(str(item.uri), str(claim.output or item.uri))
+        result = _result_for(claim)
         async with claim:
             try:
                 await self._transform_file(claim, result, _Place(asyncio.Semaphore(1)))
@@ -542,3 +542,13 @@ class Pipeline:
 def _unproven(item: InputFile) -> bool:
     """Whether ``item`` is a shard whose first record boundary was found, not known."""
     return item.shard is not None and item.shard.index > 0 and item.shard.begin is None
+
+
+def _result_for(claim: Claim) -> FileResult:
+    """A new result for ``claim``'s unit: a whole file, a shard, or a sharded file's
+    assembly (the summary counts each kind apart)."""
+    item = claim.item
+    result = FileResult(str(item.uri), str(claim.output or item.uri))
+    result.shard = None if item.shard is None else item.shard.name
+    result.shards = 0 if claim.shards is None else len(claim.shards)
+    return result

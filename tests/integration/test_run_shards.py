@@ -137,6 +137,13 @@ def test_three_static_instances_share_one_big_files_shards_and_write_the_one_ins
     # Every instance did a fair share of the 12 shards (LPT over equal shards: 4 each).
     done = [len(shard_entries(run)) for run in runs]
     assert sum(done) >= 12 and min(done) >= 3, done
+    # Each instance's own summary counts its shards apart from its files, and its work
+    # once: the shards' bytes add up to the file (Line: no shard is ever done again).
+    for run, shards in zip(runs, done, strict=True):
+        assert run.summary is not None and run.summary["Shards"] == shards
+        assert run.summary["FilesTotal"] == len(run.summary["Files"]) - shards
+    if split_type == "Line":
+        assert sum(run.summary["InputBytes"] for run in runs if run.summary) == len(data)
     log = "".join(run.log for run in runs)
     assembled = [run for run in runs if f"out/{key}.out" in str(run.summary)]
     assert assembled, "no instance assembled the .out"
