@@ -152,7 +152,6 @@ class Pipeline:
                 await self._file(claim, result, results, index)
 
             def follow(claim: Claim) -> None:
-                item = claim.item
                 result = _result_for(claim)
                 results.append(result)
                 group.create_task(when_room(claim, result, len(results) - 1))
