@@ -31,6 +31,7 @@ log = logging.getLogger("agent.run")
 # How long a record may be where the start of a TFRecord shard is looked for, when
 # MaxPayloadInMB sets no bound (a longer one is missed there and found by the proof).
 UNBOUNDED_RECORD_BYTES = 64 << 20
+START_WINDOW_BYTES = 1 << 20  # the first read looking for a shard's start
 
 
 async def find_start(
@@ -38,11 +39,19 @@ async def find_start(
 ) -> int:
     """The first record boundary at or after ``at`` (the object's size when none)."""
     finder = StartFinder(split_type, at, info.size, max_record or UNBOUNDED_RECORD_BYTES)
-    async with source.read(info, finder.read_from) as reader:
-        async for chunk in reader:
-            found = finder.feed(chunk)
-            if found is not None:
-                return found
+    if finder.boundary is not None:
+        return finder.boundary
+    # Read in windows that double from 1 MiB: the boundary is usually within a record of
+    # ``at``, and one open-ended read would fetch (and read ahead) far more than that.
+    begin, window = finder.read_from, START_WINDOW_BYTES
+    while begin < info.size:
+        end = min(info.size, begin + window)
+        async with source.read(info, begin, end) as reader:
+            async for chunk in reader:
+                found = finder.feed(chunk)
+                if found is not None:
+                    return found
+        begin, window = end, min(2 * window, UNBOUNDED_RECORD_BYTES)
     return finder.finish()
 
 
