@@ -34,6 +34,7 @@ from tests.support.multirun import (
 from tests.support.record_model import RecordModel, token
 from tests.support.runjob import (
     MIB,
+    Agent,
     AgentRun,
     file_bytes,
     get_objects,
@@ -257,15 +258,18 @@ def test_a_lease_instance_killed_mid_shard_costs_only_its_shard(
     job["MaxConcurrentTransforms"] = 2
     model.control(delay_ms=300)  # a shard's 20 bodies take 3 s: its upload is open from 1.2 s
     state = state_prefix(job)
-    agents = [
-        start_agent(job, tmp_path, args=["--instance-index", str(i), "--instance-count", "3"])
-        for i in range(INSTANCES)
-    ]
+
+    def start(index: int) -> Agent:
+        args = ["--instance-index", str(index), "--instance-count", "3"]
+        return start_agent(job, tmp_path, args=args)
+
+    # The victim starts first and holds shards before the others come (else two fast
+    # instances may claim every shard); it is killed well into one, upload open.
+    agents = [start(0)]
     try:
-        # Kill one instance well into a shard (its multipart upload open).
         victim = agents[0]
 
-        def victims_shard_under_way() -> list[str]:
+        def victims_shard_under_way(renewals: int) -> list[str]:
             # Renewed twice (every TTL/6): about 1.3 s into the shard, 8 MiB and more of
             # its output sent, so its multipart upload is open.
             return [
@@ -273,11 +277,13 @@ def test_a_lease_instance_killed_mid_shard_costs_only_its_shard(
                 for lease in leases(client, bucket, job)
                 if holder_pid(lease) == victim.pid
                 and "[" in lease["Input"]
-                and int(lease.get("Renewal", 0)) >= 2
+                and int(lease.get("Renewal", 0)) >= renewals
             ]
 
+        wait_for(lambda: victims_shard_under_way(0), 60, "the first instance's shard", victim)
+        agents += [start(1), start(2)]
         held = wait_for(
-            victims_shard_under_way, 60, "the first instance's shard under way", *agents
+            lambda: victims_shard_under_way(2), 60, "the first instance's shard under way", *agents
         )
         victim.process.stop(grace_seconds=0)  # SIGKILL
         runs = [agent.wait(240) for agent in agents[1:]]
