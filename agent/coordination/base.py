@@ -55,12 +55,12 @@ from agent.coordination.identity import Identity
 from agent.coordination.lease import HeldLease, Holder
 from agent.coordination.listing import Listing
 from agent.coordination.records import FileRecord, RecordCache, completed
-from agent.coordination.shards import Sharding
+from agent.coordination.shards import Sharding, shard_unit
 from agent.coordination.state import StateLayout, now_iso, write_summary
 from agent.coordination.summary import summary_head, summary_pieces
 from agent.job import DataUri, JobSettings
 from agent.results import COMPLETED, FileResult
-from agent.storage import InputFile, Shard, StorageError, Store, Stores, errors_uri
+from agent.storage import InputFile, StorageError, Store, Stores, errors_uri
 
 log = logging.getLogger("agent.coordinate")
 
@@ -308,15 +308,7 @@ class Coordinator(ABC):
         """A claim to do ``unit`` (a shard) again from ``begin``, where the shard before it
         was proven to end, inside its file's assembly (README "Shards")."""
         assert unit.shard is not None
-        shard = unit.shard
-        again = InputFile(
-            unit.uri,
-            unit.relative_key,
-            unit.info,
-            unit.manifest_index,
-            shard=Shard(shard.index, shard.count, shard.start, shard.end, begin),
-        )
-        object.__setattr__(again, "output", unit.output)
+        again = shard_unit(unit, replace(unit.shard, begin=begin), unit.output)
         claim = await self._claim(again, None)
         assert claim is not None  # a shard's output is never recorded without its proof
         claim.in_assembly = True

@@ -54,12 +54,6 @@ class StaticPlan:
         return self.shares[index] if index < len(self.shares) else Share(index, (), 0)
 
 
-def file_size(item: InputFile) -> int:
-    """The bytes a file (or a shard: its range) weighs in the plan; a missing manifest
-    entry weighs nothing."""
-    return item.weight
-
-
 def largest_first(files: Sequence[InputFile]) -> list[InputFile]:
     """Files (and shards) by size, largest first, ties broken by URI, then by a shard's
     place in its file: the order LPT needs."""
@@ -89,9 +83,9 @@ def static_plan(files: Sequence[InputFile], count: int) -> StaticPlan:
     for item in largest_first(files):
         load, number, index = heapq.heappop(heap)
         assigned[index].append(item)
-        heapq.heappush(heap, (load + file_size(item), number + 1, index))
+        heapq.heappush(heap, (load + item.weight, number + 1, index))
     shares = tuple(
-        Share(index, tuple(chosen), sum(file_size(item) for item in chosen))
+        Share(index, tuple(chosen), sum(item.weight for item in chosen))
         for index, chosen in enumerate(assigned)
     )
     return StaticPlan(shares, count)
@@ -116,7 +110,7 @@ def format_plan(plan: StaticPlan, *, done: frozenset[str] = frozenset()) -> list
             if (shard := item.shard) is not None:
                 mark = f" shard {shard.index + 1}/{shard.count} [{shard.start}, {shard.end})"
                 mark += " (completed)" if item.id in done else ""
-            lines.append(f"  {file_size(item):>14}  {item.uri}{mark}")
+            lines.append(f"  {item.weight:>14}  {item.uri}{mark}")
     idle = plan.count - len(plan.shares)
     if idle == 1:
         lines.append(f"instance {plan.count - 1}: 0 files, 0 bytes")

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agent.coordination.state import StateLayout
-from agent.job import JobSettings
+from agent.job import DataUri, JobSettings
+from agent.split import SHARDABLE_SPLIT_TYPES
 from agent.storage import InputFile, Shard
 
 log = logging.getLogger("agent.coordinate")
-
-SHARDABLE = ("Line", "RecordIO", "TFRecord")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +32,11 @@ class Sharding:
     shards: dict[str, tuple[InputFile, ...]] = field(default_factory=dict)  # by file id
     files: dict[str, InputFile] = field(default_factory=dict)  # the sharded files, by id
 
-    def of(self, unit: InputFile) -> tuple[InputFile, ...]:
-        """The shards of ``unit``'s file (``()`` when it is not sharded)."""
-        return self.shards.get(unit.file, ())
-
 
 def why_not_sharded(job: JobSettings) -> str | None:
     """Why no file of ``job`` is sharded although ``ShardSizeMB`` is set, or ``None``."""
     split_type = job.input.split_type
-    if split_type not in SHARDABLE:
+    if split_type not in SHARDABLE_SPLIT_TYPES:
         return (
             f"SplitType {split_type}: a file is one record, and a record is never cut; "
             "Agent.ShardSizeMB is ignored"
@@ -65,13 +60,17 @@ def cut(item: InputFile, shard_bytes: int, layout: StateLayout) -> tuple[InputFi
         return ()
     count = -(-size // shard_bytes)
     edges = [size * k // count for k in range(count + 1)]
-    shards = []
-    for k in range(count):
-        shard = Shard(k, count, edges[k], edges[k + 1])
-        unit = InputFile(item.uri, item.relative_key, info, item.manifest_index, shard=shard)
-        object.__setattr__(unit, "output", layout.shard_output(item.id, shard.name))
-        shards.append(unit)
-    return tuple(shards)
+    shards = (Shard(k, count, edges[k], edges[k + 1]) for k in range(count))
+    return tuple(
+        shard_unit(item, shard, layout.shard_output(item.id, shard.name)) for shard in shards
+    )
+
+
+def shard_unit(item: InputFile, shard: Shard, output: DataUri | None) -> InputFile:
+    """The unit of work that is ``shard`` of ``item``'s object, writing to ``output``."""
+    unit = InputFile(item.uri, item.relative_key, item.info, item.manifest_index, shard=shard)
+    object.__setattr__(unit, "output", output)
+    return unit
 
 
 def shard_files(files: Sequence[InputFile], job: JobSettings, layout: StateLayout) -> Sharding:
