@@ -322,8 +322,9 @@ class Pipeline:
                     result.output_bytes = sinks.assembler.bytes_written
                     result.errors_etag = claim.errors_etag
 
-    async def _redo(self, claim: Claim) -> FileResult:
-        """A shard done again inside its file's assembly (``ShardAssembly.proven``)."""
+    async def _redo(self, claim: Claim) -> FileRecord | None:
+        """A shard done again inside its file's assembly (``ShardAssembly.proven``): its
+        new record, Completed or Failed."""
         item = claim.item
         result = _result_for(claim)
         async with claim:
@@ -334,8 +335,7 @@ class Pipeline:
                 raise  # another instance assembles the file too and was first: it goes on
             except Exception as error:
                 result.finish(FAILED, message(item, error))
-            await claim.record(result)
-        return result
+            return await claim.record(result)
 
     async def _transform(
         self,

@@ -55,7 +55,7 @@ async def find_start(
     return finder.finish()
 
 
-Redo = Callable[[Claim], Awaitable[FileResult]]
+Redo = Callable[[Claim], Awaitable[FileRecord | None]]
 
 
 class ShardAssembly:
@@ -101,14 +101,8 @@ class ShardAssembly:
                     end,
                     end,
                 )
-                again = await coordinator.redo_claim(unit, end)
-                done = await self.redo(again)
-                if done.status != COMPLETED or done.last_record_end is None:
-                    raise FileFailed(f"{self.item.uri}: {self._which(unit)}: {done.error}")
-                self.result.requests += done.requests
-                refreshed = await coordinator.shard_records(self.item.id)
-                record = refreshed[unit.shard.index if unit.shard else 0]
-                if record is None or record.FirstRecordAt != end:
+                record = await self.redo(await coordinator.redo_claim(unit, end))
+                if record is None:
                     raise FileFailed(f"{self.item.uri}: {self._which(unit)} was not recorded")
             if record.Status != COMPLETED:
                 raise FileFailed(
