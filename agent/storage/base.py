@@ -145,6 +145,17 @@ class InputError(UsageError, ValueError):
 # ----------------------------------------------------------------------------- messages
 
 
+def changed_before_append(
+    source: str, how: str, info: ObjectInfo, target: str
+) -> ObjectChangedError:
+    """An object to append (``info``, at ``source``) that ``how`` ("changed", "was
+    deleted") since it was listed: nothing of ``target`` was written."""
+    return ObjectChangedError(
+        f"{source} {how} after it was listed (listed ETag {info.etag}, {info.size} bytes), so "
+        f"it was not appended to {target}, which was not written"
+    )
+
+
 def appending_error(error: StorageError, source: str, target: str) -> StorageError:
     """``error`` of reading ``source`` for an append, as the same kind of error that also
     names the upload it was for."""

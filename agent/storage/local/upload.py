@@ -34,6 +34,7 @@ from agent.storage.base import (
     Store,
     Upload,
     UploadIdCallback,
+    changed_before_append,
 )
 
 _FLUSH_BYTES = 1 << 20  # small writes are gathered into one write call of this size
@@ -322,10 +323,7 @@ def _copy_into(file: BinaryIO, info: ObjectInfo, target: str) -> None:
     """Append the local file ``info`` to ``file``, refusing another version of it."""
 
     def changed(how: str) -> ObjectChangedError:
-        return ObjectChangedError(
-            f"file://{info.key} {how} after it was listed (it was {info.size} bytes, version "
-            f"{info.etag}), so it was not appended to {target}, which was not written"
-        )
+        return changed_before_append(f"file://{info.key}", how, info, target)
 
     try:
         source = open(info.key, "rb", buffering=0)

@@ -30,7 +30,6 @@ from typing import Any
 from agent._compat import BytesLike
 from agent.storage.base import (
     MAX_PARTS,
-    ObjectChangedError,
     ObjectInfo,
     ObjectNotFoundError,
     PreconditionFailed,
@@ -39,6 +38,7 @@ from agent.storage.base import (
     Store,
     Upload,
     UploadIdCallback,
+    changed_before_append,
     min_part_size,
     part_size,
 )
@@ -300,10 +300,7 @@ class S3Upload(Upload):
             )
         except (PreconditionFailed, ObjectNotFoundError) as error:
             how = "changed" if isinstance(error, PreconditionFailed) else "was deleted"
-            raise ObjectChangedError(
-                f"{source} {how} after it was listed (listed ETag {info.etag}, {info.size} "
-                f"bytes), so it was not appended to {self.uri}, which was not written"
-            ) from error
+            raise changed_before_append(source, how, info, self.uri) from error
         self._parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
 
     async def commit(self, *, if_none_match: bool = False, if_match: str | None = None) -> str:
