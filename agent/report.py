@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from agent import metrics
 from agent.redact import scrub
 from agent.results import COMPLETED, FAILED, IN_PROGRESS, LOST, FileOutcome, FileResult
 
@@ -41,6 +42,82 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+class Phases:
+    """Where a run's time went (README "Where the time goes"): the moments each phase
+    began and ended, on the monotonic clock, read as seconds by ``as_json``.
+
+    Listing and the model's start-up run side by side, so their seconds may overlap; the
+    first request, transforming and committing follow each other.
+    """
+
+    __slots__ = (
+        "started",
+        "listing",
+        "listed",
+        "model",
+        "ready",
+        "first_request",
+        "last_answer",
+        "ended",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.listing: float | None = None  # the listing began
+        self.listed: float | None = None  # … and was taken
+        self.model: float | None = None  # the model command started (or /ping was first asked)
+        self.ready: float | None = None  # the first 200 from every replica's /ping
+        self.first_request: float | None = None  # the first /invocations request went out
+        self.last_answer: float | None = None  # the last answer came back
+        self.ended: float | None = None  # the run's end
+
+    def request_sent(self) -> None:
+        if self.first_request is None:
+            self.first_request = time.monotonic()
+
+    def answered(self) -> None:
+        self.last_answer = time.monotonic()
+
+    def seconds(self) -> dict[str, float | None]:
+        """Each phase's seconds, ``None`` for a phase the run never reached."""
+        end = self.ended if self.ended is not None else time.monotonic()
+
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round(max(b - a, 0.0), 3)
+
+        transforming = span(self.first_request, self.last_answer)
+        after = self.last_answer if self.last_answer is not None else self.ready
+        return {
+            "ListingSeconds": span(self.listing, self.listed),
+            "ModelStartupSeconds": span(self.model, self.ready),
+            "FirstRequestSeconds": span(self.started, self.first_request),
+            "TransformingSeconds": transforming,
+            "CommittingSeconds": span(after, end) if self.first_request is not None else None,
+            "TotalSeconds": span(self.started, end),
+        }
+
+    def sentence(self) -> str:
+        """The phases in one sentence, for the log line that ends the run."""
+        s = self.seconds()
+        parts: list[str] = []
+        if s["ListingSeconds"] is not None:
+            parts.append(f"listing took {s['ListingSeconds']:.2f} s")
+        if s["ModelStartupSeconds"] is not None:
+            parts.append(
+                f"the model answered /ping {s['ModelStartupSeconds']:.2f} s after it started"
+                + (" (alongside the listing)" if parts else "")
+            )
+        if s["FirstRequestSeconds"] is not None:
+            parts.append(f"the first request went out at {s['FirstRequestSeconds']:.2f} s")
+            parts.append(
+                f"transforming took {s['TransformingSeconds'] or 0.0:.2f} s and committing "
+                f"{s['CommittingSeconds'] or 0.0:.2f} s"
+            )
+        else:
+            parts.append("no request was sent")
+        return f"{'; '.join(parts)}; {s['TotalSeconds']:.2f} s in all"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -61,6 +138,10 @@ class JobSummary:
     instance: str | None = None  # this instance's identity and where it came from
     job_status: str | None = None  # the whole job's, when this instance wrote its summary
     replicas: list[dict[str, Any]] = field(default_factory=list)  # with several replicas
+    phases: Phases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.phases = Phases(self.started)
 
     def begin_transform(self) -> None:
         """The model is ready; throughput counts from here, not from start-up."""
@@ -70,6 +151,7 @@ class JobSummary:
         self.status = status
         self.failure_reason = failure_reason
         self.ended_at = _now()
+        self.phases.ended = time.monotonic()
 
     def as_json(self) -> dict[str, Any]:
         """The whole summary, per-file entries included."""
@@ -110,6 +192,7 @@ class JobSummary:
             "TransformSeconds": round(flowing, 3),
             "InputMBPerSecond": round(in_bytes / 1e6 / flowing, 2) if flowing > 0 else 0.0,
             "PeakRSSBytes": peak_rss_bytes(),
+            "Phases": self.phases.seconds(),
             "Files": None,
         }
         if shards := [f for f in self.files if f.shard is not None]:
@@ -147,6 +230,9 @@ class Progress:
         """Records and input bytes just sent; redraws the bar at most four times a second."""
         self.records += records
         self.bytes += nbytes
+        counts = metrics.current()
+        counts.records_read.inc(records)
+        counts.input_bytes.inc(nbytes)
         if self.tty:
             now = time.monotonic()
             if now - self._drawn >= self.REDRAW_SECONDS:
@@ -156,6 +242,10 @@ class Progress:
     def file_done(self, result: FileResult) -> None:
         self.files_done += 1
         self.failed_records += result.failed_records
+        if not result.shards:  # an assembled file's records are its shards', counted there
+            kept = result.records - result.failed_records  # failed ones: counted as they fail
+            outcome = "transformed" if result.status == COMPLETED else "unfinished"
+            metrics.current().records.labels(outcome=outcome).inc(kept)
         if self.tty:
             self._draw()
             if result.status != COMPLETED:

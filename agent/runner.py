@@ -16,22 +16,28 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from agent import metrics
 from agent.coordination.factory import open_coordinator
-from agent.coordination.identity import IdentityError, resolve_identity
+from agent.coordination.identity import Identity, IdentityError, resolve_identity
 from agent.coordination.lease import ConditionalWritesUnsupported, LeaseSettings
 from agent.coordination.records import SettingsMismatch
 from agent.errors import EXIT_BY_SIGNAL, BtAgentError, ExitCode
 from agent.job import JobSettings, ModelDefinition, settings_hash
 from agent.jsonstream import document_pieces
 from agent.log import LogFormat
+from agent.metrics import Metrics
+from agent.metrics.serve import MetricsPortError, MetricsServer, Pusher
 from agent.model.artifacts import ArtifactError, default_model_dir, fetch_artifacts
 from agent.model.client import (
+    Invoker,
     ModelError,
+    RequestBody,
     format_execution_parameters,
     resolve_execution_parameters,
 )
@@ -39,9 +45,10 @@ from agent.model.process import ModelCommandError
 from agent.model.replicas import ReplicaSet
 from agent.pipeline import Pipeline, PipelineSettings
 from agent.redact import Redactor, install, secrets_of
-from agent.report import JobSummary, Progress
+from agent.report import JobSummary, Phases, Progress
 from agent.results import COMPLETED, FAILED, STOPPED, FileResult
 from agent.storage import InputError, InputFile, StorageError, open_stores
+from agent.watching import Watched
 
 log = logging.getLogger("agent.run")
 
@@ -111,6 +118,8 @@ async def _wait(task: asyncio.Task[int]) -> int:
 
 
 async def _main(options: RunOptions, summary: JobSummary, received: list[signal.Signals]) -> int:
+    """Identity, then the run, watched by ``/metrics`` and the Pushgateway when the job asks
+    (their last push follows the run's end: the summary's figures are final by then)."""
     job = options.settings
     try:
         identity = resolve_identity(
@@ -125,6 +134,41 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
     if identity.warning:
         log.warning("%s", identity.warning)
     summary.instance = str(identity)
+    counts = metrics.install(Metrics())
+    agent = job.agent
+    try:
+        async with contextlib.AsyncExitStack() as watching:
+            if agent.metrics_port is not None:
+                server = MetricsServer(counts, agent.metrics_address, agent.metrics_port)
+                await watching.enter_async_context(server)
+            if agent.metrics_pushgateway_url is not None:
+                pusher = Pusher(
+                    counts,
+                    agent.metrics_pushgateway_url,
+                    job.transform_job_name,
+                    identity.index,
+                    agent.metrics_push_interval_seconds,
+                )
+                await watching.enter_async_context(pusher)
+            return await _instance(options, summary, received, identity, counts)
+    except MetricsPortError as error:
+        return _stop(summary, error)
+    finally:
+        log.info("where the time went: %s", summary.phases.sentence())
+
+
+async def _instance(
+    options: RunOptions,
+    summary: JobSummary,
+    received: list[signal.Signals],
+    identity: Identity,
+    counts: Metrics,
+) -> int:
+    """This instance's run: listing and the model's start-up side by side, then every file."""
+    job = options.settings
+    phases = summary.phases
+    watched = Watched(summary)
+    watched.watch(counts)
     model = options.model
     replicas = ReplicaSet(
         job,
@@ -132,6 +176,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         model_environment=model.environment if model is not None else None,
         image=model.image if model is not None else None,
     )
+    watched.replicas = replicas
     try:
         await replicas.check_ports()
     except ModelCommandError as error:
@@ -145,6 +190,21 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
             except (ArtifactError, StorageError) as error:
                 return _stop(summary, error)
             replicas.model_dir = str(directory)
+        # The model starts while the inputs are listed: a model that takes minutes to load
+        # costs its own time, not that plus the listing's.
+        phases.model = time.monotonic()
+        ready: asyncio.Future[None] | None = None
+        startup_error: ModelCommandError | None = None
+        try:
+            await stack.enter_async_context(replicas)  # starts the model commands, if any
+            stack.callback(_replica_summary, summary, replicas)
+            ready = asyncio.ensure_future(
+                _ready(replicas, job.agent.model_startup_timeout_seconds, phases)
+            )
+            stack.push_async_callback(_cancelled, ready)
+        except ModelCommandError as error:
+            startup_error = error
+        phases.listing = time.monotonic()
         try:
             coordinator = await stack.enter_async_context(
                 await open_coordinator(
@@ -157,6 +217,7 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
             )
         except (InputError, ConditionalWritesUnsupported, StorageError) as error:
             return _stop(summary, error)
+        phases.listed = time.monotonic()
         inputs = coordinator.listing.files
         if not inputs:
             reason = f"no objects found under {job.input.uri}"
@@ -164,9 +225,10 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
             log.error("%s", reason)
             return ExitCode.FAILED
         try:
-            await stack.enter_async_context(replicas)  # starts the model commands, if any
-            stack.callback(_replica_summary, summary, replicas)
-            await replicas.wait_ready(job.agent.model_startup_timeout_seconds)
+            if startup_error is not None:
+                raise startup_error
+            assert ready is not None
+            await ready
             answer = await replicas.execution_parameters()
             params, sources = resolve_execution_parameters(job, answer)
         except (ModelError, ModelCommandError) as error:
@@ -183,12 +245,14 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         except SettingsMismatch as error:
             return _stop(summary, error)  # it says to rerun with --force
         todo = coordinator.todo
+        watched.planned = sum(item.shard is None for item in todo)
         total = sum(item.weight for item in todo)
         log.info("%d files (%d bytes) to transform on this instance", len(todo), total)
         progress = Progress(len(todo), total)
         summary.begin_transform()
-        client = await replicas.open(job)
+        client = _Stamped(await replicas.open(job), phases)
         pipeline = Pipeline(PipelineSettings.from_job(job), job, stores, client, progress)
+        watched.pipeline = pipeline
         try:
             await pipeline.run(coordinator.files(), summary.files)
         except asyncio.CancelledError:
@@ -213,6 +277,35 @@ async def _main(options: RunOptions, summary: JobSummary, received: list[signal.
         return ExitCode.FAILED
     summary.end(COMPLETED)
     return ExitCode.COMPLETED
+
+
+async def _ready(replicas: ReplicaSet, timeout_seconds: float, phases: Phases) -> None:
+    await replicas.wait_ready(timeout_seconds)
+    phases.ready = time.monotonic()
+
+
+async def _cancelled(task: asyncio.Future[None]) -> None:
+    """The model's start-up, waited for no more (the run ended before it mattered)."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+class _Stamped:
+    """The model client, noting when the first request went out and the last answer came
+    back (``Phases``)."""
+
+    def __init__(self, inner: Invoker, phases: Phases) -> None:
+        self.inner = inner
+        self.phases = phases
+
+    async def invoke(self, body: RequestBody, *, what: str) -> bytearray:
+        self.phases.request_sent()
+        try:
+            return await self.inner.invoke(body, what=what)
+        finally:
+            self.phases.answered()
 
 
 def _replica_summary(summary: JobSummary, replicas: ReplicaSet) -> None:

@@ -87,6 +87,8 @@ def _run(namespace: argparse.Namespace) -> int:
             model_url=namespace.model_url,
             state_uri=namespace.state_uri,
             instance_count=namespace.instance_count,
+            metrics_port=namespace.metrics_port,
+            metrics_address=namespace.metrics_address,
         )
     except JobError as exc:
         print_problems("the command line", exc)
@@ -273,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="run although the state prefix holds results made with different settings",
     )
     run.add_argument("--summary", metavar="PATH", help="also write the job summary JSON here")
+    run.add_argument(
+        "--metrics-port",
+        type=_bounded_int(0, 65_535),
+        metavar="PORT",
+        help="serve Prometheus metrics at /metrics on this port while the run lasts "
+        "(overrides Agent.MetricsPort; 0: any free port, logged)",
+    )
+    run.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        help="the address /metrics listens on (overrides Agent.MetricsAddress; default 0.0.0.0)",
+    )
     run.set_defaults(handler=_run)
 
     validate_parser = commands.add_parser(

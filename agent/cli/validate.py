@@ -162,6 +162,7 @@ def overview(loaded: LoadedJob, source: str) -> list[str]:
         ),
         ("failed records", _isolation(job)),
         ("shards", _shards(job)),
+        ("metrics", _metrics(job)),
         ("environment", f"{', '.join(env)} (values not shown)" if env else "none"),
         (
             "processing",
@@ -214,6 +215,22 @@ def _shards(job: JobSettings) -> str:
     if reason is not None:
         return f"none: {reason}"
     return f"files over {size} MiB are cut into shards of about {size} MiB (ShardSizeMB)"
+
+
+def _metrics(job: JobSettings) -> str:
+    """The validate line for Agent.MetricsPort and Agent.MetricsPushgatewayUrl."""
+    agent = job.agent
+    served = (
+        "not served (MetricsPort or --metrics-port to serve /metrics)"
+        if agent.metrics_port is None
+        else f"/metrics on {agent.metrics_address}:{agent.metrics_port or 'any free port'}"
+    )
+    if agent.metrics_pushgateway_url is None:
+        return served
+    return (
+        f"{served}; pushed to {agent.metrics_pushgateway_url} every "
+        f"{agent.metrics_push_interval_seconds} s and at the end"
+    )
 
 
 def _replicas(job: JobSettings) -> str:

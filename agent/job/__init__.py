@@ -31,6 +31,7 @@ from dataclasses import replace
 from agent._compat import MIB  # re-exported: job sizes are in MiB
 from agent.job.jsonpath import JsonPath, PathMiss, PathSyntaxError, parse_path
 from agent.job.modeldef import LoadedModel, ModelDefinition, model_name_problem, parse_model
+from agent.job.monitoring import address_problem
 from agent.job.parse import parse_job
 from agent.job.processing import Plan, check_processing, is_default
 from agent.job.schema import (
@@ -168,6 +169,8 @@ def with_overrides(
     model_url: str | None = None,
     state_uri: str | None = None,
     instance_count: int | None = None,
+    metrics_port: int | None = None,
+    metrics_address: str | None = None,
     cwd: str | None = None,
 ) -> JobSettings:
     """A copy of ``settings`` with command-line values in place of the file's.
@@ -187,6 +190,18 @@ def with_overrides(
             agent = replace(agent, state_uri=parse_data_uri(state_uri, here))
         except ValueError as exc:
             problems.append(Problem("--state-uri", str(exc)))
+    if metrics_port is not None:
+        if 0 <= metrics_port <= 65_535:
+            agent = replace(agent, metrics_port=metrics_port)
+        else:
+            problems.append(
+                Problem("--metrics-port", f"{metrics_port} is not a port; use 0 to 65535")
+            )
+    if metrics_address is not None:
+        if (problem := address_problem(metrics_address)) is None:
+            agent = replace(agent, metrics_address=metrics_address)
+        else:
+            problems.append(Problem("--metrics-address", problem))
     count = settings.instance_count
     if instance_count is not None:
         if not 1 <= instance_count <= MAX_INSTANCE_COUNT:

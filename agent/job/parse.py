@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from agent.job.isolation import check_isolation
+from agent.job.monitoring import read_monitoring
 from agent.job.processing import check_processing, filter_problem, processing_notes
 from agent.job.schema import (
     AGENT,
@@ -310,6 +311,7 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
     fields = _section(check, top, "Agent", AGENT)
     default = AgentConfig()
     serving = read_serving(check, fields, path)
+    watching = read_monitoring(check, fields, path)
     urls = serving.model_urls or (default.model_url,)
     startup = check.integer(fields, "ModelStartupTimeoutSeconds", path, minimum=1)
     buffer_mb = check.integer(fields, "ReorderBufferMB", path, minimum=1)
@@ -354,6 +356,12 @@ def _agent(check: Checker, top: dict[str, object], cwd: str) -> AgentConfig:
         max_failed_records=max_failed,
         failed_record_placeholder=placeholder,
         shard_size_mb=shard_mb or 0,
+        metrics_port=watching.port,
+        metrics_address=watching.address or default.metrics_address,
+        metrics_pushgateway_url=watching.pushgateway_url,
+        metrics_push_interval_seconds=(
+            watching.push_interval_seconds or default.metrics_push_interval_seconds
+        ),
     )
 
 

@@ -327,6 +327,7 @@ AGENT = (
     "ReorderBufferMB", "LeaseTTLSeconds", "MaxResponseMB", "MaxRecordsPerRequest",
     "RequireLinePerRecord", "MaxFailedRecords", "FailedRecordPlaceholder", "ModelReplicas",
     "ReplicaDevices", "ReplicaRestarts", "ModelDir", "ContainerRuntime", "ShardSizeMB",
+    "MetricsPort", "MetricsAddress", "MetricsPushgatewayUrl", "MetricsPushIntervalSeconds",
 )  # fmt: skip
 # Where each known key lives, so a key at the wrong level gets "belongs under ...".
 HOME: dict[str, str] = {

@@ -243,6 +243,13 @@ class AgentConfig:
     # Files over this many MiB (Line, RecordIO, TFRecord; not gzip) are cut into shards of
     # about that size, each a unit of the plan and of leases (README "Shards"); 0: off.
     shard_size_mb: int = 0
+    # Prometheus (README "Watching a run"): /metrics served on this port while the run
+    # lasts (None: not served; 0: any free port, logged), on this address.
+    metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
+    # Where the metrics are pushed every metrics_push_interval_seconds and once at the end.
+    metrics_pushgateway_url: str | None = None
+    metrics_push_interval_seconds: int = 10
 
     @property
     def replica_urls(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -38,7 +39,7 @@ import aiohttp
 from aiohttp.payload import AsyncIterablePayload, Payload
 from multidict import CIMultiDict
 
-from agent import __version__
+from agent import __version__, metrics
 from agent.aio import race
 from agent.errors import BtAgentError
 from agent.model import wire
@@ -313,6 +314,7 @@ class ModelClient:
                     attempts=attempt,
                 ) from None
             except RETRYABLE_ERRORS as error:
+                _count_failure(error)
                 if s.fail_fast and isinstance(error, UNREACHABLE_ERRORS):
                     raise ReplicaUnreachable(what, error, attempt) from error
                 if attempt == attempts:
@@ -320,8 +322,10 @@ class ModelClient:
                     raise invocation_failure(what, error, attempt, timeout) from error
                 cause: Exception = error
             except (StatusError, aiohttp.ClientError) as error:
+                _count_failure(error)
                 timeout = s.invocations_timeout_seconds
                 raise invocation_failure(what, error, attempt, timeout) from error
+            metrics.current().retries.labels(component="model", reason=_reason(cause)).inc()
             delay = backoff_seconds(
                 attempt, base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds
             )
@@ -348,6 +352,10 @@ class ModelClient:
             data = AsyncIterablePayload(streamed.chunks)
         else:
             data = BufferPayload(body)
+        counts = metrics.current()
+        counts.in_flight.inc()
+        started = time.monotonic()
+        answered = False  # a status line arrived: the attempt's seconds count in the histogram
         try:
             async with asyncio.timeout(s.invocations_timeout_seconds):
                 async with self._open().post(
@@ -356,6 +364,8 @@ class ModelClient:
                     headers=self._headers,
                     allow_redirects=False,
                 ) as response:
+                    counts.requests.labels(code=str(response.status)).inc()
+                    answered = True
                     if 200 <= response.status < 300:
                         return await read_capped(response, s.max_response_bytes)
                     excerpt = await wire.excerpt(response, s.error_body_bytes)
@@ -367,5 +377,24 @@ class ModelClient:
                 raise SourceFailed(streamed.error) from error
             raise
         finally:
+            counts.in_flight.dec()
+            if answered:
+                counts.request_seconds.observe(time.monotonic() - started)
             if streamed is not None:
                 await streamed.close()
+
+
+def _reason(error: BaseException) -> str:
+    """A failed attempt's reason as a metric label: its HTTP status, ``timeout`` or
+    ``connection`` (a bounded set: never a message)."""
+    if isinstance(error, StatusError):
+        return str(error.status)
+    if isinstance(error, TimeoutError) and not isinstance(error, aiohttp.ClientError):
+        return "timeout"
+    return "connection"
+
+
+def _count_failure(error: BaseException) -> None:
+    """An attempt that got no HTTP answer (a status is counted as the answer arrives)."""
+    if not isinstance(error, StatusError):
+        metrics.current().request_failures.labels(reason=_reason(error)).inc()

@@ -440,5 +440,15 @@ class ReplicaSet:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    @property
+    def up_count(self) -> int:
+        """Replicas taking requests now."""
+        return sum(replica.up.is_set() for replica in self.replicas)
+
+    @property
+    def restart_count(self) -> int:
+        """Restarts of every replica so far."""
+        return sum(replica.stats.restarts for replica in self.replicas)
+
     def summary(self) -> list[dict[str, object]]:
         return [replica.as_json() for replica in self.replicas]

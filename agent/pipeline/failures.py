@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from types import TracebackType
 
+from agent import metrics
 from agent._compat import BytesLike
 from agent.coordination.claim import Claim
 from agent.job import DataUri
@@ -123,6 +124,7 @@ class Sinks:
         for failed in answer.failed:
             await self.errors.add(failed)
             self.result.failed_records += 1
+            metrics.current().records.labels(outcome="failed").inc()
 
 
 def open_outputs(sink: Store, claim: Claim, kms_key_id: str | None) -> tuple[Upload, ErrorsFile]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from agent import metrics
 from agent._compat import BytesLike
 
 Write = Callable[[BytesLike], Awaitable[None]]
@@ -95,9 +96,11 @@ class Assembler:
     async def add(self, body: BytesLike) -> None:
         """Write the next response in input order."""
         size = len(body)
+        written = self.bytes_written
         if size:
             await self._write(body)
             self.bytes_written += size
         if self._line and (size == 0 or memoryview(body)[size - 1 : size].tobytes() != b"\n"):
             await self._write(b"\n")
             self.bytes_written += 1
+        metrics.current().output_bytes.inc(self.bytes_written - written)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from agent import metrics
 from agent._compat import MIB, BytesLike
 from agent.dataproc import Batch, DataProcessingError, RecordProcessor
 from agent.errors import BtAgentError
@@ -238,6 +239,7 @@ class Requester:
         """Records ``[lo, hi)`` of ``held``: sent (once more), and cut again if need be."""
         if self._too_large(held, lo, hi):
             assert self.refused is not None
+            metrics.current().body_splits.labels(reason="payload_too_large").inc()
             for a, b in held.runs_below(lo, hi, self.refused // 2 + 1):
                 await self._resolve(held, a, b, out)
             return
@@ -256,6 +258,8 @@ class Requester:
         if many and held.cuttable and (refused or isolating):
             if refused:
                 self._remember_refusal(held.sent_at(hi) - held.sent_at(lo))
+            reason = "payload_too_large" if refused else "isolation"
+            metrics.current().body_splits.labels(reason=reason).inc()
             mid = (lo + hi) // 2
             await self._resolve(held, lo, mid, out)
             await self._resolve(held, mid, hi, out)

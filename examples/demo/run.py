@@ -85,6 +85,9 @@ def _show(summary: dict[str, object]) -> None:
     )
     for entry in files:
         print(f"  {entry['Input']} -> {entry['Output']} ({entry['Records']} records)")
+    phases = summary["Phases"]
+    assert isinstance(phases, dict)
+    print("  phases: " + ", ".join(f"{name} {seconds}" for name, seconds in phases.items()))
 
 
 def main() -> int:

@@ -41,13 +41,16 @@ class ThreadedModel:
 
     async def _start(self) -> None:
         app = web.Application(client_max_size=self.max_body_bytes)
-        app.router.add_get("/ping", self._ping)
-        app.router.add_post("/invocations", self._invocations)
+        self._routes(app)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, HOST, 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_get("/ping", self._ping)
+        app.router.add_post("/invocations", self._invocations)
 
     async def _ping(self, request: web.Request) -> web.Response:
         return web.Response(text=self.ping_text)

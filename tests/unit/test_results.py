@@ -76,7 +76,7 @@ def test_coordination_never_imports_the_presentation(path: Path) -> None:
 @pytest.mark.parametrize("name", ["pipeline/file.py", "runner.py", "cli/status.py"])
 def test_the_rest_takes_only_the_presentation_from_report(name: str) -> None:
     imports = _imports(AGENT / name)
-    assert imports.get("agent.report", set()) <= {"JobSummary", "Progress"}
+    assert imports.get("agent.report", set()) <= {"JobSummary", "Phases", "Progress"}
 
 
 def test_a_file_result_and_its_entry() -> None:

@@ -28,6 +28,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from agent import metrics
 from agent.backoff import backoff_seconds
 from agent.storage.base import (
     ObjectNotFoundError,
@@ -73,6 +74,17 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, TRANSIENT_ERRORS)
 
 
+def retry_reason(error: BaseException) -> str:
+    """A retried error as a metric label, from a bounded set: a transient S3 error code,
+    else the HTTP status, ``timeout`` or ``connection`` (never a server's free text)."""
+    if isinstance(error, ClientError):
+        status, code, _ = error_status(error)
+        return code if code in TRANSIENT_CODES else str(status)
+    if isinstance(error, TimeoutError) or "timeout" in type(error).__name__.lower():
+        return "timeout"
+    return "connection"
+
+
 class Retries:
     """Sleeps between attempts, and gives up once no progress was made for ``retry_seconds``.
 
@@ -107,6 +119,7 @@ class Retries:
             floor=RETRY_JITTER_FLOOR,
         )
         delay = min(delay, self.settings.retry_seconds - waited)
+        metrics.current().retries.labels(component="s3", reason=retry_reason(error)).inc()
         log.warning(
             "%s: %s; retrying in %.2f s (attempt %d; giving up after %.0f s without progress)",
             self.what,
