@@ -22,6 +22,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,6 +51,10 @@ LATENCY_BUCKETS = (
 )
 
 View = Callable[[], Iterable[Metric]]
+
+# No ``_created`` series beside each counter and histogram: a batch run's start time is in
+# the summary, and pushed series should be only the ones the README lists.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class _Views(Collector):
