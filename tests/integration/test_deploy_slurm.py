@@ -20,7 +20,7 @@ from tests.support.multirun import BodyIndex, rows_of
 from tests.support.processes import (
     REPO_ROOT,
     free_port_block,
-    ports_free,
+    http_status,
     process_alive,
     wait_until,
 )
@@ -99,19 +99,15 @@ def test_a_three_task_array_runs_the_job_as_instances_0_1_2_of_3(
     job["TransformResources"] = {"InstanceCount": 3, "InstanceType": "ml.m5.xlarge"}
     job_file = write_job(job, tmp_path)
 
-    job_id, done = slurm.sbatch(
-        "--wait", "--array=0-2", str(SCRIPT), "--job", str(job_file),
-        cwd=tmp_path, env=agent_env(),
-    )  # fmt: skip
+    job_id = slurm.sbatch(
+        "--array=0-2", str(SCRIPT), "--job", str(job_file), cwd=tmp_path, env=agent_env()
+    )
+    tasks = slurm.wait_for_job(job_id, timeout=120)
 
     logs = {task: task_log(tmp_path, job_id, task) for task in range(3)}
-    explain = f"sbatch exit {done.returncode}: {done.stderr}\n" + "\n".join(
-        f"--- task {task}:\n{text[-3000:]}" for task, text in logs.items()
-    )
-    assert done.returncode == 0, explain  # --wait: the highest exit code of the tasks
-    tasks = slurm.tasks(job_id)
+    explain = "\n".join(f"--- task {task}:\n{text[-3000:]}" for task, text in logs.items())
     assert {i: (t["JobState"], t["ExitCode"]) for i, t in tasks.items()} == {
-        i: ("COMPLETED", "0:0") for i in range(3)
+        str(i): ("COMPLETED", "0:0") for i in range(3)
     }, explain
     for task, text in logs.items():
         assert f"instance {task} of 3 (from {SOURCE})" in text, explain
@@ -125,17 +121,15 @@ def test_the_task_exit_code_is_the_agents_a_usage_error_fails_every_task_with_2(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
     absent = tmp_path / "no-such-job.json"
-    job_id, done = slurm.sbatch(
-        "--wait", "--array=0-1", str(SCRIPT), "--job", str(absent),
-        cwd=tmp_path, env=agent_env(),
-    )  # fmt: skip
+    job_id = slurm.sbatch(
+        "--array=0-1", str(SCRIPT), "--job", str(absent), cwd=tmp_path, env=agent_env()
+    )
+    tasks = slurm.wait_for_job(job_id, timeout=120)
 
     logs = {task: task_log(tmp_path, job_id, task) for task in range(2)}
-    assert done.returncode == 2, (done.stderr, logs)
-    tasks = slurm.tasks(job_id)
     assert {i: (t["JobState"], t["ExitCode"]) for i, t in tasks.items()} == {
-        0: ("FAILED", "2:0"),
-        1: ("FAILED", "2:0"),
+        "0": ("FAILED", "2:0"),
+        "1": ("FAILED", "2:0"),
     }, logs
     for text in logs.values():
         assert str(absent) in text, text  # the agent's own message says what is wrong
@@ -162,25 +156,22 @@ def test_a_sigterm_to_the_batch_shell_reaches_the_agent_which_stops_with_143(
         max_concurrent=1,
         agent={"ModelCommand": model_command("--port", "{port}", "--delay-ms", "200")},
     )
-    job_id, _ = slurm.sbatch(
-        "--array=0-0", str(SCRIPT), "--job", str(write_job(job, tmp_path)),
-        cwd=tmp_path, env=agent_env(),
-    )  # fmt: skip
-    out = tmp_path / f"bt-agent-{job_id}_0.out"
+    job_file = write_job(job, tmp_path)
+    job_id = slurm.sbatch(
+        "--array=0-0", str(SCRIPT), "--job", str(job_file), cwd=tmp_path, env=agent_env()
+    )
 
-    def transforming() -> bool:
-        return out.exists() and "instance 0 of 1" in out.read_text(errors="replace")
-
-    # The agent is running once its log names the instance; the slow model keeps it busy.
-    if not wait_until(transforming, 60.0, interval=0.1):
+    ping = f"http://127.0.0.1:{port}/ping"
+    # The agent is busy once the model it started answers: 200 records at 0.2 s each.
+    if not wait_until(lambda: http_status(ping) == 200 or slurm.ended(job_id), 60.0, 0.1):
         slurm.run("scancel", job_id)
-        pytest.fail(f"the task never started the agent:\n{slurm.logs()}")
-    wait_until(lambda: not ports_free([port]), 30.0, interval=0.1)  # the model is up
+        pytest.fail(f"the task's model never listened on {port} within 60 s\n{slurm.logs()}")
+    assert not slurm.ended(job_id), task_log(tmp_path, job_id, 0)
     signalled = slurm.run("scancel", "--batch", "--signal=TERM", job_id)
     assert signalled.returncode == 0, signalled.stderr
 
     tasks = slurm.wait_for_job(job_id, timeout=60)
     text = task_log(tmp_path, job_id, 0)
-    assert (tasks[0]["JobState"], tasks[0]["ExitCode"]) == ("FAILED", "143:0"), text
+    assert (tasks["0"]["JobState"], tasks["0"]["ExitCode"]) == ("FAILED", "143:0"), text
     assert "SIGTERM received: stopping" in text, text
-    assert ports_free([port]), f"the model command still listens on {port}:\n{text}"
+    assert http_status(ping) is None, f"the model command still listens on {port}:\n{text}"
