@@ -4,8 +4,9 @@ The cluster is this host: munged, slurmctld and slurmd started for the module, s
 pid at its end. The array's tasks run the job against the session's SeaweedFS and the
 example model server, as users run it: the script submitted with `sbatch --array`, the
 agent told who it is by Slurm's variables only. Skipped, saying why, where Slurm and MUNGE
-are not installed or the test is not root. The three tests take about ten seconds here,
-most of it the cluster's start.
+are not installed or the test is not root. Measured on 2 cores: the cluster starts in about
+2 s and stops in 1.5 s; the 3-task array takes about 4 s, the usage error 2 s, the stop
+3 to 6 s (the task's model must start first): about 14 s for the module.
 """
 
 from __future__ import annotations
