@@ -11,20 +11,28 @@ integration tests that run the agent the way each recipe would.
   its path (``spec.template.spec.containers[0].args``). The client's own ``from_dict``
   drops unknown keys without a word, which is why this exists.
 * ``unit_directives``: a systemd unit file as (section, key) → every value, in order.
+* ``run_command`` and friends: the agent run with a recipe's own arguments, its container
+  paths moved under a temporary root, the orchestrator's variables set.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import subprocess
+import sys
+import time
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.support.servers import REPO_ROOT
+from tests.support.multirun import IDENTITY_VARIABLES, records
+from tests.support.runjob import MIB, AgentRun, assembled, request_bodies
+from tests.support.servers import REPO_ROOT, free_port_block
 
 DEPLOY = REPO_ROOT / "deploy"
 
@@ -237,3 +245,61 @@ def directive(directives: Mapping[tuple[str, str], list[str]], section: str, key
     assert values is not None, f"[{section}] has no {key}="
     assert len(values) == 1, f"[{section}] {key}= is given {len(values)} times: {values}"
     return values[0]
+
+
+# ----------------------------------------------------------------------------- agent runs
+
+
+def in_root(argument: str, mount: str, root: Path) -> str:
+    """``argument`` with the container path ``mount`` (absolute) moved under ``root``: the
+    one change the integration tests make to a recipe's command line."""
+    if argument == mount or argument.startswith(mount.rstrip("/") + "/"):
+        return str(root) + argument
+    return argument
+
+
+def orchestrated_env(variables: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment (the S3 variables ``s3_env`` set among them) with no
+    orchestrator's identity variables but ``variables``."""
+    env = {k: v for k, v in os.environ.items() if k not in IDENTITY_VARIABLES}
+    return {**env, **variables, "PYTHONUNBUFFERED": "1"}
+
+
+def run_command(args: Sequence[str], env: Mapping[str, str], timeout: float = 120.0) -> AgentRun:
+    """``python -m agent ARGS`` (the tree's agent, as ``bt-agent ARGS`` in an image) to its
+    end; the summary is read from stdout, where the agent prints it without ``--summary``."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        cwd=REPO_ROOT,
+        env=dict(env),
+        capture_output=True,
+        timeout=timeout,
+    )
+    log = done.stderr.decode(errors="replace")
+    summary = None
+    if done.stdout.strip():
+        try:
+            summary = orjson.loads(done.stdout)
+        except orjson.JSONDecodeError:
+            raise AssertionError(
+                f"stdout is not the summary:\n{done.stdout[-2000:]!r}\nlog:\n{log[-4000:]}"
+            ) from None
+    return AgentRun(done.returncode, summary, log, time.monotonic() - started)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, below the ephemeral range (see ``free_port_block``)."""
+    return free_port_block(1) + 1
+
+
+def expected_outputs(
+    files: Mapping[str, bytes], source: str, output: str, payload_mb: int
+) -> dict[str, bytes]:
+    """Output key → bytes for an echo model, SplitType Line, MultiRecord, AssembleWith Line."""
+    return {
+        output + key.removeprefix(source) + ".out": assembled(
+            request_bodies(records(data), "MultiRecord", payload_mb * MIB), "Line"
+        )
+        for key, data in files.items()
+    }
