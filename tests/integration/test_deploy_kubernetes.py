@@ -71,6 +71,11 @@ def test_every_pod_of_the_indexed_job_does_its_share(
         (mounted / Path(file_name).name).write_bytes(orjson.dumps(job_file))
         args = [in_root(arg, mount["mountPath"], root) for arg in agent["args"]]
         assert args != agent["args"] and len(args) == len(agent["args"])
+        # The one other change: /metrics on a free port of 127.0.0.1, not 9100 of every
+        # interface (the pod's own network namespace has 9100 to itself).
+        metrics = free_port()
+        args[args.index("--metrics-port") + 1] = str(metrics)
+        args += ["--metrics-address", "127.0.0.1"]
         sidecar = ModelServer(root / "model.log", "--port", str(port))  # the last --port wins
         sidecar.start(wait_for_ping=False)  # the agent waits for /ping itself
         try:
@@ -81,6 +86,7 @@ def test_every_pod_of_the_indexed_job_does_its_share(
         assert (run.returncode, run.status) == (0, "Completed"), run.explain()
         source = "JOB_COMPLETION_INDEX (Kubernetes indexed Job)"
         assert f"instance {completion} of {count} (from {source})" in run.log, run.log
+        assert f"metrics at http://127.0.0.1:{metrics}/metrics" in run.log, run.log
         share = summary_inputs(run, "Completed")
         shares.append(share)
         mine = {key for key in FILES if f"s3://{bucket}/{key}" in share}

@@ -1,10 +1,10 @@
 """deploy/grafana/bt-agent.json: a Grafana dashboard whose every panel queries the agent's
 metrics, on the dashboard's Prometheus data source, job and instance.
 
-``METRICS`` is the agent's metric families (their names as registered, a histogram by its
-family name). ``metric_names`` reads the metric names out of a PromQL expression; the tests
-compare them with ``METRICS`` both ways: no panel asks for a metric the agent does not have,
-and no metric of the agent lacks a panel.
+``METRICS`` is the agent's metric families, read from a run's registry (their names as
+registered, a histogram by its family name). ``metric_names`` reads the metric names out
+of a PromQL expression; the tests compare them with ``METRICS`` both ways: no panel asks
+for a metric the agent does not have, and no metric of the agent lacks a panel.
 """
 
 from __future__ import annotations
@@ -14,28 +14,29 @@ from typing import Any
 
 import pytest
 
+from agent.metrics import Metrics
+from agent.report import JobSummary
+from agent.watching import Watched
 from tests.support.deploy import DEPLOY, json_file
 
 DASHBOARD = DEPLOY / "grafana" / "bt-agent.json"
 
+
+def _registered() -> dict[str, str]:
+    """The agent's own metric families and their types, from a run's registry with every
+    view of the runner registered (a counter by its sample name, ``…_total``)."""
+    counts = Metrics()
+    Watched(JobSummary("dashboard")).watch(counts)
+    found = {}
+    for metric in counts.registry.collect():
+        if metric.name.startswith("bt_agent_"):
+            name = metric.name + "_total" if metric.type == "counter" else metric.name
+            found[name] = metric.type
+    return found
+
+
 # family name -> type
-METRICS = {
-    "bt_agent_records_total": "counter",
-    "bt_agent_requests_total": "counter",
-    "bt_agent_request_failures_total": "counter",
-    "bt_agent_request_duration_seconds": "histogram",
-    "bt_agent_requests_in_flight": "gauge",
-    "bt_agent_input_bytes_total": "counter",
-    "bt_agent_output_bytes_total": "counter",
-    "bt_agent_files": "gauge",
-    "bt_agent_retries_total": "counter",
-    "bt_agent_reorder_buffer_bytes": "gauge",
-    "bt_agent_body_splits_total": "counter",
-    "bt_agent_replicas_up": "gauge",
-    "bt_agent_replica_restarts_total": "counter",
-    "bt_agent_shards": "gauge",
-    "bt_agent_phase_seconds": "gauge",
-}
+METRICS = _registered()
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
 _KEYWORDS |= {"and", "or", "unless", "inf", "nan"}
@@ -88,9 +89,9 @@ def test_the_dashboard_has_its_variables() -> None:
         "datasource",
         "prometheus",
     )
-    assert variables["job"]["query"]["query"] == "label_values(bt_agent_records_total, job)"
+    assert variables["job"]["query"]["query"] == "label_values(bt_agent_requests_in_flight, job)"
     assert variables["instance"]["query"]["query"] == (
-        'label_values(bt_agent_records_total{job=~"$job"}, instance)'
+        'label_values(bt_agent_requests_in_flight{job=~"$job"}, instance)'
     )
     for name in ("job", "instance"):
         assert (variables[name]["multi"], variables[name]["includeAll"]) == (True, True)

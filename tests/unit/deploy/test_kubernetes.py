@@ -194,7 +194,8 @@ def test_the_model_is_a_native_sidecar_answering_ping_where_the_job_file_points(
 def test_the_agent_reads_the_job_file_from_the_mounted_config_map() -> None:
     job = the_job()
     agent = container(job, "bt-agent")
-    assert agent["args"] == ["--job", "/etc/bt-agent/job.json"]
+    assert agent["args"] == ["--job", "/etc/bt-agent/job.json", "--metrics-port", "9100"]
+    assert agent["ports"] == [{"name": "metrics", "containerPort": 9100}]
     job_path = PurePosixPath(agent["args"][1])
     (mount,) = agent["volumeMounts"]
     assert mount["mountPath"] == str(job_path.parent)
