@@ -38,7 +38,9 @@ def _job(output: str, port: int, startup: float) -> dict[str, Any]:
     return {
         "TransformJobName": "bench-startup",
         "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/in/"}},
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/in/"}
+            },
             "ContentType": "text/csv",
             "SplitType": "Line",
         },
