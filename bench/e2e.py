@@ -18,11 +18,13 @@ tables show medians. Scenarios (sizes at ``--scale 1``; ``MaxConcurrentTransform
   j  b on 3 model replicas the agent starts (one request at a time  MB/s of input
      each, 100 ms per MiB), against the same agent on 1 replica
   k  b cut into about 8 shards (Agent.ShardSizeMB), one instance   MB/s of input
+  m  b with /metrics served and pushed to a Pushgateway stand-in  MB/s of input
+     every second (``Agent.MetricsPort``, ``MetricsPushgatewayUrl``)
   l  one 2 GiB CSV file (``--l-gib``) on 4 instances, shards of 64  wall seconds, speed-up,
      MiB (``--l-shard-mb``), each instance starting its own model   the assembly's seconds
      as in j, against the same job on 1 instance without shards
 
-f, g and h measure features on the data path: read each against b's rows (the same input
+f, g, h and m measure features on the data path: read each against b's rows (the same input
 with the feature off). i's agent isolates the bad lines; its ideal reads the same input
 without them (it cannot survive a 400), and the extra requests the agent sent are printed
 against the bound 2·k·log2(n) for k bad records among bodies of n. k sends at most one
@@ -73,6 +75,7 @@ from bench.e2e_run import (
     shard_size_mb,
 )
 from bench.e2e_shards import ShardRow, print_l_table, run_l
+from tests.support.pushgateway import PushgatewayStandIn
 
 MIB, GIB = 1 << 20, 1 << 30
 BAD_EVERY = 10_000  # scenario i: one bad line in this many
@@ -109,6 +112,9 @@ SCENARIOS = (
     Scenario("k", "k", "b cut into about 8 shards (Agent.ShardSizeMB) on one instance",
              "Line", "MultiRecord", "text/csv", "MB/s", 0.95, ("service", "instant"),
              shard_parts=8),
+    Scenario("m", "m", "b with /metrics served and pushed every second (Agent.MetricsPort, "
+             "MetricsPushgatewayUrl)", "Line", "MultiRecord", "text/csv", "MB/s", 0.95,
+             ("service", "instant"), metrics=True),
     Scenario("l", "l", "one big file on 4 instances with shards, each with its own model, "
              "against 1 instance without (the 'ideal' column)", "Line", "MultiRecord",
              "text/csv", "wall s", 3.0, ("service",)),
@@ -242,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--scale", type=float, default=1.0, help="multiplies every input size (smoke: 0.05)")
     add("--runs", type=int, default=5, help="runs per program and row; tables show medians")
-    add("--only", default="a,b,c,d,e,f,g,h,i,j,k,l", help="scenarios to run, e.g. a,b")
+    add("--only", default="a,b,c,d,e,f,g,h,i,j,k,l,m", help="scenarios to run, e.g. a,b")
     add("--models", default="service,instant", help="model servers to run against")
     add("--local", default="b,c,d", help="scenarios also run against local files ('' for none)")
     add("--concurrency", type=int, default=8, help="MaxConcurrentTransforms")
@@ -283,6 +289,7 @@ def main() -> int:
         (scratch / sub).mkdir(parents=True, exist_ok=True)
     s3_server = setup.SeaweedFS(scratch / "seaweedfs")
     servers: dict[str, setup.BenchModel] = {}
+    pushgateway = PushgatewayStandIn()
     began = time.monotonic()
     try:
         s3_server.start()
@@ -293,6 +300,9 @@ def main() -> int:
         s3 = s3_server.sync_client()
         s3.create_bucket(Bucket=BUCKET)
         bench = Bench(args, scratch, s3, s3_server.env(), s3_server.pid, servers)
+        if "m" in wanted:
+            pushgateway.start()
+            bench.pushgateway = pushgateway.url
         print(
             f"bench.e2e: scale {args.scale:g}, {args.runs} runs, MaxConcurrentTransforms "
             f"{args.concurrency}, MaxPayloadInMB {args.payload_mb}, {os.cpu_count()} CPUs, "
@@ -340,6 +350,10 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
+        if bench_pushed := pushgateway.pushes:
+            print(f"the Pushgateway stand-in took {len(bench_pushed)} pushes")
+        if pushgateway.port:
+            pushgateway.stop()
         s3_server.stop()
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)

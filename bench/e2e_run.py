@@ -57,6 +57,7 @@ class Scenario:
     # Sharding (Agent.ShardSizeMB): the agent's job cuts the input into about this many
     # shards, ShardSizeMB = max(1, input MiB // shard_parts), at any --scale. 0: off.
     shard_parts: int = 0
+    metrics: bool = False  # /metrics served and pushed to a Pushgateway every second
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Bench:
     models: dict[str, setup.BenchModel]
     startup_cpu: dict[str, float] = field(default_factory=dict)
     input_bytes: dict[str, int] = field(default_factory=dict)  # per scenario, once written
+    pushgateway: str = ""  # the Pushgateway stand-in's URL (scenario m), once started
 
     def input_uri(self, name: str, store: str) -> str:
         if store == "s3":
@@ -172,6 +174,13 @@ def agent_job(bench: Bench, sc: Scenario, model: str, store: str, tag: str) -> d
         },
         "Agent": {"ModelUrl": bench.models[model].url, **dict(sc.agent_fields)},
     }
+    if sc.metrics:  # served on a free port, and pushed every second (as often as a scrape)
+        job["Agent"].update(
+            MetricsPort=0,
+            MetricsAddress="127.0.0.1",
+            MetricsPushgatewayUrl=bench.pushgateway,
+            MetricsPushIntervalSeconds=1,
+        )
     if sc.max_records:
         job["Agent"]["MaxRecordsPerRequest"] = sc.max_records
     if sc.shard_parts:

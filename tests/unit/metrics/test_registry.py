@@ -5,16 +5,18 @@ run's state at collection time, the phases of the summary, the Pushgateway's add
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import urllib.request
 
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import metrics
 from agent.metrics import Metrics
-from agent.metrics.serve import MetricsPortError, MetricsServer, push_url
+from agent.metrics.serve import MetricsPortError, MetricsServer, Pusher, push_url
 from agent.report import Phases
 
 NAME = re.compile(r"bt_agent_[a-z_]+")
@@ -112,3 +114,40 @@ def test_metrics_are_served_and_a_taken_port_is_refused() -> None:
                     pass
 
     asyncio.run(main())
+
+
+def test_a_push_that_fails_is_logged_once_and_never_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> tuple[list[bool], int]:
+        answers = [503, 503, 200, 200]  # the last: the push on leaving
+        seen: list[bytes] = []
+
+        async def push(request: web.Request) -> web.Response:
+            seen.append(await request.read())
+            return web.Response(status=answers.pop(0))
+
+        app = web.Application()
+        app.router.add_put("/metrics/job/{job}/instance/{instance}", push)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            counts = Metrics()
+            async with Pusher(counts, f"http://127.0.0.1:{port}", "job-1", 2, 3600) as pusher:
+                results = [await pusher.push(), await pusher.push(), await pusher.push()]
+            assert b"bt_agent_requests_in_flight" in seen[0]
+            return results, pusher.pushes
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.INFO, logger="agent.metrics"):
+        results, pushes = asyncio.run(main())
+    assert results == [False, False, True]
+    assert pushes == 2  # the third, and the one on leaving
+    failures = [r for r in caplog.records if "cannot push metrics" in r.getMessage()]
+    assert len(failures) == 1  # once, though it failed twice in a row
+    assert "the Pushgateway answered 503" in failures[0].getMessage()
+    assert any("pushed to" in r.getMessage() and "again" in r.getMessage() for r in caplog.records)
