@@ -20,7 +20,9 @@ import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,17 +108,16 @@ def passwd_entry(root: Path, user: str) -> tuple[int, int, str]:
     raise AssertionError(f"user {user!r} is not in the image's /etc/passwd")
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture
+def image(tmp_path: Path) -> Iterator[str]:
     """The image built from this tree by deploy/image/build.py; removed afterwards."""
     reason = why_not()
     if reason:
         pytest.skip(reason)
     tag = f"localhost/bt-agent-test:{uuid.uuid4().hex[:12]}"
-    build_dir = tmp_path_factory.mktemp("image")
     try:
         done = subprocess.run(
-            [sys.executable, str(BUILD), "--tag", tag, "--build-dir", str(build_dir)],
+            [sys.executable, str(BUILD), "--tag", tag, "--build-dir", str(tmp_path / "build")],
             capture_output=True,
             text=True,
             timeout=1800,
@@ -128,20 +129,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         subprocess.run(["podman", "rmi", "--force", tag], capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def config(image: str) -> dict[str, object]:
-    done = subprocess.run(
-        ["podman", "image", "inspect", "--format", "{{json .Config}}", image],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    parsed: dict[str, object] = json.loads(done.stdout)
-    return parsed
-
-
-@pytest.fixture(scope="module")
-def rootfs(image: str) -> Iterator[Path]:
+@contextmanager
+def mounted(image: str) -> Iterator[Path]:
     """The image's root file system, mounted read-only by podman, unmounted afterwards."""
     done = subprocess.run(
         ["podman", "image", "mount", image], capture_output=True, text=True, check=True
@@ -153,11 +142,11 @@ def rootfs(image: str) -> Iterator[Path]:
 
 
 def run_in_image(
-    rootfs: Path, config: dict[str, object], argv: list[str]
+    rootfs: Path, config: dict[str, Any], argv: list[str]
 ) -> subprocess.CompletedProcess[str]:
     """``argv`` as `docker run` would start it: the image's user, WORKDIR and Env only."""
     uid, gid, home = passwd_entry(rootfs, str(config["User"]))
-    env = [str(item) for item in config.get("Env") or []]  # type: ignore[attr-defined]
+    env = [str(item) for item in config.get("Env") or []]
     return subprocess.run(
         [
             "chroot",
@@ -177,7 +166,17 @@ def run_in_image(
     )
 
 
-def test_config_is_the_dockerfiles(config: dict[str, object]) -> None:
+def test_image_runs_this_trees_compiled_agent(image: str) -> None:
+    # One test, one build: under pytest-xdist, tests of one module may run on several workers.
+    inspected = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{json .Config}}", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config: dict[str, Any] = json.loads(inspected.stdout)
+
+    # The image's configuration is the Dockerfile's last stage.
     stage = last_stage(ROOT / "Dockerfile")
     assert config["Entrypoint"] == json.loads(stage["ENTRYPOINT"]) == ["bt-agent"]
     assert config["Cmd"] == json.loads(stage["CMD"])
@@ -185,21 +184,19 @@ def test_config_is_the_dockerfiles(config: dict[str, object]) -> None:
     assert config["User"] not in ("", "root", "0")
     assert config["WorkingDir"] == stage["WORKDIR"]
 
-
-def test_version_from_the_entrypoint(rootfs: Path, config: dict[str, object]) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert project == agent.__version__
-    entrypoint = [str(part) for part in config["Entrypoint"]]  # type: ignore[attr-defined]
-    done = run_in_image(rootfs, config, [*entrypoint, "--version"])
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"bt-agent {project}"
+    with mounted(image) as rootfs:
+        # `docker run IMAGE --version`: the entry point, found on the image's PATH.
+        done = run_in_image(rootfs, config, [*config["Entrypoint"], "--version"])
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"bt-agent {project}"
 
-
-def test_compiled_extensions_and_dependencies(rootfs: Path, config: dict[str, object]) -> None:
-    done = run_in_image(rootfs, config, ["python3", "-c", PROBE, *COMPILED])
-    assert done.returncode == 0, done.stderr
+        # The compiled extensions are the modules in use, and the dependencies import.
+        done = run_in_image(rootfs, config, ["python3", "-c", PROBE, *COMPILED])
+        assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
-    assert found["version"] == agent.__version__
+    assert found["version"] == project
     assert "python" not in found["implementations"], found
     assert sorted(found["files"]) == sorted(COMPILED)
     for name, path in found["files"].items():
