@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # workers finish in about half the time on two cores. WORKERS=0 runs in one process.
 WORKERS ?= 3
 
-.PHONY: install build test test-py bench lint demo clean
+.PHONY: install build test test-py bench lint demo image clean
 
 ## install: create .venv and install bt-agent (editable, compiled) with test and lint tools
 install: $(STAMP)
@@ -52,6 +52,11 @@ lint: $(STAMP)
 demo: build
 	$(VENV)/bin/bt-agent validate --job examples/demo/job.json
 	$(PY) examples/demo/run.py
+
+## image: the container image with podman and no registry, on a debootstrap base (deploy/image/README.md)
+IMAGE ?= localhost/bt-agent:latest
+image: $(STAMP)
+	$(PY) deploy/image/build.py --tag $(IMAGE)
 
 ## clean: remove the venv and every build output
 clean:
