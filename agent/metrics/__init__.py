@@ -5,7 +5,7 @@ the S3 retries, the pipeline). What is a state rather than an event (files and s
 by status, the reorder buffer, replicas up, phase timings) is read when the registry is
 collected, from the objects that hold it (``Metrics.watch``), so nothing keeps a second
 copy up to date. The exposition format is prometheus-client's (``exposition``); the
-server and the Pushgateway client that carry it are ``agent/cli/metrics.py``'s
+server and the Pushgateway client that carry it are ``agent/metrics/serve.py``'s
 (docs/design.md §8). Labels take values from small fixed sets (a status, an HTTP code,
 an S3 error code): never a file name, so a run of a million files has as many series
 as a run of one.
