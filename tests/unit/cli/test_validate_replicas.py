@@ -8,17 +8,9 @@ import pytest
 
 from agent.cli.validate import overview
 from agent.job import parse_job
+from tests.support.jobdocs import agent_job
 
-
-def job(**agent: Any) -> dict[str, Any]:
-    return {
-        "TransformJobName": "job-1",
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}},
-        },
-        "TransformOutput": {"S3OutputPath": "s3://bkt/out/"},
-        "Agent": agent,
-    }
+job = agent_job
 
 
 @pytest.mark.parametrize(

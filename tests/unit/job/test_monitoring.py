@@ -7,28 +7,10 @@ from typing import Any
 
 import pytest
 
-from agent.job import JobError, LoadedJob, parse_job, with_overrides
+from agent.job import JobError, with_overrides
+from tests.support.jobdocs import agent_job, parse, problems
 
-
-def job(**agent: Any) -> dict[str, Any]:
-    return {
-        "TransformJobName": "job-1",
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bkt/in/"}},
-        },
-        "TransformOutput": {"S3OutputPath": "s3://bkt/out/"},
-        "Agent": agent,
-    }
-
-
-def parse(document: dict[str, Any]) -> LoadedJob:
-    return parse_job(document, cwd="/work")
-
-
-def problems(document: dict[str, Any]) -> list[tuple[str, str]]:
-    with pytest.raises(JobError) as caught:
-        parse(document)
-    return [(problem.path, problem.message) for problem in caught.value.problems]
+job = agent_job
 
 
 def test_metrics_are_off_by_default() -> None:
