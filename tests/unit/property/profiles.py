@@ -18,7 +18,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 # Each test may scale its own count with settings(max_examples=...) relative to these.
-CI_EXAMPLES = 100
+CI_EXAMPLES = 60
 DEV_EXAMPLES = 300
 
 settings.register_profile(
