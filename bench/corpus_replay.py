@@ -211,12 +211,19 @@ def gen_lines(count: int, prefix: str = "row", width: int = 0) -> bytes:
     return "".join(out).encode()
 
 
-def gen_recordio(payloads: list[str], bad_magic_at: int | None = None, cut: int = 0) -> bytes:
-    """RecordIO frames; the frame ``bad_magic_at`` gets a wrong magic; ``cut`` bytes dropped
-    from the end."""
+def gen_recordio(
+    payloads: list[str],
+    bad_magic_at: int | None = None,
+    cut: int = 0,
+    cflags: list[int] | None = None,
+) -> bytes:
+    """RecordIO frames, one per payload (``cflags``: each frame's continuation flag, 0 for a
+    whole record); the frame ``bad_magic_at`` gets a wrong magic; ``cut`` bytes dropped from
+    the end."""
+    flags = cflags or [0] * len(payloads)
     data = b"".join(
-        _recordio_frame(p.encode(), 0xDEADBEEF if n == bad_magic_at else RECORDIO_MAGIC)
-        for n, p in enumerate(payloads)
+        _recordio_frame(p.encode(), 0xDEADBEEF if n == bad_magic_at else RECORDIO_MAGIC, flag)
+        for n, (p, flag) in enumerate(zip(payloads, flags, strict=True))
     )
     return data[: len(data) - cut] if cut else data
 
@@ -227,13 +234,17 @@ def _masked_crc(data: bytes) -> bytes:
 
 
 def gen_tfrecord(
-    payloads: list[str], bad_data_crc_at: int | None = None, bad_length_crc_at: int | None = None
+    payloads: list[str],
+    bad_data_crc_at: int | None = None,
+    bad_length_crc_at: int | None = None,
+    huge_length_at: int | None = None,
 ) -> bytes:
-    """TFRecord frames; one may carry a wrong payload CRC or a wrong length CRC."""
+    """TFRecord frames; one may carry a wrong payload CRC, a wrong length CRC, or announce
+    2^60 payload bytes (with a correct length CRC)."""
     out = []
     for n, text in enumerate(payloads):
         payload = text.encode()
-        length = struct.pack("<Q", len(payload))
+        length = struct.pack("<Q", 1 << 60 if n == huge_length_at else len(payload))
         length_crc = _masked_crc(length)
         data_crc = _masked_crc(payload)
         if n == bad_length_crc_at:
@@ -244,11 +255,11 @@ def gen_tfrecord(
     return b"".join(out)
 
 
-def gen_gzip(text: str, cut: int = 0) -> bytes:
+def gen_gzip(text: str, cut: int = 0, trailing: str = "") -> bytes:
     """``text`` gzip-compressed (mtime 0, so the bytes never change); ``cut`` bytes dropped
-    from the end (a truncated stream)."""
+    from the end (a truncated stream); ``trailing`` bytes after the member."""
     data = gzip.compress(text.encode(), mtime=0)
-    return data[: len(data) - cut] if cut else data
+    return (data[: len(data) - cut] if cut else data) + trailing.encode()
 
 
 def gen_repeat(size: int, byte: str = "a", newline: bool = False) -> bytes:
@@ -361,15 +372,51 @@ class RunningModel:
     requests: Callable[[], int]
 
 
+class ModelPool:
+    """Example model servers kept from case to case, one per argument list, each reset
+    (start-up settings, empty log) before it serves a case: a case costs one interpreter
+    start (the agent's), not two. ``close`` stops them all."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.servers: dict[tuple[str, ...], Any] = {}
+
+    def example(self, args: list[str]) -> Any:
+        from tests.support.modelserver import ModelServer
+
+        key = tuple(args)
+        server = self.servers.get(key)
+        if server is None or not server.running():
+            if server is not None:
+                server.stop(grace_seconds=0)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            log = self.directory / f"model-server-{len(self.servers)}-{next(_numbers)}.log"
+            server = self.servers[key] = ModelServer(log, *args)
+            server.start()
+        server.reset()
+        return server
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop(grace_seconds=0)
+        self.servers.clear()
+
+
 @contextlib.contextmanager
-def start_model(spec: Mapping[str, Any], run_dir: Path) -> Iterator[RunningModel]:
-    """Start what ``spec`` names; yields where it listens and a count of its invocations."""
+def start_model(
+    spec: Mapping[str, Any], run_dir: Path, pool: ModelPool | None = None
+) -> Iterator[RunningModel]:
+    """Start what ``spec`` names (an example server from ``pool`` when given); yields where it
+    listens and a count of the invocations it got in this case."""
     kind = spec["kind"]
     if kind in ("none",):
         yield RunningModel(NOBODY_URL, 9, lambda: 0)
     elif kind in ("command", "script"):  # the agent starts it (Agent.ModelCommand)
         port = free_port()
         yield RunningModel(f"http://{HOST}:{port}", port, lambda: 0)
+    elif kind == "example" and pool is not None:
+        shared = pool.example(list(spec.get("args", [])))
+        yield RunningModel(shared.url, shared.port, lambda: len(shared.requests()))
     elif kind == "example":
         from tests.support.modelserver import ModelServer
 
@@ -427,6 +474,7 @@ class ReplayEnv:
     s3: SeaweedFS
     bucket: str
     work_dir: Path
+    models: ModelPool | None = None  # example model servers shared between cases
 
 
 @dataclass
@@ -463,15 +511,15 @@ class Verdict:
         return "\n".join(lines)
 
 
-class _Context:
+class Context:
     """The values of the placeholders of one replay."""
 
-    def __init__(self, case: Case, env: ReplayEnv, model: RunningModel, run_dir: Path) -> None:
+    def __init__(self, case: Case, bucket: str, model: RunningModel, run_dir: Path) -> None:
         self.local = run_dir / "data"
         self.values = {
-            "root": f"s3://{env.bucket}" if case.storage == "s3" else str(self.local),
+            "root": f"s3://{bucket}" if case.storage == "s3" else str(self.local),
             "local": str(self.local),
-            "bucket": env.bucket,
+            "bucket": bucket,
             "model_url": model.url,
             "model_port": str(model.port),
             "python": sys.executable,
@@ -492,9 +540,7 @@ class _Context:
         return value
 
 
-def blob(
-    spec: Mapping[str, Any], ctx: _Context, inputs: Mapping[str, bytes] | None = None
-) -> bytes:
+def blob(spec: Mapping[str, Any], ctx: Context, inputs: Mapping[str, bytes] | None = None) -> bytes:
     """The bytes a blob spec names (text, base64, json with placeholders, generator, same_as)."""
     if "text" in spec:
         text = str(spec["text"])
@@ -584,8 +630,8 @@ def replay(case: Case, env: ReplayEnv) -> Verdict:
     problems: list[str] = []
     exit_code: int | None = None
     log = ""
-    with start_model(case.model, run_dir) as model:
-        ctx = _Context(case, env, model, run_dir)
+    with start_model(case.model, run_dir, env.models) as model:
+        ctx = Context(case, env.bucket, model, run_dir)
         client = env.s3.sync_client()
         try:
             exit_code, log = _replay(case, env, ctx, model, client, run_dir, problems)
@@ -605,7 +651,7 @@ def replay(case: Case, env: ReplayEnv) -> Verdict:
 def _replay(
     case: Case,
     env: ReplayEnv,
-    ctx: _Context,
+    ctx: Context,
     model: RunningModel,
     client: Any,
     run_dir: Path,
@@ -754,7 +800,7 @@ def _replay(
 
 def _check(
     case: Case,
-    ctx: _Context,
+    ctx: Context,
     expect: Mapping[str, Any],
     exit_code: int,
     log: str,
@@ -812,6 +858,7 @@ def replay_all(
     """Replay every case (or those in ``ids``), each in a bucket of its own, in order."""
     client = s3.sync_client()
     verdicts = []
+    pool = ModelPool(work_dir / "models")
     try:
         for case in load_cases(cases_dir):
             if ids and case.id not in ids:
@@ -819,7 +866,7 @@ def replay_all(
             bucket = f"corpus-{os.getpid()}-{next(_numbers)}"
             client.create_bucket(Bucket=bucket)
             try:
-                verdict = replay(case, ReplayEnv(s3, bucket, work_dir))
+                verdict = replay(case, ReplayEnv(s3, bucket, work_dir, pool))
             finally:
                 with contextlib.suppress(Exception):
                     client.delete_bucket(Bucket=bucket)
@@ -827,6 +874,7 @@ def replay_all(
             if progress is not None:
                 progress(verdict)
     finally:
+        pool.close()
         client.close()
     return verdicts
 
