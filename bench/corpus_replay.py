@@ -475,6 +475,7 @@ class ReplayEnv:
     bucket: str
     work_dir: Path
     models: ModelPool | None = None  # example model servers shared between cases
+    agent_root: Path = REPO_ROOT  # whose ``agent`` package runs (another checkout: before/after)
 
 
 @dataclass
@@ -690,7 +691,7 @@ def _replay(
         job_text = blob(doc["job_text"], ctx).decode()
     agent_env = {**os.environ, **env.s3.env(), "PYTHONUNBUFFERED": "1"}
     agent_env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        [str(env.agent_root), str(REPO_ROOT)]  # the agent's tree first, then examples/
     )
     agent_env["AWS_EC2_METADATA_DISABLED"] = "true"
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -854,6 +855,7 @@ def replay_all(
     *,
     ids: list[str] | None = None,
     progress: Callable[[Verdict], None] | None = None,
+    agent_root: Path = REPO_ROOT,
 ) -> list[Verdict]:
     """Replay every case (or those in ``ids``), each in a bucket of its own, in order."""
     client = s3.sync_client()
@@ -866,7 +868,7 @@ def replay_all(
             bucket = f"corpus-{os.getpid()}-{next(_numbers)}"
             client.create_bucket(Bucket=bucket)
             try:
-                verdict = replay(case, ReplayEnv(s3, bucket, work_dir, pool))
+                verdict = replay(case, ReplayEnv(s3, bucket, work_dir, pool, agent_root))
             finally:
                 with contextlib.suppress(Exception):
                     client.delete_bucket(Bucket=bucket)
@@ -901,6 +903,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ids", nargs="*", help="case ids to replay (default: all)")
     parser.add_argument("--cases", type=Path, default=None, help="the corpus directory")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--agent-root",
+        type=Path,
+        default=REPO_ROOT,
+        help="run the agent of another checkout (e.g. one before a fix: its cases should fail)",
+    )
     options = parser.parse_args(argv)
     from tests.support.seaweedfs import SeaweedFS
 
@@ -913,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             work,
             options.cases,
             ids=options.ids or None,
+            agent_root=options.agent_root.resolve(),
             progress=lambda v: print(
                 v.explain() if not v.ok else f"{v.case_id}: {v.label}", file=sys.stderr, flush=True
             ),
