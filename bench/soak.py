@@ -44,8 +44,8 @@ SCALES = {
     "ci": Settings(
         lease_instances=3,
         static_instances=2,
-        data_scale=0.3,
-        lease_ttl=4,
+        data_scale=0.25,
+        lease_ttl=3,
         model_delay_ms=60,
         extra_faults=0,
         phase_limit_seconds=150,
@@ -111,6 +111,7 @@ def run_phase(env: Env, clusters: list[Cluster], faults: list[Fault], events: Ev
             cluster.stop_all()
     for fault in pending:
         injector.skipped[fault.kind] += 1
+    injector.seconds = time.monotonic() - began
     return injector
 
 
@@ -191,7 +192,7 @@ def _table(seed, settings, jobs, clusters, injectors, events, v, seconds) -> str
     logs = "".join(cluster.logs() for cluster in clusters)
     launches = [launch for cluster in clusters for launch in cluster.launches]
     rows = [f"soak seed {seed}: {seconds:.0f} s, scale {settings.data_scale:g}"]
-    rows.append("faults injected (skipped):")
+    rows.append("faults injected (skipped: due after the work was done, or nothing to hit)")
     missing = []
     for kind in KINDS:
         if kind in MODEL_KINDS:
@@ -228,6 +229,9 @@ def _table(seed, settings, jobs, clusters, injectors, events, v, seconds) -> str
         f"verdict          {v.lost} lost / {v.duplicated} duplicated / {v.reordered} reordered"
         f" / {v.partial} partial",
     ]
+    for number, injector in enumerate(injectors, start=1):
+        rows.append(f"  phase {number} ({injector.seconds:.0f} s):")
+        rows += [f"    {line}" for line in injector.log]
     if missing:
         rows.append(f"not injected this round: {', '.join(missing)}")
     rows.append("PASS" if v.ok else "FAIL:\n  " + "\n  ".join(v.problems))

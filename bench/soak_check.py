@@ -177,7 +177,9 @@ def check_state(v: Verdict, client: Any, bucket: str, cluster: Cluster) -> None:
             records = document.get("Batch", [document])
             shards = [r for r in records if r.get("Shard")]
             if shards:
-                v.fail(f"{key}: {len(shards)} shard record(s) left after their file's assembly")
+                v.fail(
+                    f"{key}: {len(shards)} shard record(s) left (a file's assembly deletes them)"
+                )
             continue
         v.partial += rel.startswith("shards/")
         v.fail(

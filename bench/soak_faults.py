@@ -71,6 +71,7 @@ class Injector:
         self.windows: dict[str, float] = {}  # mix key -> when its window ends
         self.mix: dict[str, float] = {}
         self.log: list[str] = []
+        self.seconds = 0.0  # the phase's wall time, once it is over
 
     # ---------------------------------------------------------------- the model's faults
 
@@ -92,7 +93,7 @@ class Injector:
         key = _MIX_KEY[fault.kind]
         seconds = rng.uniform(2.0, 6.0)
         if key == "413":
-            self.mix[key] = rng.choice([1_500, 2_500, 4_000])
+            self.mix[key] = rng.choice([6_000, 10_000, 16_000])
         else:
             self.mix[key] = rng.uniform(0.1, 0.3) if key != "timeout" else rng.uniform(0.04, 0.1)
         self.windows[key] = time.monotonic() + seconds
@@ -109,18 +110,23 @@ class Injector:
         hit = getattr(self, "_" + fault.kind)(rng)
         (self.done if hit else self.skipped)[fault.kind] += 1
 
-    def _live(self, rng: random.Random, lease_only: bool = False) -> tuple[Cluster, Launch] | None:
+    def _live(
+        self, rng: random.Random, lease_only: bool = False, ready: bool = False
+    ) -> tuple[Cluster, Launch] | None:
         found = [
             (cluster, launch)
             for cluster in self.clusters
             if not lease_only or cluster.coordination == "Lease"
             for launch in cluster.running()
-            if not launch.fate
+            if not launch.fate and (not ready or "execution parameters:" in launch.agent.log())
         ]
         return rng.choice(found) if found else None
 
     def _replica_kill(self, rng: random.Random) -> bool:
-        picked = self._live(rng)
+        # Only once the instance's replicas answered /ping: a replica command that dies
+        # before that fails the instance's start (the model never became ready), which is
+        # another fault than a replica lost mid-run.
+        picked = self._live(rng, ready=True)
         if picked is None:
             return False
         pids = [int(p) for p in _MODEL_PID.findall(picked[1].agent.log())]
@@ -175,7 +181,7 @@ class Injector:
         if picked is None:
             return False
         cluster, launch = picked
-        seconds = self.env.settings.lease_ttl * 1.5 + rng.uniform(0.5, 2.0)
+        seconds = self.env.settings.lease_ttl * 1.5 + rng.uniform(0.5, 1.5)
         launch.fate = "paused"
         os.kill(launch.agent.pid, signal.SIGSTOP)
         time.sleep(seconds)

@@ -154,7 +154,13 @@ class Cluster:
     def launch(self, index: int) -> Launch:
         port = self.env.ports(self.env.settings.replicas)
         args = ["--instance-index", str(index), "--instance-count", str(self.instances)]
-        agent = start_agent(self.job(port), self.directory, env=self.env.seaweed.env(), args=args)
+        env = {
+            **self.env.seaweed.env(),
+            "AWS_CONFIG_FILE": str(self.env.directory / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(self.env.directory / "no-aws-config"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        agent = start_agent(self.job(port), self.directory, env=env, args=args)
         launch = Launch(index, agent)
         self.launches.append(launch)
         return launch
