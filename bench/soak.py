@@ -50,14 +50,14 @@ SCALES = {
         extra_faults=0,
         phase_limit_seconds=150,
     ),
-    # 4 Lease instances, a few minutes, three more faults drawn per phase.
+    # 4 Lease instances, slower model answers, five more faults drawn per phase: a few minutes.
     "default": Settings(
         lease_instances=4,
         static_instances=2,
         data_scale=1.0,
         lease_ttl=6,
-        model_delay_ms=60,
-        extra_faults=3,
+        model_delay_ms=150,
+        extra_faults=5,
         phase_limit_seconds=600,
     ),
 }
