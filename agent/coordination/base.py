@@ -192,7 +192,7 @@ class Coordinator(ABC):
                     # Committed before the output, with the same input and settings.
                     result.errors_etag = errors_head.etag
                     result.failed_records = await _count_lines(store, errors_uri(output).key)
-                await self.record(item, result)
+                await self.record(item, result, counts_unknown=not assembled)
                 if assembled:
                     await self.shards_assembled(item.id)
                 return None
@@ -222,8 +222,13 @@ class Coordinator(ABC):
         self.held.pop(fid, None)
         self.assembling.discard(fid)
 
-    async def record(self, item: InputFile, result: FileResult) -> FileRecord:
-        """Write ``item``'s completion record from ``result`` (after its commit); return it."""
+    async def record(
+        self, item: InputFile, result: FileResult, *, counts_unknown: bool = False
+    ) -> FileRecord:
+        """Write ``item``'s completion record from ``result`` (after its commit); return it.
+
+        ``counts_unknown``: the output was committed by an instance that died before its
+        record, and ``result`` holds none of that work's counts."""
         assert self.settings_hash is not None
         uri = str(item.uri)
         record = FileRecord(
@@ -248,6 +253,7 @@ class Coordinator(ABC):
             FirstRecordAt=result.first_record_at,
             LastRecordEnd=result.last_record_end,
             Shards=len(self.sharding.shards.get(item.id, ())) if item.shard is None else 0,
+            CountsUnknown=counts_unknown,
         )
         await self._keep(item, record)
         return record
@@ -379,6 +385,8 @@ class Coordinator(ABC):
         )
         if not final and (stopped is None or not await self._alone()):
             return None
+        if final:
+            await self._tidy()
         written = await write_summary(
             self.state,
             self.layout,
@@ -390,6 +398,10 @@ class Coordinator(ABC):
     async def _alone(self) -> bool:
         """Whether no other instance may still be working on this run's files."""
         return True
+
+    async def _tidy(self) -> None:
+        """Every file is final: remove what coordinating them may have left (§4.4)."""
+        return  # Static mode leaves nothing: its plan is fixed, it holds no lease
 
     async def __aenter__(self) -> Self:
         return self

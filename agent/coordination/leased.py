@@ -9,6 +9,7 @@ each completion record is written at once (another instance may look for it any 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +24,7 @@ from agent.coordination.plan import largest_first
 from agent.coordination.records import FileRecord, write_record
 from agent.coordination.shards import Sharding
 from agent.job import JobSettings
-from agent.storage import InputFile, Store, Stores
+from agent.storage import InputFile, StorageError, Store, Stores
 
 log = logging.getLogger("agent.coordinate")
 
@@ -138,6 +139,17 @@ class LeaseCoordinator(Coordinator):
             self.final.add(fid)  # finished by another instance just before our claim
             await lease.release()
             return None
+        # A shard of a file another instance assembled meanwhile (its shard records and
+        # objects gone): redoing it would leave them behind for good (found by the soak).
+        parent = self.sharding.files.get(item.file) if item.shard is not None else None
+        if parent is not None:
+            whole = await self.records.get(parent.id)
+            run = self.listing.run_id
+            if whole is not None and whole.final_for(parent, self.settings_hash, run):
+                self.final.add(parent.id)
+                self._settle_shards()
+                await lease.release()
+                return None
         await lease.__aenter__()  # renew from now on, whatever the runner does next
         try:
             claim = await self._take_over(item, lease)
@@ -175,6 +187,15 @@ class LeaseCoordinator(Coordinator):
 
     async def _alone(self) -> bool:
         return not await self.state.list_objects(self.layout.leases_prefix.key)
+
+    async def _tidy(self) -> None:
+        """Delete the leases left when every file is final. A holder killed (or paused past
+        its TTL) between taking a lease and finding its file already final leaves one
+        that nobody would ever take over or delete (found by the soak). No lease guards
+        anything once all is final; a holder still alive finds its lease gone and stops."""
+        for info in await self.state.list_objects(self.layout.leases_prefix.key):
+            with contextlib.suppress(StorageError):
+                await self.state.delete(info.key)
 
 
 def _label(item: InputFile) -> str:

@@ -67,6 +67,10 @@ class FileRecord:
     FirstRecordAt: int | None = None
     LastRecordEnd: int | None = None
     Shards: int = 0  # a sharded file's record: how many shards it was cut into
+    # Recorded by an instance that found the output committed by another, which died
+    # before writing this record: the work's counts (Records, Requests, InputBytes) died
+    # with it and are 0 here (docs/design.md §4.7).
+    CountsUnknown: bool = False
 
     @property
     def id(self) -> str:

@@ -63,7 +63,7 @@ def summary_head(
     """``build_summary`` without the per-file entries: ``"Files"`` stands where they go,
     as ``None``. One pass over the listing; nothing per file is kept."""
     count = failed = records_sent = requests = in_bytes = out_bytes = failed_records = 0
-    shards = 0
+    shards = unknown = 0
     first_failure: FileRecord | None = None
     instances: set[str] = set()
     run_id = listing.run_id
@@ -82,6 +82,7 @@ def summary_head(
         in_bytes += record.InputBytes
         out_bytes += record.OutputBytes
         shards += record.Shards
+        unknown += record.CountsUnknown
         if record.RunId == run_id:
             instances.add(record.Instance)
     final = count == len(listing.files)
@@ -113,6 +114,8 @@ def summary_head(
     }
     if shards:  # files cut into shards (README "Shards"): how many shards they made
         summary["Shards"] = shards
+    if unknown:  # their counts died with the instance that committed them (§4.7)
+        summary["FilesWithoutCounts"] = unknown
     if reason:
         summary["FailureReason"] = reason
     return summary, final

@@ -251,3 +251,43 @@ async def test_status_and_plan_output(
     assert summary["FailureReason"].startswith("1 of 4 files failed: s3://")
     assert (summary["FilesCompleted"], summary["FilesFailed"]) == (3, 1)
     assert summary["ExecutionParameters"] == {"MaxConcurrentTransforms": 1}
+
+
+async def test_an_output_committed_by_an_instance_that_died_is_recorded_without_counts(
+    s3_server: SeaweedFS, s3_env: dict[str, str], bucket: str
+) -> None:
+    """Killed between a commit and its record: the next run records the output without
+    redoing it, and says its counts are unknown rather than zero (found by the soak)."""
+    await put(s3_server, bucket, {"in/a.csv": b"a\n", "in/b.csv": b"b\n"})
+    job = s3_job(bucket)
+    async with open_stores() as stores:
+        dying = await open_coordinator(stores, job, Identity(0, 1, "test"))
+        await dying.begin("h1")
+        claim = await anext(dying.files())
+        assert claim.output is not None
+        sink = await stores.get(claim.output)
+        upload = sink.open_upload(
+            claim.output.key, metadata=claim.metadata, on_upload_id=claim.on_upload_id
+        )
+        async with upload:
+            await upload.write(b"A\n")
+            await claim.commit(upload)
+        # ... and the instance dies here: no record is written for the committed output.
+    async with open_stores() as stores:
+        coordinator = await open_coordinator(stores, job, Identity(0, 1, "test"))
+        async with coordinator:
+            await coordinator.begin("h1")
+            done = await process(coordinator)
+            summary = await coordinator.finish()
+    assert done == ["b.csv"]  # a.csv was recorded, not redone
+    assert summary is not None
+    assert (summary["TransformJobStatus"], summary["FilesCompleted"]) == ("Completed", 2)
+    assert summary["FilesWithoutCounts"] == 1
+    assert summary["Records"] == 1  # b.csv's; a.csv's count died with its instance
+    async with open_stores() as stores:
+        state = await stores.get(coordinator.layout.root)
+        found = await state.get_bytes(coordinator.layout.summary.key)
+    assert found is not None
+    entries = {e["Input"]: e for e in orjson.loads(found[0])["Files"]}
+    assert entries[f"s3://{bucket}/in/a.csv"]["CountsUnknown"] is True
+    assert "CountsUnknown" not in entries[f"s3://{bucket}/in/b.csv"]
