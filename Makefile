@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # workers finish in about half the time on two cores. WORKERS=0 runs in one process.
 WORKERS ?= 3
 
-.PHONY: install build test test-py bench lint demo image clean
+.PHONY: install build test test-py bench lint demo image soak corpus clean
 
 ## install: create .venv and install bt-agent (editable, compiled) with test and lint tools
 install: $(STAMP)
@@ -57,6 +57,15 @@ demo: build
 IMAGE ?= localhost/bt-agent:latest
 image: $(STAMP)
 	$(PY) deploy/image/build.py --tag $(IMAGE)
+
+## soak: the seeded chaos soak, every fault at once (SEED=N, SOAK_ARGS='--minutes 60 --corpus')
+SOAK_ARGS ?=
+soak: build
+	$(PY) -m bench.soak $(if $(SEED),--seed $(SEED)) $(SOAK_ARGS)
+
+## corpus: replay the hostile-input corpus (bench/corpus/): each case must end in its clear error
+corpus: build
+	$(PY) -m bench.corpus_replay
 
 ## clean: remove the venv and every build output
 clean:

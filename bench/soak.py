@@ -16,7 +16,7 @@ only when every check holds (1, naming what failed, otherwise).
 
 ``--minutes M`` repeats rounds, each with a seed drawn from the one before, until M minutes
 have passed; the first failing round stops it. ``--corpus`` also replays the hostile-input
-corpus (``bench/corpus_replay.py: replay_all(env)``, when that module exists).
+corpus (``bench/corpus_replay.py: replay_all``) on the round's SeaweedFS.
 """
 
 from __future__ import annotations
@@ -173,15 +173,13 @@ def run_round(seed: int, settings: Settings, work: Path, corpus: bool) -> tuple[
 
 
 def _corpus(env: Env, v: Verdict) -> None:
-    try:
-        from bench import corpus_replay  # type: ignore[attr-defined]
-    except ImportError:
-        v.fail("--corpus: bench/corpus_replay.py (replay_all) is not there; run without --corpus")
-        return
-    for result in corpus_replay.replay_all(env):
-        print(f"corpus: {result}")
-        if not getattr(result, "ok", bool(result)):
-            v.fail(f"corpus case failed: {result}")
+    """Replay the hostile-input corpus (bench/corpus/) on this round's SeaweedFS."""
+    from bench import corpus_replay
+
+    for result in corpus_replay.replay_all(env.seaweed, env.directory / "corpus"):
+        print(f"corpus: {result.case_id}: {'holds' if result.ok else 'FAILS'}")
+        if not result.ok:
+            v.fail(f"corpus case {result.case_id} failed: {'; '.join(result.problems)}")
 
 
 def _count(pattern: str, text: str) -> int:
