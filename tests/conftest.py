@@ -6,7 +6,8 @@
 * Twin fixtures (session-scoped) hand a test the compiled module (id ``c``) or its
   pure-Python twin (id ``py``). The ``c`` cases carry the ``compiled_only`` mark, as do
   tests that import a compiled module themselves; under ``BT_AGENT_NO_EXTENSIONS=1``
-  every ``compiled_only`` case is skipped, and only those.
+  every ``compiled_only`` case is skipped, and so is every ``twin_free`` test (deploy
+  recipes, metrics, the image, the soak: what they check does not pass through a twin).
 * The terminal summary says how many tests ran against each twin (a ``compiled_only``
   test outside the twin fixtures counts as run with the compiled extension).
 """
@@ -95,10 +96,15 @@ dataproc_twin = twin_fixture(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the compiled-only cases under ``BT_AGENT_NO_EXTENSIONS=1``; label each twin case."""
     skip = pytest.mark.skip(reason="BT_AGENT_NO_EXTENSIONS=1 forces the pure twins")
+    twin_free = pytest.mark.skip(
+        reason="no code with a compiled twin decides this test's outcome; the compiled pass runs it"
+    )
     for item in items:
         compiled_only = item.get_closest_marker("compiled_only") is not None
         if compiled_only and NO_EXTENSIONS:
             item.add_marker(skip)
+        elif NO_EXTENSIONS and item.get_closest_marker("twin_free") is not None:
+            item.add_marker(twin_free)
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
         twins = [params[name] for name in sorted(_TWIN_FIXTURES) if name in params]

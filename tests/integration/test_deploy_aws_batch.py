@@ -33,7 +33,7 @@ from tests.support.multirun import rows_of, summary_inputs
 from tests.support.runjob import get_objects, model_command, output_keys, put_objects
 from tests.support.servers import SeaweedFS, process_alive, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 DIRECTORY = DEPLOY / "aws-batch"
 FILES = {f"input/part-{n}.csv": rows_of(f"part-{n}", 20 * (n + 1)) for n in range(9)}

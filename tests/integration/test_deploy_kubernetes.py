@@ -32,7 +32,7 @@ from tests.support.multirun import BodyIndex, rows_of, summary_inputs
 from tests.support.runjob import get_objects, output_keys, put_objects
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 DIRECTORY = DEPLOY / "kubernetes"
 FILES = {f"input/part-{n}.csv": rows_of(f"part-{n}", 25 * (n + 1)) for n in range(7)}

@@ -36,7 +36,7 @@ from tests.support.runjob import (
 from tests.support.servers import ModelServer, SeaweedFS
 from tests.support.slurm import SlurmCluster, missing
 
-pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.twin_free]
 
 SCRIPT = REPO_ROOT / "deploy" / "slurm" / "bt-agent.sbatch"
 SOURCE = "SLURM_ARRAY_TASK_ID (Slurm job array)"

@@ -28,7 +28,7 @@ import pytest
 
 import agent
 
-pytestmark = [pytest.mark.integration, pytest.mark.podman]
+pytestmark = [pytest.mark.integration, pytest.mark.podman, pytest.mark.twin_free]
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "deploy" / "image" / "build.py"

@@ -34,7 +34,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import HOST, SeaweedFS, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 FILES = ("in/a.csv", "in/b.csv", "in/c.csv")
 RECORDS = 20_000

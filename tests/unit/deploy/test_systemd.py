@@ -191,6 +191,7 @@ class Host:
 
 
 @pytest.mark.integration
+@pytest.mark.twin_free
 def test_exec_start_runs_a_job_and_the_exit_code_meets_the_restart_policy(tmp_path: Path) -> None:
     host = Host(tmp_path)
 
@@ -214,6 +215,7 @@ def test_exec_start_runs_a_job_and_the_exit_code_meets_the_restart_policy(tmp_pa
 
 
 @pytest.mark.integration
+@pytest.mark.twin_free
 def test_a_stop_sigterm_exits_143_which_the_unit_counts_as_clean(tmp_path: Path) -> None:
     host = Host(tmp_path)
     process, log = host.start("stopped", host.job("stopped", "--delay-ms", "60000"))
