@@ -200,7 +200,13 @@ class HeldLease:
             await self._after_refusal()
             return
         except (StorageError, TimeoutError) as error:
-            log.warning("%s: renewing the lease failed (%s); retrying", self.input_uri, error)
+            # A timeout has no text of its own: say what it was.
+            why = str(error) or (
+                f"no answer within {self.settings.request_timeout_seconds:g} s"
+                if isinstance(error, TimeoutError)
+                else type(error).__name__
+            )
+            log.warning("%s: renewing the lease failed (%s); retrying", self.input_uri, why)
             return
         self._renewed(etag, number)
 
