@@ -6,8 +6,10 @@
 * Twin fixtures (session-scoped) hand a test the compiled module (id ``c``) or its
   pure-Python twin (id ``py``). The ``c`` cases carry the ``compiled_only`` mark, as do
   tests that import a compiled module themselves; under ``BT_AGENT_NO_EXTENSIONS=1``
-  every ``compiled_only`` case is skipped, and so is every ``twin_free`` test (deploy
-  recipes, metrics, the image, the soak: what they check does not pass through a twin).
+  every ``compiled_only`` case is skipped, and so is every ``twin_free`` test
+  (coordination across instances, the model process and replicas, faults and retries,
+  deploy recipes, metrics, the image: what decides them has no twin; the unit twin tests,
+  the property tests and the data-path integration tests run the twins end to end).
 * The terminal summary says how many tests ran against each twin (a ``compiled_only``
   test outside the twin fixtures counts as run with the compiled extension).
 """

@@ -30,7 +30,7 @@ from agent.model.process import ModelProcess
 from tests.support import fake_engine
 from tests.support.servers import free_port_block, process_alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 FAST = ModelClientSettings(ping_interval_seconds=0.1, retry_base_seconds=0.01)
 HANG_GUARD_SECONDS = 60  # only so that a failing test ends; no assertion is about time

@@ -38,7 +38,7 @@ from tests.support.servers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 SECRET = "SUPERSECRET123"
 AWKWARD = 'pa"ss\\wörd€42'  # a quote, a backslash and non-ASCII: escaped in JSON

@@ -26,7 +26,7 @@ from agent.results import COMPLETED, FileResult
 from agent.storage import PreconditionFailed, StorageSettings, Stores, open_stores
 from tests.support.servers import SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 MIB = 1 << 20
 LEASE = LeaseSettings(

@@ -25,7 +25,7 @@ from agent.model.artifacts import (
 from agent.storage import StorageSettings, open_stores
 from tests.support.servers import SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 Member = tuple[tarfile.TarInfo, bytes | None]
 

@@ -24,7 +24,7 @@ from agent.model.environment import model_environment
 from agent.model.process import ModelCommandError, ModelExit, ModelProcess
 from tests.support.servers import REPO_ROOT, process_alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 PY = sys.executable
 FAST = ModelClientSettings(ping_interval_seconds=0.1, retry_base_seconds=0.01)

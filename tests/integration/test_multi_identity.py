@@ -19,7 +19,7 @@ from tests.support.multirun import IDENTITY_VARIABLES, BodyIndex, rows_of, summa
 from tests.support.runjob import get_objects, output_keys, put_objects, start_agent, transform_job
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 FILES = {f"in/part-{n}.csv": rows_of(f"part-{n}", 30 * (n + 1)) for n in range(6)}
 

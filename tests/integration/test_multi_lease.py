@@ -45,7 +45,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 TTL_SECONDS = 3
 RENEW_SECONDS = TTL_SECONDS / 6  # LeaseSettings.for_ttl

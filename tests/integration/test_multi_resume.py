@@ -38,7 +38,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 
 def test_a_stopped_job_resumes_and_only_changed_inputs_are_redone(

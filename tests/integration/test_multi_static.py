@@ -25,7 +25,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 INSTANCES = 3
 _SHARE = re.compile(r"^instance (\d+): (\d+) files, (\d+) bytes")

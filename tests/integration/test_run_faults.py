@@ -35,7 +35,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import ModelServer, SeaweedFS, free_port_block, process_alive, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 
 def csv(seed: int, count: int, width: int = 60) -> bytes:

@@ -21,7 +21,7 @@ from tests.support.processes import HOST, free_port_block
 from tests.support.runjob import model_command, run_agent, start_agent, transform_job
 from tests.support.servers import ModelServer, process_alive
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 LINES = 40_000
 CONCURRENCY = 2

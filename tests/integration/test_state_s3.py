@@ -31,7 +31,7 @@ from agent.storage import StorageSettings, Stores, open_stores
 from agent.storage.inputs import file_id
 from tests.support.servers import SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 MIB = 1 << 20
 
