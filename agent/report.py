@@ -44,7 +44,7 @@ def peak_rss_bytes() -> int:
 
 class Phases:
     """Where a run's time went (README "Where the time goes"): the moments each phase
-    began and ended, on the monotonic clock, read as seconds by ``as_json``.
+    began and ended, on the monotonic clock, read as seconds by ``seconds``.
 
     Listing and the model's start-up run side by side, so their seconds may overlap; the
     first request, transforming and committing follow each other.
