@@ -210,7 +210,8 @@ class Coordinator(ABC):
                 if errors_head is None
                 else CommitRule(if_match=errors_head.etag),
                 replace(recorder, output=where, written=recorder.written),
-                None if errors_head is None else errors_head.etag,
+                errors_head,
+                metadata,
             )
         claim = Claim(item, output, metadata, rule, lease, recorder, self, errors)
         claim.shards = self.sharding.shards.get(item.id) if item.shard is None else None

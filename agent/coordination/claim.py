@@ -10,12 +10,14 @@ releases the lease, unless the lease was lost: then it is another's.
 With ``Agent.MaxFailedRecords`` a claim also names the file's errors file
 (``errors_output``, ``on_errors_upload_id``); ``commit(upload, errors)`` commits it first,
 then the ``.out``, both under conditions decided before the file was processed
-(docs/design.md §4.7).
+(docs/design.md §4.5). An errors file left by an instance that stopped between the two
+commits is kept when it holds the same bytes, so a redo never writes a second version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 from agent.aio import race
-from agent.coordination.commit import CommitRule, UploadRecorder
+from agent.coordination.commit import CommitRule, OutputHead, UploadRecorder, matches
 from agent.coordination.lease import ClaimLost, HeldLease, LeaseLost
 from agent.errors import BtAgentError
 from agent.job import DataUri
@@ -46,7 +48,23 @@ class ErrorsTarget:
     store: Store
     rule: CommitRule
     recorder: UploadRecorder
-    existing: str | None  # its ETag
+    existing: OutputHead | None
+    metadata: dict[str, str]  # the file's output metadata (the errors file carries it too)
+
+    def reusable(self, written: ErrorsWritten) -> bool:
+        """Whether the errors file found may hold ``written``'s bytes: made from the same
+        input version with the same settings, and of the same size."""
+        found = self.existing
+        return found is not None and found.size == written.size and matches(found, self.metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorsWritten:
+    """A file's errors file as written, not yet committed: its upload, size and SHA-256."""
+
+    upload: Upload
+    size: int
+    sha256: bytes
 
 
 class RecordWriter(Protocol):
@@ -124,7 +142,7 @@ class Claim:
         elif self.lost.is_set():
             raise ClaimLost(f"{self.item.uri}: another instance committed its output first")
 
-    async def commit(self, upload: Upload, errors: Upload | None = None) -> str:
+    async def commit(self, upload: Upload, errors: ErrorsWritten | None = None) -> str:
         """Commit ``upload`` (and first ``errors``, the file's errors file) under the
         claim's conditions; ``ClaimLost`` if another won. A stop that comes meanwhile
         waits for both, so the two are committed together or not at all."""
@@ -168,21 +186,47 @@ class Claim:
         self.output_etag = etag
         return etag
 
-    async def _commit(self, upload: Upload, errors: Upload | None) -> str:
+    async def _commit(self, upload: Upload, errors: ErrorsWritten | None) -> str:
         target = self.errors
+        ours = False  # the errors file committed here (not one kept as found)
         if errors is not None:
             assert target is not None
-            self.errors_etag = await errors.commit(**target.rule.kwargs)
+            self.errors_etag = await self._kept(target, errors)
+            if self.errors_etag is None:
+                self.errors_etag = await errors.upload.commit(**target.rule.kwargs)
+                ours = True
         try:
             etag = await upload.commit(**self.rule.kwargs)
         except PreconditionFailed:
-            if self.errors_etag is not None:  # ours, next to another's output: take it back
+            if ours:  # next to another's output: take it back
+                assert self.errors_etag is not None
                 await self._delete_errors(self.errors_etag, "its output was committed first")
-                self.errors_etag = None
+            self.errors_etag = None
             raise
         if errors is None and target is not None and target.existing is not None:
-            await self._delete_errors(target.existing, "this run had no failed records")
+            await self._delete_errors(target.existing.etag, "this run had no failed records")
         return etag
+
+    async def _kept(self, target: ErrorsTarget, errors: ErrorsWritten) -> str | None:
+        """The ETag of the errors file found at the claim, when it holds exactly the bytes
+        written now; else ``None``. An instance that stopped between its two commits left
+        it: writing it again would give the object a second version (§4.5)."""
+        if not target.reusable(errors):
+            return None
+        assert target.existing is not None
+        found = await target.store.head(target.output.key)
+        if found is None or found.etag != target.existing.etag:
+            return None  # gone or replaced meanwhile: the commit's condition decides
+        digest = hashlib.sha256()
+        async with target.store.read(found) as reader:
+            async for chunk in reader:
+                digest.update(chunk)
+        if digest.digest() != errors.sha256:
+            return None  # the model's answers differ from the earlier run's: replace it
+        log.info(
+            "%s: kept %s, committed earlier with the same records", self.item.uri, target.output
+        )
+        return found.etag
 
     async def _delete_errors(self, etag: str, why: str) -> None:
         """Delete the errors file if it is still the one with ``etag`` (best effort)."""

@@ -9,11 +9,12 @@ and written in input order by the file's writer; the claim commits it before the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from types import TracebackType
 
 from agent import metrics
 from agent._compat import BytesLike
-from agent.coordination.claim import Claim
+from agent.coordination.claim import Claim, ErrorsWritten
 from agent.job import DataUri
 from agent.pipeline.ordering import Assembler
 from agent.pipeline.requests import Answered, FailedRecord
@@ -44,6 +45,8 @@ class ErrorsFile:
         self.on_upload_id = on_upload_id
         self.upload: Upload | None = None
         self.count = 0
+        self.size = 0
+        self._digest = hashlib.sha256()  # a redo keeps an identical errors file (§4.5)
         self._stack = contextlib.AsyncExitStack()
 
     async def add(self, failed: FailedRecord) -> None:
@@ -64,7 +67,15 @@ class ErrorsFile:
                 )
             )
         await self.upload.write(line)
+        self._digest.update(line)
+        self.size += len(line)
         self.count += 1
+
+    def written(self) -> ErrorsWritten | None:
+        """What to commit with the ``.out`` (``None``: no record failed)."""
+        if self.upload is None:
+            return None
+        return ErrorsWritten(self.upload, self.size, self._digest.digest())
 
     async def __aenter__(self) -> ErrorsFile:
         return self

@@ -313,7 +313,7 @@ class Pipeline:
             if self.limit_passed.is_set():  # perhaps by this file's own failed records
                 raise FileFailed(f"not committed: {self.fatal}")
             try:
-                result.output_etag = await claim.commit(upload, errors.upload)
+                result.output_etag = await claim.commit(upload, errors.written())
             finally:
                 # Also when a stop met the commit: the commit was finished and the file is
                 # recorded as completed, with its true size.

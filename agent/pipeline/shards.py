@@ -146,7 +146,7 @@ class ShardAssembly:
             result.records = base
             result.input_bytes = self.item.info.size if self.item.info is not None else 0
             try:
-                result.output_etag = await claim.commit(upload, errors.upload)
+                result.output_etag = await claim.commit(upload, errors.written())
             finally:
                 if claim.committed:
                     result.output_etag = claim.output_etag

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.multirun import completion_records, enable_versioning
+from tests.support.multirun import completion_records, enable_versioning, list_keys
 from tests.support.record_model import RecordModel, error_lines, token
 from tests.support.runjob import (
     Record,
@@ -479,6 +479,58 @@ def test_an_errors_file_from_another_input_is_replaced_or_deleted(
         assert errors == expected_errors(f"s3://{bucket}/in/a.csv", records, bad)
     else:
         assert "out/a.csv.errors.jsonl" not in found
+
+
+@pytest.mark.parametrize("left", ["the same records", "other bytes of the same size"])
+def test_an_errors_file_left_without_its_out_is_kept_if_the_redo_writes_the_same(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    left: str,
+) -> None:
+    """An instance that stopped between its two commits (docs/design.md §4.5) left the
+    errors file and no ``.out``. The redo keeps an errors file holding exactly what it
+    wrote, so the object keeps one version; one with other bytes is replaced."""
+    client = s3_server.sync_client()
+    records = records_of("Line", 2_000)
+    put_objects(client, bucket, {"in/a.csv": file_bytes(records)})
+    record_model.set_bad([5, 6, 1_999])
+    job = make_job({"MaxFailedRecords": 10})
+    first = run_in_process(job, tmp_path)
+    assert first.returncode == 0, first.explain()
+    key = "out/a.csv.errors.jsonl"
+    made = client.get_object(Bucket=bucket, Key=key)
+    body, metadata = made["Body"].read(), made["Metadata"]
+    for name in list_keys(client, bucket, "out/"):
+        client.delete_object(Bucket=bucket, Key=name)
+    enable_versioning(client, bucket)
+    planted = body if left == "the same records" else body.replace(b'"record":5,', b'"record":4,')
+    assert len(planted) == len(body)
+    put = client.put_object(Bucket=bucket, Key=key, Body=planted, Metadata=metadata)
+    record_model.reset_counts()
+
+    again = run_in_process(job, tmp_path)
+
+    assert again.returncode == 0, again.explain()
+    found = outputs(s3_server, bucket)
+    assert found["out/a.csv.out"] == expected_out(2_000, [5, 6, 1_999], None)
+    assert found[key] == body
+    versions = [
+        version
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key)
+        for version in page.get("Versions", [])
+    ]
+    if left == "the same records":
+        assert [v["ETag"] for v in versions] == [put["ETag"]]
+        assert any("kept s3://" in message for message in caplog.messages)
+    else:
+        assert len(versions) == 2
+    (record,) = completion_records(client, bucket, job)
+    assert (record["FailedRecords"], record["ErrorsETag"]) == (3, versions[0]["ETag"])
 
 
 def test_instances_sharing_files_under_leases_commit_each_errors_file_once(
