@@ -26,7 +26,7 @@ from tests.support.servers import (
     process_alive,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 MiB = 1 << 20
 

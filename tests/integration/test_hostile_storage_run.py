@@ -43,7 +43,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import HOST, ModelServer, SeaweedFS, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 MIB = 1 << 20
 # Not forwarded: what the hop itself decides (the body is forwarded whole, as read).

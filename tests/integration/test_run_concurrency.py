@@ -18,7 +18,7 @@ import pytest
 from tests.support.runjob import output_keys, put_objects, run_agent, transform_job
 from tests.support.servers import ModelServer, SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 FILES = 300
 CONCURRENCY = 8

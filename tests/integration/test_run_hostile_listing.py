@@ -29,7 +29,7 @@ from tests.support.runjob import (
 )
 from tests.support.servers import ModelServer, SeaweedFS, process_alive, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 
 def test_a_rerun_after_a_crash_reads_the_new_s3uri(

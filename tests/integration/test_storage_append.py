@@ -34,7 +34,7 @@ from agent.storage import (
 )
 from tests.support.servers import SeaweedFS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 KIB = 1024
 SIZES = {"empty": 0, "1k": KIB, "5m-1": 5 * MIB - 1, "5m": 5 * MIB, "7m": 7 * MIB}

@@ -28,7 +28,7 @@ from agent.storage import (
 )
 from tests.support.servers import SeaweedFS, free_port_block
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 
 def s3(bucket: str, key: str) -> DataUri:

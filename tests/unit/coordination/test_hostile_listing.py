@@ -235,6 +235,7 @@ async def test_state_documents_stay_small_per_file(tmp_path: Path) -> None:
     assert len(listing) / 1000 < 40, f"{len(listing) / 1000:.0f} bytes a file"
 
 
+@pytest.mark.twin_free  # the listing's memory: no code with a twin holds it
 async def test_memory_per_file_at_the_end_of_a_run_stays_small(tmp_path: Path) -> None:
     """What a run holds per file from its first claim through both summaries written.
 
