@@ -110,23 +110,21 @@ class Injector:
         hit = getattr(self, "_" + fault.kind)(rng)
         (self.done if hit else self.skipped)[fault.kind] += 1
 
-    def _live(
-        self, rng: random.Random, lease_only: bool = False, ready: bool = False
-    ) -> tuple[Cluster, Launch] | None:
+    def _live(self, rng: random.Random, lease_only: bool = False) -> tuple[Cluster, Launch] | None:
         found = [
             (cluster, launch)
             for cluster in self.clusters
             if not lease_only or cluster.coordination == "Lease"
             for launch in cluster.running()
-            if not launch.fate and (not ready or "execution parameters:" in launch.agent.log())
+            if not launch.fate
         ]
         return rng.choice(found) if found else None
 
     def _replica_kill(self, rng: random.Random) -> bool:
-        # Only once the instance's replicas answered /ping: a replica command that dies
-        # before that fails the instance's start (the model never became ready), which is
-        # another fault than a replica lost mid-run.
-        picked = self._live(rng, ready=True)
+        # Any time after the instance started its model commands, during their start-up
+        # too: a replica that dies before its first /ping 200 is restarted like one lost
+        # mid-run, while the other one serves (README "Replicas").
+        picked = self._live(rng)
         if picked is None:
             return False
         pids = [int(p) for p in _MODEL_PID.findall(picked[1].agent.log())]

@@ -197,6 +197,9 @@ class ReplicaSet:
         self._changed = asyncio.Event()  # set (and replaced) when a replica comes or goes
         self._stack = contextlib.AsyncExitStack()
         self._closing = False
+        # Replicas whose start failed while others started (``wait_ready``): restarted
+        # once the run begins (``open``).
+        self._failed_start: dict[int, ModelError] = {}
 
     # ------------------------------------------------------------------ life cycle
 
@@ -296,7 +299,12 @@ class ReplicaSet:
             await self._stop_replica(replica)
 
     async def wait_ready(self, timeout_seconds: float) -> None:
-        """Every replica's ``/ping`` answers 200 (each waited for at once)."""
+        """Every replica's ``/ping`` answers 200 (each waited for at once).
+
+        With more than one replica, one whose start fails (its command exited, or no 200
+        in time) while another started is left down: ``open`` starts bringing it back,
+        as it would a replica that stopped answering later. Only when every replica
+        failed does the start fail, with the first one's error."""
         settings = ModelClientSettings.from_job(self.job)
 
         async def one(replica: Replica) -> None:
@@ -304,11 +312,25 @@ class ReplicaSet:
             async with ModelClient(replica.url, settings, died=died) as probe:
                 await probe.wait_ready(timeout_seconds)
 
-        await asyncio.gather(*(one(replica) for replica in self.replicas))
+        if not self.many:
+            await one(self.replicas[0])
+            return
+        results = await asyncio.gather(
+            *(one(replica) for replica in self.replicas), return_exceptions=True
+        )
+        failed: dict[int, ModelError] = {}
+        for replica, result in zip(self.replicas, results, strict=True):
+            if isinstance(result, ModelError):
+                failed[replica.index] = result
+            elif isinstance(result, BaseException):
+                raise result
+        if len(failed) == len(self.replicas):
+            raise failed[0]
+        self._failed_start = failed
 
     async def execution_parameters(self) -> dict[str, object] | None:
-        """``GET /execution-parameters`` of the first replica."""
-        first = self.replicas[0]
+        """``GET /execution-parameters`` of the first replica that started."""
+        first = next(r for r in self.replicas if r.index not in self._failed_start)
         died = None if first.process is None else first.process.died
         settings = ModelClientSettings.from_job(self.job)
         async with ModelClient(first.url, settings, died=died) as probe:
@@ -319,6 +341,12 @@ class ReplicaSet:
         self.job = job
         self.settings = ModelClientSettings.from_job(job, fail_fast=self.many)
         for replica in self.replicas:
+            failed = self._failed_start.get(replica.index)
+            if failed is not None:  # down from the start: brought back as any other
+                replica.stats.downs += 1
+                log.warning("replica %d (%s) did not start: %s", replica.index, replica.url, failed)
+                replica.recovery = asyncio.create_task(self._recover(replica))
+                continue
             replica.client = await self._client(replica)
             replica.up.set()
             if replica.argv is None and self.many:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -150,6 +151,54 @@ def test_a_killed_replica_is_restarted_and_the_job_completes(tmp_path: Path) -> 
     assert [r["Restarts"] for r in run.summary["Replicas"]] == [0, 1, 0]
     assert not process_alive(victim)
     assert run.leftovers == []
+
+
+# Replica 1 exits before it ever answers /ping, the first time only; then it serves.
+FAILS_ONCE = """
+import os, sys
+marker, replica, command = sys.argv[1], sys.argv[2], sys.argv[3:]
+if replica == "1" and not os.path.exists(marker):
+    open(marker, "w").close()
+    sys.exit(3)
+os.execv(command[0], command)
+"""
+
+
+def test_a_replica_that_dies_during_its_start_is_restarted_and_the_job_completes(
+    tmp_path: Path,
+) -> None:
+    """README "Replicas": the run fails only when no replica is left, also at start-up."""
+    expected = write_inputs(tmp_path, files=18)  # a second a request: long enough to rejoin
+    port = three_ports()
+    wrapper = tmp_path / "fails_once.py"
+    wrapper.write_text(FAILS_ONCE)
+    served = model_command("--port", "{port}", "--behaviour", "lines", "--delay-ms", "1000")
+    command = [sys.executable, str(wrapper), str(tmp_path / "failed"), "{replica}", *served]
+    job = job_for(tmp_path, f"http://{HOST}:{port}", ModelCommand=command, ModelReplicas=3)
+
+    run = run_agent(job, tmp_path, timeout=120)
+
+    assert (run.returncode, run.status) == (0, "Completed"), run.explain()
+    assert outputs(tmp_path) == expected
+    assert f"replica 1 (http://{HOST}:{port + 1}) did not start" in run.log
+    assert "is back after restart 1" in run.log
+    assert run.summary is not None
+    assert [r["Restarts"] for r in run.summary["Replicas"]] == [0, 1, 0]
+    assert run.leftovers == []
+
+
+def test_when_every_replica_dies_during_its_start_the_run_fails_at_once(tmp_path: Path) -> None:
+    write_inputs(tmp_path, files=1)
+    port = three_ports()
+    command = [sys.executable, "-c", "import sys; sys.exit(3)", "{port}"]
+    job = job_for(tmp_path, f"http://{HOST}:{port}", ModelCommand=command, ModelReplicas=3)
+
+    run = run_agent(job, tmp_path, timeout=120)
+
+    assert (run.returncode, run.status) == (1, "Failed"), run.explain()
+    assert run.summary is not None
+    assert "exit" in run.summary["FailureReason"], run.summary["FailureReason"]
+    assert "restart" not in run.log
 
 
 def test_when_every_replica_is_gone_for_good_the_run_fails_saying_so(tmp_path: Path) -> None:
