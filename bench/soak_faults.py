@@ -127,7 +127,8 @@ class Injector:
         picked = self._live(rng)
         if picked is None:
             return False
-        pids = [int(p) for p in _MODEL_PID.findall(picked[1].agent.log())]
+        log = picked[1].agent.log()
+        pids = [int(p) for p in _MODEL_PID.findall(log)]
         alive = [pid for pid in pids if process_alive(pid)]
         if not alive:
             return False
@@ -136,7 +137,8 @@ class Injector:
             os.killpg(victim, signal.SIGKILL)
         except ProcessLookupError:
             return False
-        self.log.append(f"replica_kill: model group {victim} of {picked[0].name}")
+        when = "" if "execution parameters:" in log else " (during its start-up)"
+        self.log.append(f"replica_kill: model group {victim} of {picked[0].name}{when}")
         return True
 
     def _s3_restart(self, rng: random.Random) -> bool:

@@ -321,6 +321,10 @@ class Coordinator(ABC):
         claim.in_assembly = True
         return claim
 
+    async def file_record(self, fid: str) -> FileRecord | None:
+        """The file's own record, fresh from the store (``RecordWriter``)."""
+        return await self.records.get(fid)
+
     async def shards_assembled(self, fid: str) -> None:
         """After a sharded file's record: delete its shard objects and shard records
         (best effort: they are never read again once the file is final)."""

@@ -11,7 +11,9 @@ With ``Agent.MaxFailedRecords`` a claim also names the file's errors file
 (``errors_output``, ``on_errors_upload_id``); ``commit(upload, errors)`` commits it first,
 then the ``.out``, both under conditions decided before the file was processed
 (docs/design.md §4.5). An errors file left by an instance that stopped between the two
-commits is kept when it holds the same bytes, so a redo never writes a second version.
+commits is kept when it holds the same bytes, so a redo never writes a second version;
+the instance that left it, once its ``.out`` commit is refused, deletes it only when the
+record of the ``.out`` that won names another (``_take_back_errors``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 log = logging.getLogger("agent.state")
+
+# How often, and how far apart, a claim that lost a ``.out`` to another instance looks for
+# that instance's record before deciding about the errors file it committed itself.
+RECORD_LOOKS = 6
+RECORD_LOOK_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,10 @@ class RecordWriter(Protocol):
 
     async def shards_assembled(self, fid: str) -> None:
         """The file's ``.out`` is committed and recorded: its shard objects may go."""
+        ...
+
+    async def file_record(self, fid: str) -> FileRecord | None:
+        """The file's own completion record as the store holds it now (``None``: none)."""
         ...
 
 
@@ -198,9 +209,9 @@ class Claim:
         try:
             etag = await upload.commit(**self.rule.kwargs)
         except PreconditionFailed:
-            if ours:  # next to another's output: take it back
+            if ours:  # next to another's output: take it back, unless that one kept it
                 assert self.errors_etag is not None
-                await self._delete_errors(self.errors_etag, "its output was committed first")
+                await self._take_back_errors(self.errors_etag)
             self.errors_etag = None
             raise
         if errors is None and target is not None and target.existing is not None:
@@ -227,6 +238,48 @@ class Claim:
             "%s: kept %s, committed earlier with the same records", self.item.uri, target.output
         )
         return found.etag
+
+    async def _take_back_errors(self, etag: str) -> None:
+        """Delete the errors file this claim committed (``etag``) when another instance of
+        the job committed the ``.out`` meanwhile, unless that instance kept it (``_kept``:
+        it found it left here, with the same bytes): then its record names it. The other
+        record is told by its ``OutputETag``; while it is not written yet (its writer is
+        between its commit and its record) the file is left as it is, rather than deleting
+        what a record may name (§4.5)."""
+        target = self.errors
+        assert target is not None and self.output is not None
+        if self.lease is None and self.shards is None and not self.in_assembly:
+            # Static mode: no other instance of the job writes this output (OutputTaken).
+            await self._delete_errors(etag, "its output was written by something else")
+            return
+        for attempt in range(RECORD_LOOKS):
+            if attempt:
+                await asyncio.sleep(RECORD_LOOK_SECONDS)
+            try:
+                out = await target.store.head(self.output.key)
+                record = await self._records.file_record(self.file_id)
+            except StorageError as error:
+                log.warning("%s: left %s as it is (%s)", self.item.uri, target.output, error)
+                return
+            if out is not None and record is not None and record.OutputETag == out.etag:
+                if record.ErrorsETag == etag:
+                    log.info(
+                        "%s: %s stays: the instance that committed %s kept it",
+                        self.item.uri,
+                        target.output,
+                        self.output,
+                    )
+                    return
+                await self._delete_errors(etag, "its output was committed first")
+                return
+        log.warning(
+            "%s: left %s as it is: the record of %s, committed by another instance, was "
+            "not there after %.1f s",
+            self.item.uri,
+            target.output,
+            self.output,
+            (RECORD_LOOKS - 1) * RECORD_LOOK_SECONDS,
+        )
 
     async def _delete_errors(self, etag: str, why: str) -> None:
         """Delete the errors file if it is still the one with ``etag`` (best effort)."""

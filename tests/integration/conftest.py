@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tests.support.holding import HoldingProxy
 from tests.support.record_model import RecordModel
 from tests.support.servers import LIVE, ModelServer, SeaweedFS, ServerError, stop_all
 
@@ -160,6 +162,24 @@ def record_model() -> Iterator[RecordModel]:
 
 
 # ----------------------------------------------------------------------------- leftovers
+
+
+@pytest.fixture
+def holding_proxy(s3_server: SeaweedFS) -> Iterator[Callable[..., HoldingProxy]]:
+    """Start ``HoldingProxy``s in front of the session's SeaweedFS; all stopped after."""
+    proxies: list[HoldingProxy] = []
+
+    def start(hold: Callable[[web.Request], bool]) -> HoldingProxy:
+        proxy = HoldingProxy(s3_server.endpoint_url, hold)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            proxy.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

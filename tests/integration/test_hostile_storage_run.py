@@ -9,16 +9,12 @@ lets them go.
 
 from __future__ import annotations
 
-import asyncio
-import io
 import os
 import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -28,6 +24,7 @@ from agent.coordination.state import StateLayout
 from agent.job import DataUri
 from agent.storage import open_stores
 from agent.storage.inputs import file_id
+from tests.support.holding import HoldingProxy
 from tests.support.runjob import (
     STATE_DIRECTORY,
     assembled,
@@ -41,14 +38,11 @@ from tests.support.runjob import (
     start_agent,
     transform_job,
 )
-from tests.support.servers import HOST, ModelServer, SeaweedFS, wait_until
+from tests.support.servers import ModelServer, SeaweedFS, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 MIB = 1 << 20
-# Not forwarded: what the hop itself decides (the body is forwarded whole, as read).
-_REQUEST_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
-_ANSWER_HOP = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
 def _is_create(request: web.Request) -> bool:
@@ -59,95 +53,6 @@ def _is_create(request: web.Request) -> bool:
 def _is_complete(request: web.Request) -> bool:
     """CompleteMultipartUpload: ``POST /bucket/key?uploadId=…``."""
     return request.method == "POST" and "uploadId" in request.query
-
-
-class HoldingProxy:
-    """Forwards every request to ``target``; holds the first one ``hold`` picks.
-
-    ``arrived`` is set when that request came in, and it is sent on once ``release`` is
-    set. Runs its own event loop in a thread, so the test can wait on the agent meanwhile.
-    """
-
-    def __init__(self, target: str, hold: Callable[[web.Request], bool]) -> None:
-        self.target = target
-        self.hold = hold
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-        self.forwarded = threading.Event()  # the held request was sent on and answered
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
-
-    def stop(self) -> None:
-        self.release.set()
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=True)
-        app = web.Application(client_max_size=64 * MIB)
-        app.router.add_route("*", "/{tail:.*}", self._handle)  # answers Expect: 100-continue
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        if not self.arrived.is_set() and self.hold(request):
-            self.arrived.set()
-            await asyncio.to_thread(self.release.wait, 120)
-            try:
-                return await self._forward(request, body)
-            finally:
-                self.forwarded.set()
-        return await self._forward(request, body)
-
-    async def _forward(self, request: web.Request, body: bytes) -> web.Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_HOP}
-        assert self._session is not None
-        async with self._session.request(
-            request.method, self.target + request.path_qs, headers=headers, data=io.BytesIO(body)
-        ) as answer:
-            payload = await answer.read()
-            kept = {k: v for k, v in answer.headers.items() if k.lower() not in _ANSWER_HOP}
-            return web.Response(status=answer.status, body=payload, headers=kept)
-
-
-@pytest.fixture
-def holding_proxy(s3_server: SeaweedFS) -> Iterator[Callable[..., HoldingProxy]]:
-    proxies: list[HoldingProxy] = []
-
-    def start(hold: Callable[[web.Request], bool]) -> HoldingProxy:
-        proxy = HoldingProxy(s3_server.endpoint_url, hold)
-        proxies.append(proxy)
-        proxy.start()
-        return proxy
-
-    try:
-        yield start
-    finally:
-        for proxy in proxies:
-            proxy.stop()
 
 
 def big_csv(rows: int) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.support.holding import HoldingProxy
 from tests.support.multirun import completion_records, enable_versioning, list_keys
 from tests.support.record_model import RecordModel, error_lines, token
 from tests.support.runjob import (
@@ -35,7 +36,7 @@ from tests.support.runjob import (
     tfrecord,
     transform_job,
 )
-from tests.support.servers import SeaweedFS
+from tests.support.servers import SeaweedFS, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -481,6 +482,7 @@ def test_an_errors_file_from_another_input_is_replaced_or_deleted(
         assert "out/a.csv.errors.jsonl" not in found
 
 
+@pytest.mark.twin_free  # coordination of commits: no twin decides it
 @pytest.mark.parametrize("left", ["the same records", "other bytes of the same size"])
 def test_an_errors_file_left_without_its_out_is_kept_if_the_redo_writes_the_same(
     s3_server: SeaweedFS,
@@ -533,6 +535,67 @@ def test_an_errors_file_left_without_its_out_is_kept_if_the_redo_writes_the_same
     assert (record["FailedRecords"], record["ErrorsETag"]) == (3, versions[0]["ETag"])
 
 
+@pytest.mark.twin_free  # coordination of commits: no twin decides it
+def test_an_errors_file_kept_by_the_instance_that_took_the_file_over_stays(
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    bucket: str,
+    record_model: RecordModel,
+    make_job: JobMaker,
+    holding_proxy: Callable[..., HoldingProxy],
+    tmp_path: Path,
+) -> None:
+    """Instance A commits the errors file and is paused before its ``.out`` commit reaches
+    S3 (held by a proxy), past its lease's TTL. B takes the file over, finds A's errors
+    file with the same bytes and keeps it (one version), commits the ``.out`` and records
+    both. When A goes on, its ``.out`` commit is refused; B's record names the errors file,
+    so A leaves it (found by the soak: A deleted it, and B's record named a missing file)."""
+    client = s3_server.sync_client()
+    enable_versioning(client, bucket)
+    records = records_of("Line", 2_000)
+    put_objects(client, bucket, {"in/a.csv": file_bytes(records)})
+    bad = (5, 6, 1_999)
+    record_model.set_bad(bad)
+    job = make_job({"MaxFailedRecords": 10, "Coordination": "Lease", "LeaseTTLSeconds": 3})
+    out_key, errors_key = "out/a.csv.out", "out/a.csv.errors.jsonl"
+    proxy = holding_proxy(
+        lambda request: request.method == "PUT" and request.path.endswith(out_key)
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    a = start_agent(job, tmp_path / "a", env={"AWS_ENDPOINT_URL_S3": proxy.url})
+    b = None
+    try:
+        assert wait_until(proxy.arrived.is_set, 60.0), a.log()  # the errors file is in
+        a.signal(signal.SIGSTOP)
+        b = start_agent(job, tmp_path / "b")
+        second = b.wait(60)
+        proxy.release.set()
+        a.signal(signal.SIGCONT)
+        first = a.wait(60)
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()
+
+    assert (first.returncode, second.returncode) == (0, 0), first.explain() + second.explain()
+    found = outputs(s3_server, bucket)
+    assert found[out_key] == expected_out(2_000, bad, None)
+    assert error_lines(found[errors_key]) == expected_errors(
+        f"s3://{bucket}/in/a.csv", records, bad
+    )
+    versions = client.list_object_versions(Bucket=bucket, Prefix="out/a.csv")
+    assert sorted(v["Key"] for v in versions.get("Versions", [])) == [errors_key, out_key]
+    assert versions.get("DeleteMarkers", []) == []
+    (record,) = completion_records(client, bucket, job)
+    etag = client.head_object(Bucket=bucket, Key=errors_key)["ETag"]
+    assert (record["FailedRecords"], record["ErrorsETag"]) == (3, etag)
+    assert "kept s3://" in second.log, second.log
+    assert "stays: the instance that committed" in first.log, first.log
+
+
+@pytest.mark.twin_free  # coordination of commits: no twin decides it
 def test_instances_sharing_files_under_leases_commit_each_errors_file_once(
     s3_server: SeaweedFS,
     s3_env: dict[str, str],
