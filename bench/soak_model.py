@@ -1,9 +1,10 @@
 """The soak's model server: one answer per record token, and faults the soak switches on.
 
-Started by bt-agent through ``Agent.ModelCommand`` (one process per replica), as a script
-so the model's filtered environment needs no ``PYTHONPATH``::
+Started by bt-agent through ``Agent.ModelCommand`` (one process per replica), from the
+repository's root (the agent's working directory, which its model commands inherit), so
+the model's filtered environment needs no ``PYTHONPATH``::
 
-    python bench/soak_model.py --port P --control FILE --events FILE --faulted DIR --seed S
+    python -m bench.soak_model --port P --control FILE --events FILE --faulted DIR --seed S
 
 **Answers.** Every record holds ``<r:NNNNNNNN>`` (a good record) or ``<x:NNNNNNNN>`` (a
 poisoned one). A body is answered with one line per good token, ``answer_line(n)``, found
@@ -33,13 +34,14 @@ import asyncio
 import hashlib
 import os
 import re
-import signal
 import socket
 import struct
 import sys
 
 import orjson
 from aiohttp import web
+
+from examples.model_server import serve_app
 
 TOKEN = re.compile(rb"<([rx]):(\d{8})>")
 FAULTS = ("500", "reset", "timeout", "slow")
@@ -163,22 +165,11 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/ping", model.ping)
     app.router.add_get("/execution-parameters", model.parameters)
     app.router.add_post("/invocations", model.invocations)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port, reuse_address=True).start()
-    print(f"listening on http://127.0.0.1:{args.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(app, "127.0.0.1", args.port)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench/soak_model.py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.soak_model", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--control", required=True)
     parser.add_argument("--events", required=True)

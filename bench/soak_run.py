@@ -24,8 +24,6 @@ from tests.support.processes import HOST, free_port_block, ports_free
 from tests.support.runjob import Agent, AgentRun, start_agent, transform_job
 from tests.support.seaweedfs import SeaweedFS
 
-MODEL = Path(__file__).resolve().parent / "soak_model.py"
-
 
 @dataclass
 class Settings:
@@ -110,7 +108,8 @@ class Cluster:
         source = f"s3://{bucket}/{d.prefix}"
         if d.data_type == "ManifestFile":
             source = f"s3://{bucket}/manifests/{d.name}.manifest"
-        command = [sys.executable, str(MODEL), "--port", "{port}", "--seed", str(self.env.seed)]
+        command = [sys.executable, "-m", "bench.soak_model", "--port", "{port}"]
+        command += ["--seed", str(self.env.seed)]
         command += ["--control", str(self.env.control), "--events", str(self.env.events)]
         command += ["--faulted", str(self.env.faulted), "--delay-ms", str(s.model_delay_ms)]
         command += ["--timeout-seconds", str(s.timeout_seconds)]
