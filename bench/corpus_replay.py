@@ -44,16 +44,13 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -342,29 +339,6 @@ MODEL_SCRIPTS = {
 }
 
 
-class _Squatter(BaseHTTPRequestHandler):
-    """Answers 200 to anything, as a leftover server would; counts the requests."""
-
-    def _answer(self) -> None:
-        self.server.requests += 1  # type: ignore[attr-defined]
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class RunningModel:
     url: str
@@ -412,6 +386,8 @@ def start_model(
     if kind in ("none",):
         yield RunningModel(NOBODY_URL, 9, lambda: 0)
     elif kind in ("command", "script"):  # the agent starts it (Agent.ModelCommand)
+        from tests.support.processes import free_port
+
         port = free_port()
         yield RunningModel(f"http://{HOST}:{port}", port, lambda: 0)
     elif kind == "example" and pool is not None:
@@ -450,16 +426,10 @@ def start_model(
         with HostileModel(answers) as hostile:
             yield RunningModel(hostile.url, hostile.port, lambda: hostile.requests["/invocations"])
     elif kind == "squatter":
-        server = ThreadingHTTPServer((HOST, 0), _Squatter)
-        server.requests = 0  # type: ignore[attr-defined]
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            port = server.server_address[1]
-            yield RunningModel(f"http://{HOST}:{port}", port, lambda: server.requests)  # type: ignore[attr-defined]
-        finally:
-            server.shutdown()
-            server.server_close()
+        from tests.support.squatter import squatter
+
+        with squatter() as (port, seen):
+            yield RunningModel(f"http://{HOST}:{port}", port, lambda: len(seen))
     else:
         raise CaseError(f"unknown model kind {kind!r}")
 

@@ -23,7 +23,6 @@ import pytest
 from tests.support.deploy import (
     DEPLOY,
     expected_outputs,
-    free_port,
     in_root,
     json_file,
     orchestrated_env,
@@ -31,7 +30,7 @@ from tests.support.deploy import (
 )
 from tests.support.multirun import rows_of, summary_inputs
 from tests.support.runjob import get_objects, model_command, output_keys, put_objects
-from tests.support.servers import SeaweedFS, process_alive, wait_until
+from tests.support.servers import SeaweedFS, free_port, process_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 

@@ -21,7 +21,6 @@ import pytest
 from tests.support.deploy import (
     DEPLOY,
     expected_outputs,
-    free_port,
     in_root,
     orchestrated_env,
     pod_spec,
@@ -30,7 +29,7 @@ from tests.support.deploy import (
 )
 from tests.support.multirun import BodyIndex, rows_of, summary_inputs
 from tests.support.runjob import get_objects, output_keys, put_objects
-from tests.support.servers import ModelServer, SeaweedFS
+from tests.support.servers import ModelServer, SeaweedFS, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 

@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,21 +29,18 @@ from tests.support.servers import (
     HOST,
     REPO_ROOT,
     SeaweedFS,
-    free_port_block,
+    free_port,
     group_alive,
     ports_free,
     process_alive,
     wait_until,
 )
+from tests.support.squatter import squatter as squatting
 
 pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
 SECRET = "SUPERSECRET123"
 AWKWARD = 'pa"ss\\wörd€42'  # a quote, a backslash and non-ASCII: escaped in JSON
-
-
-def free_port() -> int:
-    return free_port_block(1) + 1
 
 
 def local_job(tmp_path: Path, name: str, port: int, **agent: Any) -> dict[str, Any]:
@@ -130,44 +125,11 @@ def test_a_sigkilled_agent_takes_the_whole_model_group_with_it(tmp_path: Path, s
         agent.kill()
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers 200 to everything, as a leftover model server would, and notes each request."""
-
-    seen: list[str] = []
-
-    def _answer(self) -> None:
-        self.seen.append(f"{self.command} {self.path}")
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def squatter() -> Iterator[tuple[int, list[str]]]:
     """An HTTP server already listening on a port: (the port, the requests it got)."""
-    _Recorder.seen = []
-    for _ in range(20):
-        port = free_port()
-        try:
-            server = http.server.ThreadingHTTPServer((HOST, port), _Recorder)
-            break
-        except OSError:
-            continue
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield port, _Recorder.seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with squatting() as found:
+        yield found
 
 
 def test_a_port_already_taken_fails_the_job_and_sends_it_nothing(

@@ -33,7 +33,7 @@ from tests.support.runjob import (
     start_agent,
     transform_job,
 )
-from tests.support.servers import ModelServer, SeaweedFS, free_port_block, process_alive, wait_until
+from tests.support.servers import ModelServer, SeaweedFS, free_port, process_alive, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.twin_free]
 
@@ -50,10 +50,6 @@ def rows(data: bytes) -> list[Record]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def free_port() -> int:
-    return free_port_block(1) + 1
 
 
 # ----------------------------------------------------------------------------- the model

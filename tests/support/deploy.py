@@ -32,7 +32,7 @@ import orjson
 
 from tests.support.multirun import IDENTITY_VARIABLES, records
 from tests.support.runjob import MIB, AgentRun, assembled, request_bodies
-from tests.support.servers import REPO_ROOT, free_port_block
+from tests.support.servers import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 
@@ -286,11 +286,6 @@ def run_command(args: Sequence[str], env: Mapping[str, str], timeout: float = 12
                 f"stdout is not the summary:\n{done.stdout[-2000:]!r}\nlog:\n{log[-4000:]}"
             ) from None
     return AgentRun(done.returncode, summary, log, time.monotonic() - started)
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now, below the ephemeral range (see ``free_port_block``)."""
-    return free_port_block(1) + 1
 
 
 def expected_outputs(

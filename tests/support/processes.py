@@ -122,6 +122,11 @@ def free_port_block(span: int, *, low: int = 10_000, high: int = 32_000) -> int:
     raise ServerError(f"no block of {span} free ports found in {low}..{high}")
 
 
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, below the ephemeral range (see ``free_port_block``)."""
+    return free_port_block(1) + 1
+
+
 def http_status(url: str, *, timeout: float = 1.0) -> int | None:
     """The HTTP status of GET ``url``, or None when nothing answers."""
     try:

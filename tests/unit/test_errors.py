@@ -29,6 +29,7 @@ import agent
 from agent.cli.app import build_parser, main
 from agent.errors import EXIT_BY_SIGNAL, EXIT_CODE_LABELS, BtAgentError, ExitCode, UsageError
 from agent.log import setup_logging
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +206,7 @@ def _job(tmp_path: Path, name: str = "exit-codes", **agent_fields: Any) -> dict[
             "SplitType": "Line",
         },
         "TransformOutput": {"S3OutputPath": f"{tmp_path / 'out'}/"},
-        "Agent": {"ModelUrl": f"http://127.0.0.1:{_free_port()}", **agent_fields},
+        "Agent": {"ModelUrl": f"http://127.0.0.1:{free_port()}", **agent_fields},
     }
 
 
@@ -213,13 +214,6 @@ def _write(tmp_path: Path, job: dict[str, Any]) -> str:
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
     return str(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _run(tmp_path: Path, job: dict[str, Any], *args: str) -> tuple[int, dict[str, Any] | None]:

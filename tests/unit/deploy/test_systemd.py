@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.deploy import DEPLOY, directive, free_port, unit_directives
+from tests.support.deploy import DEPLOY, directive, unit_directives
 from tests.support.runjob import model_command
-from tests.support.servers import REPO_ROOT, wait_until
+from tests.support.servers import REPO_ROOT, free_port, wait_until
 
 UNIT = DEPLOY / "systemd" / "bt-agent@.service"
 
