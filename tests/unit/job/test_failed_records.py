@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.job import JobError, LoadedJob, parse_job, settings_hash
+from agent.job import settings_hash
+from tests.support.jobdocs import parse, problems
 
 
 def job(
@@ -42,16 +43,6 @@ def job(
     if agent:
         document["Agent"] = agent
     return document
-
-
-def parse(document: dict[str, Any]) -> LoadedJob:
-    return parse_job(document, cwd="/work")
-
-
-def problems(document: dict[str, Any]) -> list[tuple[str, str]]:
-    with pytest.raises(JobError) as caught:
-        parse(document)
-    return [(problem.path, problem.message) for problem in caught.value.problems]
 
 
 def test_off_by_default() -> None:

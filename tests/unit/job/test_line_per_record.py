@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.job import JobError, LoadedJob, parse_job, settings_hash
+from agent.job import JobError, settings_hash
+from tests.support.jobdocs import parse
 
 
 def job(*, assemble_with: str | None = "Line", **agent: Any) -> dict[str, Any]:
@@ -25,10 +26,6 @@ def job(*, assemble_with: str | None = "Line", **agent: Any) -> dict[str, Any]:
     if agent:
         document["Agent"] = agent
     return document
-
-
-def parse(document: dict[str, Any]) -> LoadedJob:
-    return parse_job(document, cwd="/work")
 
 
 def only_problem(document: dict[str, Any]) -> tuple[str, str]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.job import JobError, JobSettings, LoadedJob, output_settings, parse_job, settings_hash
+from agent.job import JobError, JobSettings, output_settings, settings_hash
+from tests.support.jobdocs import parse
 
 FIELD = "$.Agent.MaxRecordsPerRequest"
 
@@ -27,10 +28,6 @@ def job(cap: object = None, **top: Any) -> dict[str, Any]:
     if cap is not None:
         document["Agent"] = {"MaxRecordsPerRequest": cap}
     return document
-
-
-def parse(document: dict[str, Any]) -> LoadedJob:
-    return parse_job(document, cwd="/work")
 
 
 def resolved(settings: JobSettings, strategy: str = "MultiRecord") -> JobSettings:
