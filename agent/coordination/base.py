@@ -211,7 +211,6 @@ class Coordinator(ABC):
                 else CommitRule(if_match=errors_head.etag),
                 replace(recorder, output=where, written=recorder.written),
                 errors_head,
-                metadata,
             )
         claim = Claim(item, output, metadata, rule, lease, recorder, self, errors)
         claim.shards = self.sharding.shards.get(item.id) if item.shard is None else None

@@ -56,13 +56,13 @@ class ErrorsTarget:
     rule: CommitRule
     recorder: UploadRecorder
     existing: OutputHead | None
-    metadata: dict[str, str]  # the file's output metadata (the errors file carries it too)
 
-    def reusable(self, written: ErrorsWritten) -> bool:
+    def reusable(self, written: ErrorsWritten, metadata: dict[str, str]) -> bool:
         """Whether the errors file found may hold ``written``'s bytes: made from the same
-        input version with the same settings, and of the same size."""
+        input version with the same settings (``metadata``, the output's, which the errors
+        file carries too), and of the same size."""
         found = self.existing
-        return found is not None and found.size == written.size and matches(found, self.metadata)
+        return found is not None and found.size == written.size and matches(found, metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +222,7 @@ class Claim:
         """The ETag of the errors file found at the claim, when it holds exactly the bytes
         written now; else ``None``. An instance that stopped between its two commits left
         it: writing it again would give the object a second version (§4.5)."""
-        if not target.reusable(errors):
+        if not target.reusable(errors, self.metadata):
             return None
         assert target.existing is not None
         found = await target.store.head(target.output.key)

@@ -45,7 +45,6 @@ class ErrorsFile:
         self.on_upload_id = on_upload_id
         self.upload: Upload | None = None
         self.count = 0
-        self.size = 0
         self._digest = hashlib.sha256()  # a redo keeps an identical errors file (§4.5)
         self._stack = contextlib.AsyncExitStack()
 
@@ -68,14 +67,13 @@ class ErrorsFile:
             )
         await self.upload.write(line)
         self._digest.update(line)
-        self.size += len(line)
         self.count += 1
 
     def written(self) -> ErrorsWritten | None:
         """What to commit with the ``.out`` (``None``: no record failed)."""
         if self.upload is None:
             return None
-        return ErrorsWritten(self.upload, self.size, self._digest.digest())
+        return ErrorsWritten(self.upload, self.upload.bytes_written, self._digest.digest())
 
     async def __aenter__(self) -> ErrorsFile:
         return self
