@@ -81,7 +81,9 @@ def test_two_replicas_run_in_containers_on_two_gpus(tmp_path: Path) -> None:
     for n in range(4):  # the example server echoes: each output is its input
         assert (tmp_path / "out" / f"part-{n}.csv.out").read_bytes() == rows
     calls = fake_engine.calls(engine_log)
-    started = [call for call in calls if "run" in call]
+    # In replica order: each fake engine process logs its call as it starts, so two
+    # started one after the other may log in either order.
+    started = sorted((call for call in calls if "run" in call), key=lambda call: call["run"])
     assert len(started) == 2, calls
     mount = str((tmp_path / "model-dir").resolve())
     for replica, call in enumerate(started):
